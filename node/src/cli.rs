@@ -1,0 +1,360 @@
+//! The command line: `credence node` runs a node; every other subcommand is a
+//! small tool (keys, genesis) or a gRPC client. The only module that prints
+//! for humans. With `--json`, a client prints exactly one JSON object on
+//! stdout; errors go to stderr as one line, with a non-zero exit code.
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, DEFAULT_RPC_URL, GenesisPlan, LoadedGenesis, NodeConfig};
+use crate::keys;
+use crate::node::{self, NodeSettings};
+
+/// Credence: credentials, distributions and escrowed liquidity over a
+/// peer-to-peer network.
+///
+/// Start with `credence node --dev`: a one-node network with demo keys.
+/// Then, in another terminal, `credence status` and `credence attest --help`.
+#[derive(Debug, Parser)]
+#[command(name = "credence", version, about, long_about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: `--dev` for a one-node playground, `--config FILE` for a real network.
+    Node(NodeArgs),
+    /// Write a new key file (mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the key; refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public key (hex) of a key file.
+    Pubkey {
+        /// The key file.
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a whole local network: genesis, keys, one node.toml per validator, network.json.
+    Genesis(GenesisArgs),
+    /// Show a node's identity, network, mode, peers and queues.
+    Status {
+        #[command(flatten)]
+        rpc: RpcArgs,
+    },
+    /// Sign an attestation about a subject and submit it.
+    Attest {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The issuer's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The subject's public key, 64 hex characters.
+        #[arg(long)]
+        subject: String,
+        /// The schema; the issuer must be granted it.
+        #[arg(long)]
+        schema: String,
+        /// Free-form payload (at most 4 KiB).
+        #[arg(long, default_value = "")]
+        data: String,
+        /// Seconds until the credential expires (default: never).
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
+    /// Sign a revocation of an attestation and submit it (issuer only).
+    Revoke {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The issuer's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The attestation id, 64 hex characters.
+        id: String,
+        /// Why it is revoked.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Show a credential and its status: valid, revoked, expired or unknown.
+    Credential {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The attestation id, 64 hex characters.
+        id: String,
+    },
+    /// List every credential a node knows for one subject.
+    Credentials {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The subject's public key, 64 hex characters.
+        #[arg(long)]
+        subject: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RpcArgs {
+    /// The node's gRPC address.
+    #[arg(long, default_value = DEFAULT_RPC_URL, env = "CREDENCE_RPC")]
+    pub rpc: String,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// One-node network with generated genesis and demo keys (no setup).
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
+    /// The node's config file (see `credence genesis`).
+    #[arg(long, required_unless_present = "dev")]
+    pub config: Option<PathBuf>,
+    /// Dev mode: where to keep keys and state (default: a fresh temporary directory).
+    #[arg(long, requires = "dev")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (overrides the config).
+    #[arg(long)]
+    pub rpc_listen: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz and /v1 (overrides the config).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    /// libp2p listen multiaddr (overrides the config).
+    #[arg(long)]
+    pub p2p_listen: Option<String>,
+    /// Allow the admin RPC calls that block peers (testnets only).
+    #[arg(long)]
+    pub enable_fault_injection: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenesisArgs {
+    /// Comma-separated region names, e.g. eu,us,ap.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub regions: Vec<String>,
+    /// Validators in each region.
+    #[arg(long, default_value_t = 4)]
+    pub validators_per_region: u32,
+    /// Output directory (must not already hold a genesis).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// First port; each node takes three in a row: RPC, p2p, HTTP.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+    /// A name for the network.
+    #[arg(long, default_value = "credence-local")]
+    pub network_name: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn,libp2p_swarm=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node(args) => run_node(args).await,
+        Command::Keygen { out, json } => {
+            let key = keys::generate();
+            keys::write(&out, &key)?;
+            let public = hex::encode(key.verifying_key().to_bytes());
+            if json {
+                println!("{}", serde_json::json!({ "public_key": public, "path": out }));
+            } else {
+                println!("{public}");
+                eprintln!("wrote {} (mode 0600)", out.display());
+            }
+            Ok(())
+        }
+        Command::Pubkey { file, json } => {
+            let key = keys::load(&file)?;
+            let public = hex::encode(key.verifying_key().to_bytes());
+            if json {
+                println!("{}", serde_json::json!({ "public_key": public }));
+            } else {
+                println!("{public}");
+            }
+            Ok(())
+        }
+        Command::Genesis(args) => {
+            let plan = GenesisPlan {
+                network_name: args.network_name,
+                regions: args.regions,
+                validators_per_region: args.validators_per_region,
+                base_port: args.base_port,
+                created_at: node::now_ms(),
+            };
+            let network = config::write_network(&plan, &args.out)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&network)?);
+            } else {
+                println!("network {} written to {}", network.network_id, args.out.display());
+                for n in &network.nodes {
+                    println!("  {:<8} {:<4} rpc {}  p2p {}", n.name, n.region, n.rpc, n.p2p);
+                }
+                println!(
+                    "start a node with: credence node --config {}",
+                    args.out.join("nodes/NAME/node.toml").display()
+                );
+            }
+            Ok(())
+        }
+        Command::Status { rpc } => client::status(&rpc).await,
+        Command::Attest {
+            rpc,
+            key,
+            subject,
+            schema,
+            data,
+            expires_in,
+        } => client::attest(&rpc, &key, &subject, &schema, data, expires_in).await,
+        Command::Revoke { rpc, key, id, reason } => client::revoke(&rpc, &key, &id, reason).await,
+        Command::Credential { rpc, id } => client::credential(&rpc, &id).await,
+        Command::Credentials { rpc, subject } => client::credentials(&rpc, &subject).await,
+    }
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let (settings, keys_dir, _temp) = if args.dev {
+        let (dir, temp) = match &args.data_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("credence-dev-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        let layout = config::prepare_dev(&dir, node::now_ms())?;
+        let genesis = LoadedGenesis::load(&layout.genesis)?;
+        let rpc_listen = args
+            .rpc_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], config::DEFAULT_RPC_PORT)));
+        // The HTTP port follows the RPC port only at the defaults; with a
+        // custom RPC address an ephemeral one avoids clashing with a neighbour.
+        let http_listen = args.http_listen.unwrap_or_else(|| {
+            if args.rpc_listen.is_none() {
+                SocketAddr::from(([127, 0, 0, 1], config::DEFAULT_RPC_PORT + 1))
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        });
+        let settings = NodeSettings {
+            key: keys::load(&layout.node_key)?,
+            genesis,
+            store_dir: layout.store_dir,
+            rpc_listen,
+            http_listen,
+            p2p_listen: vec![args.p2p_listen.unwrap_or_else(|| "/ip4/127.0.0.1/tcp/0".into())],
+            peers: vec![],
+            max_incoming_connections: config::DEFAULT_MAX_INCOMING_CONNECTIONS,
+            enable_fault_injection: args.enable_fault_injection,
+            mode_label: "dev",
+        };
+        (settings, Some(layout.keys_dir), temp)
+    } else {
+        let path = args
+            .config
+            .ok_or_else(|| anyhow::anyhow!("pass --config FILE or --dev"))?;
+        let cfg = NodeConfig::load(&path)?;
+        let genesis = LoadedGenesis::load(&cfg.genesis)?;
+        let settings = NodeSettings {
+            key: keys::load(&cfg.key)?,
+            genesis,
+            store_dir: cfg.data_dir.join("store"),
+            rpc_listen: args.rpc_listen.unwrap_or(cfg.rpc_listen),
+            http_listen: args.http_listen.unwrap_or(cfg.http_listen),
+            p2p_listen: args.p2p_listen.map(|a| vec![a]).unwrap_or(cfg.p2p_listen),
+            peers: cfg.peers,
+            max_incoming_connections: cfg.max_incoming_connections,
+            enable_fault_injection: args.enable_fault_injection || cfg.enable_fault_injection,
+            mode_label: "node",
+        };
+        (settings, None, None)
+    };
+    let running = node::start(settings).await?;
+    let info = running.handle.info.clone();
+    println!("credence node {} ({})", info.name, info.mode_label);
+    println!("  network  {}", hex::encode(info.network_id.0));
+    println!("  node id  {}", hex::encode(info.node_id));
+    println!("  RPC      http://{}", running.rpc_addr);
+    println!("  HTTP     http://{}/metrics  /healthz  /v1/status", running.http_addr);
+    if let Some(dir) = keys_dir {
+        println!("  keys     {}/{{issuer,operator,claimant}}.key", dir.display());
+        println!("try:");
+        println!("  credence status --rpc http://{}", running.rpc_addr);
+        println!(
+            "  credence attest --rpc http://{} --key {}/issuer.key --schema demo --subject $(credence pubkey {}/claimant.key)",
+            running.rpc_addr,
+            dir.display(),
+            dir.display()
+        );
+    }
+    shutdown_signal().await;
+    eprintln!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,661 @@
+//! Genesis and node configuration (TOML), and the generators behind
+//! `credence genesis` and dev mode.
+//!
+//! The genesis is shared by every node of a network, byte for byte: its blake3
+//! hash is the network id. The node config is per node and names the genesis,
+//! the key, the data directory and the listen addresses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::envelope::{NetworkId, parse_hex32};
+use crate::core::{Millis, PublicKey};
+use crate::keys;
+
+/// Why a configuration could not be loaded or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML for this file: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("genesis {path} is invalid: {message}")]
+    InvalidGenesis { path: PathBuf, message: String },
+    #[error("node config {path} is invalid: {message}")]
+    InvalidNode { path: PathBuf, message: String },
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Whether validators may lie (`byzantine`, > 2/3 quorums) or only crash
+/// (`crash`, majority quorums).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultModel {
+    #[default]
+    Byzantine,
+    Crash,
+}
+
+/// Protocol parameters every node of a network shares. Defaults are the
+/// documented values; a genesis may override any of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Quorum rule for certificates.
+    pub fault_model: FaultModel,
+    /// How often each validator sends a signed heartbeat.
+    pub heartbeat_interval_ms: Millis,
+    /// How far ahead of a node's clock a timestamp may be.
+    pub max_clock_skew_ms: Millis,
+    /// Phi-accrual threshold above which a validator is suspected.
+    pub phi_threshold: f64,
+    /// Shortest time an owner keeps a batch open.
+    pub batch_min_ms: Millis,
+    /// Most claims in one batch.
+    pub batch_claims_max: u32,
+    /// How long an owner must be suspected before its successor freezes it.
+    pub takeover_after_ms: Millis,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            fault_model: FaultModel::Byzantine,
+            heartbeat_interval_ms: 250,
+            max_clock_skew_ms: 30_000,
+            phi_threshold: 8.0,
+            batch_min_ms: 5,
+            batch_claims_max: 256,
+            takeover_after_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionEntry {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    pub name: String,
+    /// ed25519 public key, hex.
+    pub key: String,
+    pub region: String,
+    pub weight: u64,
+    /// libp2p multiaddrs where this validator listens.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerEntry {
+    pub key: String,
+    pub schemas: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorEntry {
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationEntry {
+    pub region: String,
+    pub amount: u64,
+}
+
+/// A distribution created by the genesis itself (trusted by being in it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionEntry {
+    pub name: String,
+    pub asset: String,
+    pub total: u64,
+    pub schema: String,
+    pub amount_per_claim: u64,
+    #[serde(default)]
+    pub opens_at: Millis,
+    /// 0: never closes.
+    #[serde(default)]
+    pub closes_at: Millis,
+    pub allocations: Vec<AllocationEntry>,
+}
+
+/// The genesis file, shared byte for byte by every node of a network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Genesis {
+    pub network_name: String,
+    pub created_at: Millis,
+    #[serde(default)]
+    pub params: Params,
+    pub regions: Vec<RegionEntry>,
+    pub validators: Vec<ValidatorEntry>,
+    #[serde(default)]
+    pub issuers: Vec<IssuerEntry>,
+    #[serde(default)]
+    pub operators: Vec<OperatorEntry>,
+    #[serde(default)]
+    pub distributions: Vec<DistributionEntry>,
+}
+
+/// A validator as the node uses it, keys decoded.
+#[derive(Clone, Debug)]
+pub struct Validator {
+    pub name: String,
+    pub key: PublicKey,
+    pub region: String,
+    pub weight: u64,
+    pub addresses: Vec<String>,
+}
+
+/// A parsed, validated genesis and its network id.
+#[derive(Clone, Debug)]
+pub struct LoadedGenesis {
+    pub genesis: Genesis,
+    pub network_id: NetworkId,
+    pub validators: Vec<Validator>,
+    pub issuer_grants: Vec<(PublicKey, String)>,
+    pub operators: BTreeSet<PublicKey>,
+}
+
+impl LoadedGenesis {
+    /// Parses and validates genesis bytes; `path` is only for messages.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: "not UTF-8".into(),
+        })?;
+        let genesis: Genesis = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::InvalidGenesis {
+            path: path.to_path_buf(),
+            message,
+        };
+        let key = |what: &str, hex: &str| {
+            parse_hex32(hex).ok_or_else(|| invalid(format!("{what} key {hex:?} is not 64 hex characters")))
+        };
+        let mut regions = BTreeSet::new();
+        for r in &genesis.regions {
+            if r.name.is_empty() || !regions.insert(r.name.clone()) {
+                return Err(invalid(format!("region {:?} is empty or listed twice", r.name)));
+            }
+        }
+        if genesis.validators.is_empty() {
+            return Err(invalid("no validators".into()));
+        }
+        let mut validators = Vec::new();
+        let mut seen_keys = BTreeSet::new();
+        let mut seen_names = BTreeSet::new();
+        for v in &genesis.validators {
+            let k = key("validator", &v.key)?;
+            if !regions.contains(&v.region) {
+                return Err(invalid(format!(
+                    "validator {} is in unknown region {:?}",
+                    v.name, v.region
+                )));
+            }
+            if v.weight == 0 {
+                return Err(invalid(format!("validator {} has weight 0", v.name)));
+            }
+            if !seen_keys.insert(k) || !seen_names.insert(v.name.clone()) {
+                return Err(invalid(format!("validator {} or its key is listed twice", v.name)));
+            }
+            validators.push(Validator {
+                name: v.name.clone(),
+                key: k,
+                region: v.region.clone(),
+                weight: v.weight,
+                addresses: v.addresses.clone(),
+            });
+        }
+        let mut issuer_grants = Vec::new();
+        for i in &genesis.issuers {
+            let k = key("issuer", &i.key)?;
+            for s in &i.schemas {
+                issuer_grants.push((k, s.clone()));
+            }
+        }
+        let operators = genesis
+            .operators
+            .iter()
+            .map(|o| key("operator", &o.key))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        for d in &genesis.distributions {
+            let mut sum: u64 = 0;
+            for a in &d.allocations {
+                if !regions.contains(&a.region) {
+                    return Err(invalid(format!(
+                        "distribution {} allocates to unknown region {:?}",
+                        d.name, a.region
+                    )));
+                }
+                sum = sum
+                    .checked_add(a.amount)
+                    .ok_or_else(|| invalid(format!("distribution {} allocations overflow", d.name)))?;
+            }
+            if sum != d.total {
+                return Err(invalid(format!(
+                    "distribution {} allocations sum to {sum}, not its total {}",
+                    d.name, d.total
+                )));
+            }
+        }
+        Ok(LoadedGenesis {
+            network_id: NetworkId::of_genesis(bytes),
+            genesis,
+            validators,
+            issuer_grants,
+            operators,
+        })
+    }
+
+    /// Reads and validates a genesis file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// The validator holding this key, if any.
+    pub fn validator(&self, key: &PublicKey) -> Option<&Validator> {
+        self.validators.iter().find(|v| &v.key == key)
+    }
+}
+
+/// One node's configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Path of the genesis file (relative paths are relative to this file).
+    pub genesis: PathBuf,
+    /// Path of this node's key file (mode 0600).
+    pub key: PathBuf,
+    /// Where the node keeps its store; one process per data directory.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (loopback by default: the RPC is not authenticated).
+    #[serde(default = "default_rpc_listen")]
+    pub rpc_listen: SocketAddr,
+    /// HTTP listen address for /metrics, /healthz and the JSON mirror.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// libp2p listen multiaddrs.
+    #[serde(default = "default_p2p_listen")]
+    pub p2p_listen: Vec<String>,
+    /// Extra peers to dial (multiaddrs, with or without /p2p/PEER). The
+    /// genesis validators' addresses are always dialled.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Most inbound connections accepted at once.
+    #[serde(default = "default_max_incoming")]
+    pub max_incoming_connections: u32,
+    /// Allow the admin calls that block peers (tests and testnets only).
+    #[serde(default)]
+    pub enable_fault_injection: bool,
+}
+
+fn default_rpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], DEFAULT_RPC_PORT))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], DEFAULT_RPC_PORT.saturating_add(1)))
+}
+fn default_p2p_listen() -> Vec<String> {
+    vec!["/ip4/127.0.0.1/tcp/0".into()]
+}
+fn default_max_incoming() -> u32 {
+    DEFAULT_MAX_INCOMING_CONNECTIONS
+}
+
+/// Default gRPC port; the client subcommands' default `--rpc` points here.
+pub const DEFAULT_RPC_PORT: u16 = 7100;
+/// Default client target.
+pub const DEFAULT_RPC_URL: &str = "http://127.0.0.1:7100";
+/// Default cap on inbound connections.
+pub const DEFAULT_MAX_INCOMING_CONNECTIONS: u32 = 128;
+
+impl NodeConfig {
+    /// Reads a node config and resolves its relative paths.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.genesis = base.join(&config.genesis);
+        config.key = base.join(&config.key);
+        config.data_dir = base.join(&config.data_dir);
+        Ok(config)
+    }
+}
+
+/// Options of `credence genesis`.
+#[derive(Clone, Debug)]
+pub struct GenesisPlan {
+    pub network_name: String,
+    pub regions: Vec<String>,
+    pub validators_per_region: u32,
+    pub base_port: u16,
+    pub created_at: Millis,
+}
+
+/// One node's addresses, as written to `network.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkNode {
+    pub name: String,
+    pub region: String,
+    pub peer_id: String,
+    pub rpc: String,
+    pub p2p: String,
+    pub metrics: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+/// `network.json`: everything a script needs to reach a generated network.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkFile {
+    pub network_id: String,
+    pub genesis: PathBuf,
+    pub keys: BTreeMap<String, PathBuf>,
+    pub nodes: Vec<NetworkNode>,
+}
+
+/// Ports each node uses, in order from the base port: rpc, p2p, http.
+pub const PORTS_PER_NODE: u16 = 3;
+
+/// Writes a whole local network: genesis, demo keys, one directory per
+/// validator with its key and node.toml, and network.json.
+pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, ConfigError> {
+    if plan.regions.is_empty() || plan.validators_per_region == 0 {
+        return Err(ConfigError::Usage(
+            "need at least one region and one validator per region".into(),
+        ));
+    }
+    let mut unique = BTreeSet::new();
+    for r in &plan.regions {
+        let ok = !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok || !unique.insert(r) {
+            return Err(ConfigError::Usage(format!(
+                "region name {r:?} is empty, repeated or has characters other than letters, digits, - and _"
+            )));
+        }
+    }
+    let count = u32::try_from(plan.regions.len())
+        .ok()
+        .and_then(|r| r.checked_mul(plan.validators_per_region))
+        .ok_or_else(|| ConfigError::Usage("too many nodes".into()))?;
+    let last_port = u32::from(plan.base_port) + count * u32::from(PORTS_PER_NODE);
+    if last_port > u32::from(u16::MAX) {
+        return Err(ConfigError::Usage(format!(
+            "{count} nodes need {} ports from base port {}: pass a lower --base-port",
+            count * u32::from(PORTS_PER_NODE),
+            plan.base_port
+        )));
+    }
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConfigError::Write { path, source }
+    };
+    if out.join("genesis.toml").exists() {
+        return Err(ConfigError::Usage(format!(
+            "{} already holds a genesis; pass an empty --out directory",
+            out.display()
+        )));
+    }
+    let keys_dir = out.join("keys");
+    std::fs::create_dir_all(&keys_dir).map_err(write_err(&keys_dir))?;
+    let mut role_keys = BTreeMap::new();
+    let mut role_public = BTreeMap::new();
+    for role in ["issuer", "operator", "claimant"] {
+        let key = keys::generate();
+        let path = keys_dir.join(format!("{role}.key"));
+        keys::write(&path, &key)?;
+        role_public.insert(role, hex::encode(key.verifying_key().to_bytes()));
+        role_keys.insert(role.to_string(), path);
+    }
+    let mut validators = Vec::new();
+    let mut nodes = Vec::new();
+    let mut index: u16 = 0;
+    for region in &plan.regions {
+        for i in 0..plan.validators_per_region {
+            let name = format!("{region}-{i}");
+            let base = plan.base_port + index * PORTS_PER_NODE;
+            let (rpc, p2p, http) = (base, base + 1, base + 2);
+            let dir = out.join("nodes").join(&name);
+            std::fs::create_dir_all(&dir).map_err(write_err(&dir))?;
+            let key = keys::generate();
+            keys::write(&dir.join("node.key"), &key)?;
+            let public = key.verifying_key().to_bytes();
+            let peer_id = keys::peer_id_of(&public).map(|p| p.to_string()).unwrap_or_default();
+            let p2p_addr = format!("/ip4/127.0.0.1/tcp/{p2p}");
+            validators.push(ValidatorEntry {
+                name: name.clone(),
+                key: hex::encode(public),
+                region: region.clone(),
+                weight: 1,
+                addresses: vec![format!("{p2p_addr}/p2p/{peer_id}")],
+            });
+            let config = NodeConfig {
+                genesis: PathBuf::from("../../genesis.toml"),
+                key: PathBuf::from("node.key"),
+                data_dir: PathBuf::from("data"),
+                rpc_listen: SocketAddr::from(([127, 0, 0, 1], rpc)),
+                http_listen: SocketAddr::from(([127, 0, 0, 1], http)),
+                p2p_listen: vec![p2p_addr.clone()],
+                peers: vec![],
+                max_incoming_connections: DEFAULT_MAX_INCOMING_CONNECTIONS,
+                enable_fault_injection: false,
+            };
+            let config_path = dir.join("node.toml");
+            let text = toml::to_string(&config).map_err(|e| ConfigError::Usage(e.to_string()))?;
+            std::fs::write(
+                &config_path,
+                format!("# Credence node {name} (region {region})\n{text}"),
+            )
+            .map_err(write_err(&config_path))?;
+            nodes.push(NetworkNode {
+                name,
+                region: region.clone(),
+                peer_id,
+                rpc: format!("http://127.0.0.1:{rpc}"),
+                p2p: p2p_addr,
+                metrics: format!("http://127.0.0.1:{http}/metrics"),
+                config: config_path,
+                data_dir: dir.join("data"),
+            });
+            index += 1;
+        }
+    }
+    let total_per_region: u64 = 1_000_000;
+    let genesis = Genesis {
+        network_name: plan.network_name.clone(),
+        created_at: plan.created_at,
+        params: Params::default(),
+        regions: plan.regions.iter().map(|r| RegionEntry { name: r.clone() }).collect(),
+        validators,
+        issuers: vec![IssuerEntry {
+            key: role_public.get("issuer").cloned().unwrap_or_default(),
+            schemas: vec![DEMO_SCHEMA.into()],
+        }],
+        operators: vec![OperatorEntry {
+            key: role_public.get("operator").cloned().unwrap_or_default(),
+        }],
+        distributions: vec![demo_distribution(&plan.regions, total_per_region)],
+    };
+    let genesis_path = out.join("genesis.toml");
+    let text = toml::to_string(&genesis).map_err(|e| ConfigError::Usage(e.to_string()))?;
+    let bytes = format!("# Credence genesis: every node of this network must run from this exact file.\n{text}");
+    std::fs::write(&genesis_path, &bytes).map_err(write_err(&genesis_path))?;
+    let network = NetworkFile {
+        network_id: hex::encode(NetworkId::of_genesis(bytes.as_bytes()).0),
+        genesis: genesis_path,
+        keys: role_keys,
+        nodes,
+    };
+    let network_path = out.join("network.json");
+    let json = serde_json::to_string_pretty(&network).map_err(|e| ConfigError::Usage(e.to_string()))?;
+    std::fs::write(&network_path, json).map_err(write_err(&network_path))?;
+    Ok(network)
+}
+
+/// The schema granted to the demo issuer in dev mode and generated networks.
+pub const DEMO_SCHEMA: &str = "demo";
+
+fn demo_distribution(regions: &[String], per_region: u64) -> DistributionEntry {
+    DistributionEntry {
+        name: "demo".into(),
+        asset: "DEMO".into(),
+        total: per_region.saturating_mul(regions.len() as u64),
+        schema: DEMO_SCHEMA.into(),
+        amount_per_claim: 100,
+        opens_at: 0,
+        closes_at: 0,
+        allocations: regions
+            .iter()
+            .map(|r| AllocationEntry {
+                region: r.clone(),
+                amount: per_region,
+            })
+            .collect(),
+    }
+}
+
+/// Paths of a dev node's files inside its data directory.
+#[derive(Clone, Debug)]
+pub struct DevLayout {
+    pub genesis: PathBuf,
+    pub node_key: PathBuf,
+    pub keys_dir: PathBuf,
+    pub store_dir: PathBuf,
+}
+
+/// Creates (first run) or reuses (later runs) a one-node dev network in `dir`.
+pub fn prepare_dev(dir: &Path, created_at: Millis) -> Result<DevLayout, ConfigError> {
+    let keys_dir = dir.join("keys");
+    let layout = DevLayout {
+        genesis: dir.join("genesis.toml"),
+        node_key: keys_dir.join("node.key"),
+        keys_dir: keys_dir.clone(),
+        store_dir: dir.join("store"),
+    };
+    if layout.genesis.exists() {
+        return Ok(layout);
+    }
+    std::fs::create_dir_all(&keys_dir).map_err(|source| ConfigError::Write {
+        path: keys_dir.clone(),
+        source,
+    })?;
+    let mut public = BTreeMap::new();
+    for role in ["node", "issuer", "operator", "claimant"] {
+        let path = keys_dir.join(format!("{role}.key"));
+        let key = if path.exists() {
+            keys::load(&path)?
+        } else {
+            let key = keys::generate();
+            keys::write(&path, &key)?;
+            key
+        };
+        public.insert(role, hex::encode(key.verifying_key().to_bytes()));
+    }
+    let region = "local".to_string();
+    let genesis = Genesis {
+        network_name: "credence-dev".into(),
+        created_at,
+        params: Params::default(),
+        regions: vec![RegionEntry { name: region.clone() }],
+        validators: vec![ValidatorEntry {
+            name: "dev-0".into(),
+            key: public.get("node").cloned().unwrap_or_default(),
+            region: region.clone(),
+            weight: 1,
+            addresses: vec![],
+        }],
+        issuers: vec![IssuerEntry {
+            key: public.get("issuer").cloned().unwrap_or_default(),
+            schemas: vec![DEMO_SCHEMA.into()],
+        }],
+        operators: vec![OperatorEntry {
+            key: public.get("operator").cloned().unwrap_or_default(),
+        }],
+        distributions: vec![demo_distribution(&[region], 1_000_000)],
+    };
+    let text = toml::to_string(&genesis).map_err(|e| ConfigError::Usage(e.to_string()))?;
+    // Written last and atomically: its presence marks a complete dev directory.
+    let tmp = dir.join("genesis.toml.tmp");
+    std::fs::write(&tmp, format!("# Credence dev genesis (one node, one region).\n{text}"))
+        .and_then(|()| std::fs::rename(&tmp, &layout.genesis))
+        .map_err(|source| ConfigError::Write {
+            path: layout.genesis.clone(),
+            source,
+        })?;
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_network_loads_back_and_is_consistent() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let plan = GenesisPlan {
+            network_name: "t".into(),
+            regions: vec!["eu".into(), "us".into()],
+            validators_per_region: 2,
+            base_port: 20000,
+            created_at: 1,
+        };
+        let net = write_network(&plan, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(net.nodes.len(), 4);
+        assert_eq!(
+            net.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["eu-0", "eu-1", "us-0", "us-1"]
+        );
+        let g = LoadedGenesis::load(&dir.path().join("genesis.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hex::encode(g.network_id.0), net.network_id);
+        let node = NodeConfig::load(&dir.path().join("nodes/us-1/node.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(node.rpc_listen.port(), 20009);
+        let key = keys::load(&node.key).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            g.validator(&key.verifying_key().to_bytes()).map(|v| v.name.as_str()),
+            Some("us-1")
+        );
+        assert!(matches!(write_network(&plan, dir.path()), Err(ConfigError::Usage(_))));
+    }
+
+    #[test]
+    fn invalid_genesis_files_say_why() {
+        let bad = br#"network_name = "x"
+created_at = 0
+regions = [{ name = "eu" }]
+validators = [{ name = "a", key = "zz", region = "eu", weight = 1 }]
+"#;
+        let err = LoadedGenesis::from_bytes(Path::new("g.toml"), bad)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("not 64 hex")));
+    }
+}

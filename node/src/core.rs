@@ -1,0 +1,15 @@
+//! The pure protocol core: envelopes, credentials and (later) distributions,
+//! buckets, votes and the ledger.
+//!
+//! Nothing here does I/O, reads a clock or draws randomness: the shell passes
+//! the current time in and persists and sends whatever the core returns, so
+//! the same code runs in a node and in the deterministic simulator.
+
+pub mod credentials;
+pub mod envelope;
+pub mod limits;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+/// A 32-byte ed25519 public key.
+pub type PublicKey = [u8; 32];

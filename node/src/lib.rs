@@ -1,0 +1,18 @@
+//! Credence: a peer-to-peer network of nodes that gossips credential
+//! attestations and revocations, and (with the escrow protocol) accounts
+//! distribution claims against regional escrows.
+//!
+//! Code map: `core` is the pure protocol; `store` owns sled; `net` owns the
+//! libp2p swarm; `rpc` owns tonic and the HTTP endpoints; `cli` parses the
+//! command line and is the only place that prints for humans; `node` wires
+//! them together and owns the actor that applies everything.
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod keys;
+pub mod metrics;
+pub mod net;
+pub mod node;
+pub mod rpc;
+pub mod store;

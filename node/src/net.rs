@@ -1,0 +1,679 @@
+//! The libp2p network: the only module that touches the `Swarm`.
+//!
+//! TCP + noise + yamux, identify, ping, gossipsub (anonymous, application
+//! validated, content-addressed ids), request-response for credential
+//! catch-up, connection limits and an admin block-list. Others talk to it
+//! through [`NetHandle`]; inbound gossip flows through the validation
+//! pipeline in [`pipeline`] to the node actor and back as Accept / Reject /
+//! Ignore.
+
+mod codec;
+pub mod pipeline;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use credence_proto::v1 as pb;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, connection_limits, identify, noise, ping, tcp, yamux};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+pub use codec::{SYNC_PROTOCOL, SYNC_RESPONSE_MAX_BYTES};
+
+use crate::config::Validator;
+use crate::core::envelope::{self, Kind, NetworkId};
+use crate::core::limits::GOSSIP_MAX_BYTES;
+use crate::metrics::Metrics;
+use crate::node::NodeHandle;
+use pipeline::{Pipeline, QueueStats};
+
+/// Commands from handles to the network loop. Publishing is fire-and-forget:
+/// when this queue is full the message is shed and counted (catch-up repairs it).
+pub const NET_COMMAND_CAPACITY: usize = 8192;
+/// How often every connected peer's credential log is pulled, besides on
+/// each (re)connection.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Entries asked for per sync page.
+pub const SYNC_PAGE_ENTRIES: u32 = 512;
+/// How often disconnected known peers are redialled.
+pub const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+/// Ping period; a failed ping closes the connection so it is redialled.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// Largest gossip message on the credential topic: an attestation's 4 KiB of
+/// data plus its fields and envelope fit with room to spare.
+pub const CRED_TOPIC_MAX_BYTES: usize = 8 * 1024;
+/// Score below which gossipsub ignores a peer entirely (graylist). A peer gets
+/// there after a handful of invalid messages: see [`peer_score_params`].
+pub const GRAYLIST_THRESHOLD: f64 = -80.0;
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid p2p listen address {addr:?}: {message}")]
+    BadListen { addr: String, message: String },
+    #[error("cannot listen on {addr}: {message} (is the port in use? pick another p2p_listen)")]
+    Listen { addr: String, message: String },
+    #[error("invalid peer address {addr:?}: {message}")]
+    BadPeer { addr: String, message: String },
+    #[error("cannot build the libp2p stack: {0}")]
+    Build(String),
+}
+
+/// What the network knows about a connected peer.
+#[derive(Clone, Debug)]
+pub struct PeerSummary {
+    pub peer_id: PeerId,
+    pub address: String,
+    pub name: String,
+    pub region: String,
+    pub score: f64,
+}
+
+/// Everything the network needs to start.
+pub struct NetConfig {
+    pub keypair: libp2p::identity::Keypair,
+    pub network_id: NetworkId,
+    pub listen: Vec<String>,
+    pub peers: Vec<String>,
+    pub validators: Vec<Validator>,
+    pub max_incoming_connections: u32,
+    pub fault_injection: bool,
+}
+
+enum Command {
+    Publish { kind: Kind, raw: Vec<u8> },
+    Peers { reply: oneshot::Sender<Vec<PeerSummary>> },
+    ListenAddrs { reply: oneshot::Sender<Vec<String>> },
+    Block { peer: PeerId, blocked: bool },
+}
+
+/// Messages from the network's helper tasks back to its loop.
+enum Internal {
+    Validated {
+        message_id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Respond {
+        channel: request_response::ResponseChannel<pb::SyncResponse>,
+        response: pb::SyncResponse,
+    },
+    SyncApplied {
+        peer: PeerId,
+        next_cursor: u64,
+        more: bool,
+    },
+}
+
+/// A cloneable handle to the network loop.
+#[derive(Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+    metrics: Metrics,
+    /// Queue figures shared with the validation pipeline.
+    pub queues: Arc<Vec<Arc<QueueStats>>>,
+}
+
+/// The receiving half, handed to [`spawn`].
+pub struct NetDriver {
+    rx: mpsc::Receiver<Command>,
+}
+
+impl NetHandle {
+    /// A handle and the driver its loop will consume.
+    pub fn new(metrics: Metrics) -> (NetHandle, NetDriver) {
+        let (tx, rx) = mpsc::channel(NET_COMMAND_CAPACITY);
+        let queues = Arc::new(pipeline::queue_stats());
+        (NetHandle { tx, metrics, queues }, NetDriver { rx })
+    }
+
+    /// Publishes an accepted object on its topic; sheds (and counts) when the
+    /// network loop is saturated.
+    pub fn publish(&self, kind: Kind, raw: Vec<u8>) {
+        if self.tx.try_send(Command::Publish { kind, raw }).is_err() {
+            self.metrics
+                .queue_dropped
+                .get_or_create(&crate::metrics::QueueLabels {
+                    queue: "publish".into(),
+                })
+                .inc();
+        }
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Vec<PeerSummary> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The addresses the swarm listens on.
+    pub async fn listen_addrs(&self) -> Vec<String> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::ListenAddrs { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Blocks (or unblocks) a peer: refuses its connections and drops the
+    /// current ones. Only reachable through RPC when fault injection is on.
+    pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> bool {
+        self.tx.send(Command::Block { peer, blocked }).await.is_ok()
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    sync: request_response::Behaviour<codec::SyncCodec>,
+}
+
+/// Topic names under `/credence/<network_id_hex8>/…/1`.
+pub fn topic(network: &NetworkId, name: &str) -> IdentTopic {
+    IdentTopic::new(format!("/credence/{}/{name}/1", network.short_hex()))
+}
+
+/// The topic an object kind travels on.
+pub fn topic_of(network: &NetworkId, kind: Kind) -> IdentTopic {
+    let name = match kind {
+        Kind::Attestation | Kind::Revocation | Kind::IssuerGrant => "cred",
+        Kind::Distribution => "dist",
+        Kind::Batch | Kind::Vote | Kind::Freeze => "certs",
+        Kind::Claim => "claims",
+        Kind::Heartbeat => "heartbeat",
+        Kind::Evidence => "evidence",
+    };
+    topic(network, name)
+}
+
+/// Peer scoring. Invalid messages (bad signature, malformed) weigh heavily:
+/// each adds -(count²)·10 on the topic, so three or so push a peer past the
+/// graylist threshold, while honest peers sit at or above zero. IP
+/// colocation is not scored: validators are admitted by the genesis, and
+/// local testnets put every node on one address.
+pub fn peer_score_params(topics: &[TopicHash]) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    for topic in topics {
+        let topic_params = gossipsub::TopicScoreParams {
+            topic_weight: 1.0,
+            time_in_mesh_weight: 0.0,
+            first_message_deliveries_weight: 0.0,
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            invalid_message_deliveries_weight: -10.0,
+            invalid_message_deliveries_decay: 0.99,
+            ..Default::default()
+        };
+        params.topics.insert(topic.clone(), topic_params);
+    }
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: GRAYLIST_THRESHOLD,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    };
+    (params, thresholds)
+}
+
+/// Builds the swarm, binds its listeners and starts its loop.
+pub async fn spawn(
+    config: NetConfig,
+    driver: NetDriver,
+    node: NodeHandle,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, NetError> {
+    let network_id = config.network_id;
+    let topics: Vec<IdentTopic> = ["cred", "dist", "certs", "heartbeat", "evidence"]
+        .iter()
+        .map(|name| topic(&network_id, name))
+        .collect();
+    let cred_topic = topic(&network_id, "cred").hash();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        .validate_messages()
+        .message_id_fn(move |message: &gossipsub::Message| message_id(&network_id, &message.data))
+        .max_transmit_size(GOSSIP_MAX_BYTES)
+        .max_transmit_size_for_topic(CRED_TOPIC_MAX_BYTES, cred_topic)
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+        .map_err(|e| NetError::Build(e.to_string()))?;
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+        .map_err(|e| NetError::Build(e.to_string()))?;
+    let hashes: Vec<TopicHash> = topics.iter().map(|t| t.hash()).collect();
+    let (params, thresholds) = peer_score_params(&hashes);
+    gossipsub.with_peer_score(params, thresholds).map_err(NetError::Build)?;
+    for t in &topics {
+        gossipsub.subscribe(t).map_err(|e| NetError::Build(e.to_string()))?;
+    }
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(config.max_incoming_connections))
+        .with_max_established_per_peer(Some(2));
+    let public = config.keypair.public();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Build(e.to_string()))?
+        .with_behaviour(|_| Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
+            limits: connection_limits::Behaviour::new(limits),
+            gossipsub,
+            identify: identify::Behaviour::new(identify::Config::new("/credence/1".into(), public)),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+            sync: request_response::Behaviour::with_codec(
+                codec::SyncCodec,
+                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
+            ),
+        })
+        .map_err(|e| NetError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    for addr in &config.listen {
+        let ma: Multiaddr = addr
+            .parse()
+            .map_err(|e: libp2p::multiaddr::Error| NetError::BadListen {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        swarm.listen_on(ma).map_err(|e| NetError::Listen {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    // Wait for the listeners to bind (or fail) so a port clash is a start error.
+    let mut listening = Vec::new();
+    while listening.len() < config.listen.len() {
+        match tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => listening.push(address),
+            Ok(SwarmEvent::ListenerError { error, .. }) | Ok(SwarmEvent::ListenerClosed { reason: Err(error), .. }) => {
+                return Err(NetError::Listen {
+                    addr: config.listen.join(","),
+                    message: error.to_string(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(NetError::Listen {
+                    addr: config.listen.join(","),
+                    message: "timed out waiting for the listener".into(),
+                });
+            }
+        }
+    }
+    info!(addrs = ?listening, peer_id = %swarm.local_peer_id(), "p2p listening");
+
+    let local = *swarm.local_peer_id();
+    let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+    let mut names = HashMap::new();
+    for v in &config.validators {
+        if let Some(peer) = crate::keys::peer_id_of(&v.key) {
+            names.insert(peer, (v.name.clone(), v.region.clone()));
+            if peer == local {
+                continue;
+            }
+            for a in &v.addresses {
+                if let Ok(ma) = a.parse::<Multiaddr>() {
+                    known.entry(peer).or_default().push(ma);
+                }
+            }
+        }
+    }
+    let mut anonymous = Vec::new();
+    for p in &config.peers {
+        let ma: Multiaddr = p.parse().map_err(|e: libp2p::multiaddr::Error| NetError::BadPeer {
+            addr: p.clone(),
+            message: e.to_string(),
+        })?;
+        match ma.iter().last() {
+            Some(libp2p::multiaddr::Protocol::P2p(peer)) if peer != local => known.entry(peer).or_default().push(ma),
+            Some(libp2p::multiaddr::Protocol::P2p(_)) => {}
+            _ => anonymous.push(ma),
+        }
+    }
+    let (internal_tx, internal_rx) = mpsc::channel(pipeline::RESULTS_CAPACITY);
+    let pipeline = Pipeline::start(network_id, node.clone(), internal_tx.clone(), shutdown.clone());
+    let mut event_loop = EventLoop {
+        swarm,
+        network_id,
+        node,
+        commands: driver.rx,
+        internal_rx,
+        internal_tx,
+        pipeline,
+        known,
+        anonymous,
+        names,
+        connected: HashMap::new(),
+        cursors: HashMap::new(),
+        syncing: HashSet::new(),
+        listening,
+    };
+    Ok(tokio::spawn(async move { event_loop.run(shutdown).await }))
+}
+
+/// gossipsub message id = the envelope's object id (content addressing), so a
+/// message and its re-publication are one message. Undecodable data gets a
+/// hash of its bytes; it is rejected by validation anyway.
+fn message_id(network: &NetworkId, data: &[u8]) -> MessageId {
+    match pb::Signed::decode(data) {
+        Ok(signed) => match Kind::from_wire(signed.kind) {
+            Some(kind) => MessageId::from(envelope::digest(network, kind, &signed.body).0.to_vec()),
+            None => MessageId::from(blake3::hash(data).as_bytes().to_vec()),
+        },
+        Err(_) => MessageId::from(blake3::hash(data).as_bytes().to_vec()),
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    network_id: NetworkId,
+    node: NodeHandle,
+    commands: mpsc::Receiver<Command>,
+    internal_rx: mpsc::Receiver<Internal>,
+    internal_tx: mpsc::Sender<Internal>,
+    pipeline: Pipeline,
+    /// Peers to keep connected to, with their addresses.
+    known: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Configured addresses without a peer id, dialled until connected once.
+    anonymous: Vec<Multiaddr>,
+    names: HashMap<PeerId, (String, String)>,
+    connected: HashMap<PeerId, Multiaddr>,
+    /// Next position to pull from each peer's credential log.
+    cursors: HashMap<PeerId, u64>,
+    /// Peers with a sync page in flight.
+    syncing: HashSet<PeerId>,
+    listening: Vec<Multiaddr>,
+}
+
+impl EventLoop {
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+        let mut redial_tick = tokio::time::interval(REDIAL_INTERVAL);
+        self.redial();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = redial_tick.tick() => self.redial(),
+                _ = sync_tick.tick() => {
+                    let peers: Vec<PeerId> = self.connected.keys().copied().collect();
+                    for peer in peers {
+                        self.request_sync(peer);
+                    }
+                }
+            }
+        }
+        debug!("network loop stopped");
+    }
+
+    fn redial(&mut self) {
+        for (peer, addrs) in &self.known {
+            if self.connected.contains_key(peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(*peer)
+                .addresses(addrs.clone())
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "redial skipped");
+            }
+        }
+        for addr in self.anonymous.clone() {
+            let reached = self.connected.values().any(|a| a == &addr);
+            if !reached && let Err(e) = self.swarm.dial(addr.clone()) {
+                debug!(%addr, error = %e, "dial failed");
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { kind, raw } => {
+                let topic = topic_of(&self.network_id, kind);
+                match self.swarm.behaviour_mut().gossipsub.publish(topic, raw) {
+                    Ok(_) => {}
+                    // Alone or not yet meshed: catch-up delivers it later.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                    Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(e) => debug!(error = %e, "publish failed"),
+                }
+            }
+            Command::Peers { reply } => {
+                let gossip = &self.swarm.behaviour().gossipsub;
+                let peers = self
+                    .connected
+                    .iter()
+                    .map(|(peer, addr)| {
+                        let (name, region) = self.names.get(peer).cloned().unwrap_or_default();
+                        PeerSummary {
+                            peer_id: *peer,
+                            address: addr.to_string(),
+                            name,
+                            region,
+                            score: gossip.peer_score(peer).unwrap_or(0.0),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.listening.iter().map(|a| a.to_string()).collect());
+            }
+            Command::Block { peer, blocked } => {
+                let list = &mut self.swarm.behaviour_mut().blocked;
+                if blocked {
+                    list.block_peer(peer);
+                } else {
+                    list.unblock_peer(peer);
+                }
+            }
+        }
+    }
+
+    fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Validated {
+                message_id,
+                source,
+                acceptance,
+            } => {
+                if matches!(acceptance, MessageAcceptance::Reject) {
+                    warn!(peer = %source, "rejected an invalid gossip message");
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &source, acceptance);
+            }
+            Internal::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("sync requester went away before the answer");
+                }
+            }
+            Internal::SyncApplied {
+                peer,
+                next_cursor,
+                more,
+            } => {
+                self.syncing.remove(&peer);
+                let cursor = self.cursors.entry(peer).or_insert(0);
+                *cursor = (*cursor).max(next_cursor);
+                if more {
+                    self.request_sync(peer);
+                }
+            }
+        }
+    }
+
+    fn request_sync(&mut self, peer: PeerId) {
+        if !self.syncing.insert(peer) {
+            return;
+        }
+        let cursor = self.cursors.get(&peer).copied().unwrap_or(0);
+        self.swarm.behaviour_mut().sync.send_request(
+            &peer,
+            pb::SyncRequest {
+                cursor,
+                limit: SYNC_PAGE_ENTRIES,
+            },
+        );
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if !self.listening.contains(&address) {
+                    self.listening.push(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.connected.insert(peer_id, endpoint.get_remote_address().clone());
+                self.node
+                    .metrics
+                    .peers
+                    .set(i64::try_from(self.connected.len()).unwrap_or(0));
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    // Catch up on what we missed while apart.
+                    self.request_sync(peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.connected.remove(&peer_id);
+                    self.syncing.remove(&peer_id);
+                    self.node
+                        .metrics
+                        .peers
+                        .set(i64::try_from(self.connected.len()).unwrap_or(0));
+                    info!(peer = %peer_id, "peer disconnected");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+                ..
+            })) => {
+                if let Err(e) = result {
+                    // A silent connection is not trusted: close it so the
+                    // redial timer opens a fresh one.
+                    debug!(%peer, error = %e, "ping failed; closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        if let gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        } = event
+        {
+            let verdict = self
+                .pipeline
+                .enqueue(&self.network_id, propagation_source, message_id.clone(), &message);
+            if let Some(acceptance) = verdict {
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+        }
+    }
+
+    fn on_sync(&mut self, event: request_response::Event<pb::SyncRequest, pb::SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let node = self.node.clone();
+                    let tx = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        let response = pipeline::sync_page(&node, request).await;
+                        let _ = tx.send(Internal::Respond { channel, response }).await;
+                    });
+                }
+                request_response::Message::Response { response, .. } => {
+                    let node = self.node.clone();
+                    let tx = self.internal_tx.clone();
+                    let network = self.network_id;
+                    tokio::spawn(async move {
+                        let (next_cursor, more) = pipeline::apply_sync_page(&network, &node, peer, response).await;
+                        let _ = tx
+                            .send(Internal::SyncApplied {
+                                peer,
+                                next_cursor,
+                                more,
+                            })
+                            .await;
+                    });
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "sync request failed");
+                self.syncing.remove(&peer);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Internal {
+    fn validated(message_id: MessageId, source: PeerId, acceptance: MessageAcceptance) -> Internal {
+        Internal::Validated {
+            message_id,
+            source,
+            acceptance,
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! Wires a node together and owns the actor that applies every object.
+//!
+//! The actor is the single owner of the protocol state (`CredentialBook`)
+//! and the only writer of the store. RPC handlers and the network send it
+//! `Command`s over a bounded channel and wait on a `oneshot` reply. It drains
+//! commands in groups, applies them, appends what is new to the store, flushes
+//! once for the whole group (group commit), and only then replies and
+//! publishes: an acknowledged object is durable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use crate::config::LoadedGenesis;
+use crate::core::credentials::{Applied, CredentialBook, CredentialError, CredentialRules, CredentialView};
+use crate::core::envelope::{self, EnvelopeError, Kind, ObjectId, Verified};
+use crate::core::{Millis, PublicKey};
+use crate::metrics::Metrics;
+use crate::net::{self, NetConfig, NetHandle};
+use crate::store::{LogEntry, Store, StoreError};
+
+/// Commands waiting for the actor. Full means the node is overloaded: RPC
+/// callers get `RESOURCE_EXHAUSTED`, gossip is shed (and counted) upstream.
+pub const ACTOR_QUEUE_CAPACITY: usize = 4096;
+/// Most commands applied between two store flushes.
+pub const ACTOR_GROUP_MAX: usize = 1024;
+
+/// The current time in milliseconds since the Unix epoch. The shell reads the
+/// clock; the core is handed the value.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Everything a node needs to start.
+#[derive(Debug)]
+pub struct NodeSettings {
+    pub genesis: LoadedGenesis,
+    pub key: SigningKey,
+    pub store_dir: PathBuf,
+    pub rpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub p2p_listen: Vec<String>,
+    pub peers: Vec<String>,
+    pub max_incoming_connections: u32,
+    pub enable_fault_injection: bool,
+    /// `dev` or `node`, reported by status.
+    pub mode_label: &'static str,
+}
+
+/// Static facts about a running node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub node_id: PublicKey,
+    pub peer_id: String,
+    pub name: String,
+    pub region: String,
+    pub validator: bool,
+    pub network_id: envelope::NetworkId,
+    pub mode_label: &'static str,
+    pub started_at: Millis,
+    pub fault_injection: bool,
+}
+
+/// Where an object came from; decides whether it is published and how a
+/// rejection is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Rpc,
+    Gossip,
+    Sync,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Rpc => "rpc",
+            Source::Gossip => "gossip",
+            Source::Sync => "sync",
+        }
+    }
+}
+
+/// The actor's verdict on one verified object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    New,
+    Duplicate,
+    Rejected(CredentialError),
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("invalid envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("expected a {expected} envelope, got a {got}")]
+    WrongKind { expected: &'static str, got: &'static str },
+    #[error("{0}")]
+    Rejected(#[from] CredentialError),
+    #[error("node is overloaded; retry shortly")]
+    Overloaded,
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("storage failed: {0}")]
+    Store(String),
+}
+
+/// Result of an accepted submission.
+#[derive(Clone, Debug)]
+pub struct SubmitOutcome {
+    pub id: ObjectId,
+    pub new: bool,
+}
+
+/// Counters the actor reports for status.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    pub attestations: u64,
+    pub revocations: u64,
+    pub credential_log_len: u64,
+}
+
+enum Command {
+    Ingest {
+        objects: Vec<Verified>,
+        source: Source,
+        reply: Option<oneshot::Sender<Vec<Result<Verdict, SubmitError>>>>,
+    },
+    Credential {
+        id: ObjectId,
+        reply: oneshot::Sender<(CredentialView, Millis)>,
+    },
+    Credentials {
+        subject: PublicKey,
+        reply: oneshot::Sender<(Vec<CredentialView>, Millis)>,
+    },
+    Counts {
+        reply: oneshot::Sender<Counts>,
+    },
+    LogPage {
+        cursor: u64,
+        limit: u32,
+        reply: oneshot::Sender<Result<(Vec<LogEntry>, u64), StoreError>>,
+    },
+}
+
+/// A cloneable handle to a running node's actor.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    pub info: Arc<NodeInfo>,
+    pub metrics: Metrics,
+    pub net: NetHandle,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("info", &self.info).finish()
+    }
+}
+
+impl NodeHandle {
+    /// Verifies and applies one envelope submitted by a client, waiting until
+    /// it is durable.
+    pub async fn submit(&self, raw: &[u8], expect: Kind) -> Result<SubmitOutcome, SubmitError> {
+        let unverified = envelope::decode(&self.info.network_id, raw)?;
+        if unverified.kind != expect {
+            return Err(SubmitError::WrongKind {
+                expected: expect.name(),
+                got: unverified.kind.name(),
+            });
+        }
+        let verified = unverified.verify()?;
+        let id = verified.id;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Ingest {
+                objects: vec![verified],
+                source: Source::Rpc,
+                reply: Some(reply),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+            })?;
+        let mut verdicts = rx.await.map_err(|_| SubmitError::ShuttingDown)?;
+        match verdicts.pop() {
+            Some(Ok(Verdict::New)) => Ok(SubmitOutcome { id, new: true }),
+            Some(Ok(Verdict::Duplicate)) => Ok(SubmitOutcome { id, new: false }),
+            Some(Ok(Verdict::Rejected(e))) => Err(SubmitError::Rejected(e)),
+            Some(Err(e)) => Err(e),
+            None => Err(SubmitError::ShuttingDown),
+        }
+    }
+
+    /// Hands verified objects from the network to the actor and waits for the
+    /// verdicts (which gossipsub needs to accept or reject the message).
+    pub async fn ingest(&self, objects: Vec<Verified>, source: Source) -> Option<Vec<Result<Verdict, SubmitError>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ingest {
+                objects,
+                source,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// The credential with this attestation id and the instant its status holds.
+    pub async fn credential(&self, id: ObjectId) -> Option<(CredentialView, Millis)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Credential { id, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Every credential of a subject.
+    pub async fn credentials_of(&self, subject: PublicKey) -> Option<(Vec<CredentialView>, Millis)> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Credentials { subject, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Object counts.
+    pub async fn counts(&self) -> Option<Counts> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Counts { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// A page of the local credential log and the log's length.
+    pub async fn log_page(&self, cursor: u64, limit: u32) -> Option<Result<(Vec<LogEntry>, u64), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::LogPage { cursor, limit, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Depth and capacity of the actor's queue.
+    pub fn actor_queue(&self) -> (usize, usize) {
+        let capacity = self.tx.max_capacity();
+        (capacity.saturating_sub(self.tx.capacity()), capacity)
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store at {path} holds an entry that does not decode: {message}")]
+    CorruptLog { path: PathBuf, message: String },
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcError),
+}
+
+/// A started node: its handle, bound addresses and a way to stop it.
+pub struct RunningNode {
+    pub handle: NodeHandle,
+    pub rpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode").field("rpc_addr", &self.rpc_addr).finish()
+    }
+}
+
+impl RunningNode {
+    /// Stops every task and waits for them, flushing the store last.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts a node and returns once every listener is bound.
+pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
+    let started_at = now_ms();
+    let genesis = &settings.genesis;
+    let node_id = settings.key.verifying_key().to_bytes();
+    let validator = genesis.validator(&node_id).cloned();
+    let keypair = crate::keys::libp2p_keypair(&settings.key);
+    let info = Arc::new(NodeInfo {
+        node_id,
+        peer_id: keypair.public().to_peer_id().to_string(),
+        name: validator
+            .as_ref()
+            .map(|v| v.name.clone())
+            .unwrap_or_else(|| "observer".into()),
+        region: validator.as_ref().map(|v| v.region.clone()).unwrap_or_default(),
+        validator: validator.is_some(),
+        network_id: genesis.network_id,
+        mode_label: settings.mode_label,
+        started_at,
+        fault_injection: settings.enable_fault_injection,
+    });
+    let metrics = Metrics::new();
+    let store = Store::open(&settings.store_dir, &genesis.network_id)?;
+    let book = replay(&store, genesis, started_at)?;
+    metrics
+        .credential_log_len
+        .set(i64::try_from(store.credential_log_len()?).unwrap_or(i64::MAX));
+    info!(
+        attestations = book.attestation_count(),
+        revocations = book.revocation_count(),
+        "state restored from the store"
+    );
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(ACTOR_QUEUE_CAPACITY);
+    let (net_handle, net_driver) = net::NetHandle::new(metrics.clone());
+    let handle = NodeHandle {
+        tx,
+        info: info.clone(),
+        metrics: metrics.clone(),
+        net: net_handle.clone(),
+    };
+    let mut tasks = Vec::new();
+    let net_config = NetConfig {
+        keypair,
+        network_id: genesis.network_id,
+        listen: settings.p2p_listen.clone(),
+        peers: settings.peers.clone(),
+        validators: genesis.validators.clone(),
+        max_incoming_connections: settings.max_incoming_connections,
+        fault_injection: settings.enable_fault_injection,
+    };
+    let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
+    let actor = Actor {
+        book,
+        store,
+        metrics: metrics.clone(),
+        net: net_handle,
+    };
+    // The actor stops last: it waits until every sender is gone or shutdown.
+    tasks.push(tokio::spawn(actor.run(rx, shutdown_rx.clone())));
+    tasks.push(net_task);
+    let (rpc_addr, http_addr, rpc_tasks) =
+        crate::rpc::serve(handle.clone(), settings.rpc_listen, settings.http_listen, shutdown_rx).await?;
+    tasks.extend(rpc_tasks);
+    Ok(RunningNode {
+        handle,
+        rpc_addr,
+        http_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(settings: NodeSettings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let node = start(settings).await?;
+    shutdown.await;
+    info!("shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+/// Rebuilds the credential book from the durable log. Entries were verified
+/// before they were appended, so only their encoding is checked here.
+fn replay(store: &Store, genesis: &LoadedGenesis, now: Millis) -> Result<CredentialBook, StartError> {
+    let mut book = CredentialBook::new(
+        CredentialRules {
+            max_clock_skew_ms: genesis.genesis.params.max_clock_skew_ms,
+            operators: genesis.operators.clone(),
+        },
+        genesis.issuer_grants.iter().cloned(),
+    );
+    let corrupt = |message: String| StartError::CorruptLog {
+        path: store.path().to_path_buf(),
+        message,
+    };
+    for entry in store.credential_log() {
+        let entry = entry?;
+        let unverified = envelope::decode(&genesis.network_id, &entry.envelope)
+            .map_err(|e| corrupt(format!("log position {}: {e}", entry.position)))?;
+        let verified = Verified {
+            kind: unverified.kind,
+            body: unverified.body,
+            signer: unverified.signer.to_bytes(),
+            id: unverified.id,
+            raw: unverified.raw,
+        };
+        // Replaying at the time each object was learned keeps the skew rule
+        // from refusing what was accepted then.
+        let at = entry.learned_at.max(now.min(entry.learned_at));
+        if let Err(e) = book.apply_learned(at, entry.learned_at, &verified) {
+            return Err(corrupt(format!(
+                "log position {} no longer applies: {e}",
+                entry.position
+            )));
+        }
+    }
+    Ok(book)
+}
+
+struct Actor {
+    book: CredentialBook,
+    store: Store,
+    metrics: Metrics,
+    net: NetHandle,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+        let mut group = Vec::with_capacity(ACTOR_GROUP_MAX);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                received = rx.recv_many(&mut group, ACTOR_GROUP_MAX) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.metrics
+                        .queue_depth
+                        .get_or_create(&crate::metrics::QueueLabels { queue: "actor".into() })
+                        .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+                    if !self.process(&mut group).await {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.flush().await {
+            warn!(error = %e, "final store flush failed");
+        }
+    }
+
+    /// Applies a group of commands with one flush. Returns false when the
+    /// store failed and the node must stop.
+    async fn process(&mut self, group: &mut Vec<Command>) -> bool {
+        let now = now_ms();
+        let mut appended: Vec<(Millis, Vec<u8>, Kind, Source)> = Vec::new();
+        let mut ingest_replies = Vec::new();
+        let mut reads = Vec::new();
+        for command in group.drain(..) {
+            match command {
+                Command::Ingest { objects, source, reply } => {
+                    let mut verdicts = Vec::with_capacity(objects.len());
+                    for object in objects {
+                        let verdict = match self.book.apply(now, &object) {
+                            Ok(Applied::New) => {
+                                appended.push((now, object.raw, object.kind, source));
+                                self.metrics.object(object.kind.name(), "accepted", source.name());
+                                Verdict::New
+                            }
+                            Ok(Applied::Duplicate) => {
+                                self.metrics.object(object.kind.name(), "duplicate", source.name());
+                                Verdict::Duplicate
+                            }
+                            Err(e) => {
+                                self.metrics.object(object.kind.name(), "rejected", source.name());
+                                Verdict::Rejected(e)
+                            }
+                        };
+                        verdicts.push(verdict);
+                    }
+                    ingest_replies.push((reply, verdicts));
+                }
+                read => reads.push(read),
+            }
+        }
+        let mut failure = None;
+        if !appended.is_empty() {
+            let entries: Vec<(Millis, &[u8])> = appended.iter().map(|(at, raw, _, _)| (*at, raw.as_slice())).collect();
+            let result = match self.store.append_credentials(&entries) {
+                Ok(_) => self.store.flush().await,
+                Err(e) => Err(e),
+            };
+            self.metrics.store_flushes.inc();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "store write failed; stopping the node");
+                failure = Some(e.to_string());
+            }
+        }
+        for (reply, verdicts) in ingest_replies {
+            let answer = verdicts
+                .into_iter()
+                .map(|v| match (&failure, v) {
+                    (Some(e), Verdict::New) => Err(SubmitError::Store(e.clone())),
+                    (_, v) => Ok(v),
+                })
+                .collect();
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
+        }
+        if failure.is_some() {
+            return false;
+        }
+        if let Ok(len) = self.store.credential_log_len() {
+            self.metrics
+                .credential_log_len
+                .set(i64::try_from(len).unwrap_or(i64::MAX));
+        }
+        for (_, raw, kind, source) in appended {
+            // Gossip relays what it delivered by itself; sync objects are old
+            // news to the peer they came from. Only fresh submissions go out.
+            if source == Source::Rpc {
+                self.net.publish(kind, raw);
+            }
+        }
+        for read in reads {
+            self.answer(read, now);
+        }
+        true
+    }
+
+    fn answer(&self, command: Command, now: Millis) {
+        match command {
+            Command::Credential { id, reply } => {
+                let _ = reply.send((self.book.credential(&id, now), now));
+            }
+            Command::Credentials { subject, reply } => {
+                let _ = reply.send((self.book.credentials_of(&subject, now), now));
+            }
+            Command::Counts { reply } => {
+                let _ = reply.send(Counts {
+                    attestations: self.book.attestation_count() as u64,
+                    revocations: self.book.revocation_count() as u64,
+                    credential_log_len: self.store.credential_log_len().unwrap_or(0),
+                });
+            }
+            Command::LogPage { cursor, limit, reply } => {
+                let page = self
+                    .store
+                    .credential_log_page(cursor, limit)
+                    .and_then(|page| Ok((page, self.store.credential_log_len()?)));
+                let _ = reply.send(page);
+            }
+            Command::Ingest { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The node's RPC surface: the tonic gRPC service (with reflection v1 and
+//! v1alpha, and the standard health service) and an HTTP server with
+//! `/metrics`, `/healthz` and a JSON mirror of the read-only calls under `/v1/`.
+//!
+//! The only module that touches tonic and axum. Maps every node error to a
+//! gRPC status code with a message that says what went wrong.
+
+pub mod http;
+
+use std::net::SocketAddr;
+
+use credence_proto::v1 as pb;
+use credence_proto::v1::node_server::{Node, NodeServer};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::core::Millis;
+use crate::core::credentials::{CredentialError, CredentialView};
+use crate::core::envelope::{EnvelopeError, Kind, ObjectId, parse_hex32};
+use crate::node::{NodeHandle, SubmitError};
+
+/// Largest gRPC message accepted: one envelope plus framing.
+pub const RPC_MESSAGE_MAX_BYTES: usize = crate::core::limits::ENVELOPE_MAX_BYTES + 4096;
+/// Concurrent requests per gRPC connection.
+pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
+
+/// Why the RPC servers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot listen for gRPC on {addr}: {source} (is the port in use? pass --rpc-listen)")]
+    RpcBind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for HTTP on {addr}: {source} (is the port in use? pass --http-listen)")]
+    HttpBind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// Binds both servers and spawns them; returns their bound addresses.
+pub async fn serve(
+    node: NodeHandle,
+    rpc_listen: SocketAddr,
+    http_listen: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, SocketAddr, Vec<tokio::task::JoinHandle<()>>), RpcError> {
+    let rpc_listener = tokio::net::TcpListener::bind(rpc_listen)
+        .await
+        .map_err(|source| RpcError::RpcBind {
+            addr: rpc_listen,
+            source,
+        })?;
+    let rpc_addr = rpc_listener.local_addr().map_err(|source| RpcError::RpcBind {
+        addr: rpc_listen,
+        source,
+    })?;
+    let http_listener = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .map_err(|source| RpcError::HttpBind {
+            addr: http_listen,
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| RpcError::HttpBind {
+        addr: http_listen,
+        source,
+    })?;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(credence_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RpcError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(credence_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| RpcError::Reflection(e.to_string()))?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<NodeServer<NodeService>>().await;
+
+    let service = NodeServer::new(NodeService { node: node.clone() })
+        .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(RPC_MESSAGE_MAX_BYTES);
+    let mut rpc_shutdown = shutdown.clone();
+    let rpc_task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
+        let result = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(RPC_CONCURRENCY_PER_CONNECTION)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = rpc_shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    });
+    let http_task = tokio::spawn(http::serve(node, http_listener, shutdown));
+    tracing::info!(%rpc_addr, %http_addr, "RPC listening");
+    Ok((rpc_addr, http_addr, vec![rpc_task, http_task]))
+}
+
+/// The `credence.v1.Node` service.
+#[derive(Clone, Debug)]
+pub struct NodeService {
+    node: NodeHandle,
+}
+
+fn submit_status(e: SubmitError) -> Status {
+    let message = e.to_string();
+    match e {
+        SubmitError::Envelope(EnvelopeError::BadSignature) => Status::unauthenticated(message),
+        SubmitError::Envelope(EnvelopeError::TooLarge { .. } | EnvelopeError::BodyTooLarge { .. }) => {
+            Status::invalid_argument(message)
+        }
+        SubmitError::Envelope(_) | SubmitError::WrongKind { .. } => Status::invalid_argument(message),
+        SubmitError::Rejected(c) => match c {
+            CredentialError::SignerMismatch { .. }
+            | CredentialError::NotGranted { .. }
+            | CredentialError::NotTheIssuer
+            | CredentialError::UnknownRevoker
+            | CredentialError::NotAnOperator => Status::permission_denied(message),
+            CredentialError::UnknownSchema(_) => Status::not_found(message),
+            CredentialError::FromTheFuture { .. } => Status::failed_precondition(message),
+            CredentialError::PendingFull(_) => Status::resource_exhausted(message),
+            CredentialError::WrongKind(_)
+            | CredentialError::Malformed { .. }
+            | CredentialError::BadKeyField { .. }
+            | CredentialError::ExpiresBeforeIssued { .. }
+            | CredentialError::FieldTooLarge { .. } => Status::invalid_argument(message),
+        },
+        SubmitError::Overloaded => Status::resource_exhausted(message),
+        SubmitError::ShuttingDown => Status::unavailable(message),
+        SubmitError::Store(_) => Status::internal(message),
+    }
+}
+
+/// The wire form of a credential view.
+pub fn credential_message(id: &ObjectId, view: &CredentialView, as_of: Millis) -> pb::Credential {
+    let mut out = pb::Credential {
+        id: id.to_string(),
+        status: view.status.name().into(),
+        as_of,
+        ..Default::default()
+    };
+    if let Some(a) = &view.attestation {
+        out.issuer = hex::encode(a.issuer);
+        out.subject = hex::encode(a.subject);
+        out.schema = a.schema.clone();
+        out.data = a.data.clone();
+        out.issued_at = a.issued_at;
+        out.expires_at = a.expires_at;
+        out.learned_at = a.learned_at;
+    }
+    if let Some(r) = &view.revocation {
+        out.revoked_at = r.revoked_at;
+        out.revocation_reason = r.reason.clone();
+        out.revocation_learned_at = r.learned_at;
+    }
+    out
+}
+
+/// Builds the status answer (shared by gRPC and the JSON mirror).
+pub async fn status_message(node: &NodeHandle) -> Result<pb::StatusResponse, Status> {
+    let counts = node
+        .counts()
+        .await
+        .ok_or_else(|| Status::unavailable("node is shutting down"))?;
+    let peers = node.net.peers().await;
+    let listen_addrs = node.net.listen_addrs().await;
+    let info = &node.info;
+    let mut queues: Vec<pb::QueueInfo> = node
+        .net
+        .queues
+        .iter()
+        .map(|q| pb::QueueInfo {
+            name: q.name.into(),
+            depth: q.depth.load(std::sync::atomic::Ordering::Relaxed),
+            capacity: q.capacity,
+            dropped: q.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        })
+        .collect();
+    let (depth, capacity) = node.actor_queue();
+    queues.push(pb::QueueInfo {
+        name: "actor".into(),
+        depth: depth as u64,
+        capacity: capacity as u64,
+        dropped: 0,
+    });
+    Ok(pb::StatusResponse {
+        node_id: hex::encode(info.node_id),
+        peer_id: info.peer_id.clone(),
+        name: info.name.clone(),
+        region: info.region.clone(),
+        network_id: hex::encode(info.network_id.0),
+        mode: info.mode_label.into(),
+        validator: info.validator,
+        peer_count: peers.len() as u64,
+        peers: peers
+            .into_iter()
+            .map(|p| pb::PeerInfo {
+                peer_id: p.peer_id.to_string(),
+                address: p.address,
+                name: p.name,
+                region: p.region,
+            })
+            .collect(),
+        credential_log_len: counts.credential_log_len,
+        attestations: counts.attestations,
+        revocations: counts.revocations,
+        queues,
+        now_ms: crate::node::now_ms(),
+        started_at_ms: info.started_at,
+        listen_addrs,
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Parses a 64-hex id from a request field.
+pub fn parse_id(text: &str, field: &str) -> Result<ObjectId, Status> {
+    parse_hex32(text)
+        .map(ObjectId)
+        .ok_or_else(|| Status::invalid_argument(format!("{field} must be 64 hex characters, got {text:?}")))
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        status_message(&self.node).await.map(Response::new)
+    }
+
+    async fn submit_attestation(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        self.submit(request.into_inner(), Kind::Attestation).await
+    }
+
+    async fn submit_revocation(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        self.submit(request.into_inner(), Kind::Revocation).await
+    }
+
+    async fn get_credential(
+        &self,
+        request: Request<pb::GetCredentialRequest>,
+    ) -> Result<Response<pb::Credential>, Status> {
+        let id = parse_id(&request.get_ref().id, "id")?;
+        let (view, as_of) = self
+            .node
+            .credential(id)
+            .await
+            .ok_or_else(|| Status::unavailable("node is shutting down"))?;
+        Ok(Response::new(credential_message(&id, &view, as_of)))
+    }
+
+    async fn list_credentials(
+        &self,
+        request: Request<pb::ListCredentialsRequest>,
+    ) -> Result<Response<pb::ListCredentialsResponse>, Status> {
+        let subject = parse_hex32(&request.get_ref().subject)
+            .ok_or_else(|| Status::invalid_argument("subject must be 64 hex characters (a public key)"))?;
+        let (views, as_of) = self
+            .node
+            .credentials_of(subject)
+            .await
+            .ok_or_else(|| Status::unavailable("node is shutting down"))?;
+        let credentials = views
+            .iter()
+            .filter_map(|v| v.attestation.as_ref().map(|a| credential_message(&a.id, v, as_of)))
+            .collect();
+        Ok(Response::new(pb::ListCredentialsResponse { credentials, as_of }))
+    }
+}
+
+impl NodeService {
+    async fn submit(&self, request: pb::SubmitRequest, kind: Kind) -> Result<Response<pb::SubmitResponse>, Status> {
+        let outcome = self.node.submit(&request.envelope, kind).await.map_err(submit_status)?;
+        Ok(Response::new(pb::SubmitResponse {
+            id: outcome.id.to_string(),
+            new: outcome.new,
+        }))
+    }
+}

@@ -1,0 +1,229 @@
+//! The node's durable state on sled: the only module that touches sled.
+//!
+//! Trees carry a version in their name (`credlog/v1`), and `meta/v1` holds the
+//! schema version and the network id, so a data directory from another network
+//! or an incompatible version is refused at start instead of misread.
+//!
+//! **Invariant:** only envelopes whose signature verified and that the core
+//! accepted are appended to the credential log; the log is append-only and its
+//! positions are stable, which is what lets peers sync from a cursor.
+
+use std::path::{Path, PathBuf};
+
+use crate::core::Millis;
+use crate::core::envelope::NetworkId;
+
+/// Version of the on-disk layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+/// sled's page cache size.
+pub const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest page of the credential log served in one sync answer.
+pub const SYNC_PAGE_MAX: u32 = 512;
+
+const META_TREE: &str = "meta/v1";
+const CREDLOG_TREE: &str = "credlog/v1";
+const KEY_SCHEMA: &[u8] = b"schema_version";
+const KEY_NETWORK: &[u8] = b"network_id";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source} (is another node running on this data directory?)")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("store at {path} belongs to network {found}, not {expected}; use another --data-dir")]
+    WrongNetwork {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("store at {path} has layout version {found}; this build reads version {SCHEMA_VERSION}")]
+    WrongVersion { path: PathBuf, found: u32 },
+    #[error("store at {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+}
+
+/// One entry of the credential log.
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    pub position: u64,
+    pub learned_at: Millis,
+    pub envelope: Vec<u8>,
+}
+
+/// Handle to the node's store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    credlog: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store for `network`.
+    pub fn open(path: &Path, network: &NetworkId) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let meta = db.open_tree(META_TREE)?;
+        match meta.get(KEY_SCHEMA)? {
+            None => {
+                meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                meta.insert(KEY_NETWORK, &network.0)?;
+                db.flush()?;
+            }
+            Some(version) => {
+                let found = <[u8; 4]>::try_from(version.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        message: "schema version is not 4 bytes".into(),
+                    })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::WrongVersion {
+                        path: path.to_path_buf(),
+                        found,
+                    });
+                }
+                let stored = meta.get(KEY_NETWORK)?.map(|v| v.to_vec()).unwrap_or_default();
+                if stored != network.0 {
+                    return Err(StoreError::WrongNetwork {
+                        path: path.to_path_buf(),
+                        found: hex::encode(stored),
+                        expected: hex::encode(network.0),
+                    });
+                }
+            }
+        }
+        let credlog = db.open_tree(CREDLOG_TREE)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            db,
+            credlog,
+        })
+    }
+
+    /// Number of entries in the credential log (= the next position).
+    pub fn credential_log_len(&self) -> Result<u64, StoreError> {
+        match self.credlog.last()? {
+            None => Ok(0),
+            Some((key, _)) => self.position_of(&key).map(|p| p.saturating_add(1)),
+        }
+    }
+
+    /// Appends accepted envelopes; returns the position of the first. Not
+    /// durable until [`Store::flush`] returns.
+    pub fn append_credentials(&self, entries: &[(Millis, &[u8])]) -> Result<u64, StoreError> {
+        let first = self.credential_log_len()?;
+        let mut batch = sled::Batch::default();
+        let mut position = first;
+        for (learned_at, envelope) in entries {
+            let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
+            value.extend_from_slice(&learned_at.to_be_bytes());
+            value.extend_from_slice(envelope);
+            batch.insert(&position.to_be_bytes(), value);
+            position = position.saturating_add(1);
+        }
+        self.credlog.apply_batch(batch)?;
+        Ok(first)
+    }
+
+    /// Entries from `cursor`, at most `limit` (capped at [`SYNC_PAGE_MAX`]).
+    pub fn credential_log_page(&self, cursor: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        let limit = limit.clamp(1, SYNC_PAGE_MAX) as usize;
+        self.credlog
+            .range(cursor.to_be_bytes()..)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                self.entry(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Every entry of the credential log, in order (for replay on start).
+    pub fn credential_log(&self) -> impl Iterator<Item = Result<LogEntry, StoreError>> + '_ {
+        self.credlog.iter().map(|item| {
+            let (key, value) = item?;
+            self.entry(&key, &value)
+        })
+    }
+
+    /// Makes everything written so far survive a killed process.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The directory this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn position_of(&self, key: &[u8]) -> Result<u64, StoreError> {
+        <[u8; 8]>::try_from(key)
+            .map(u64::from_be_bytes)
+            .map_err(|_| self.corrupt("credential log key is not 8 bytes"))
+    }
+
+    fn entry(&self, key: &[u8], value: &[u8]) -> Result<LogEntry, StoreError> {
+        let position = self.position_of(key)?;
+        let (stamp, envelope) = value
+            .split_first_chunk::<8>()
+            .ok_or_else(|| self.corrupt("credential log entry shorter than its timestamp"))?;
+        Ok(LogEntry {
+            position,
+            learned_at: u64::from_be_bytes(*stamp),
+            envelope: envelope.to_vec(),
+        })
+    }
+
+    fn corrupt(&self, message: &str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn log_survives_reopen_and_other_networks_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let net = NetworkId([1; 32]);
+        {
+            let store = Store::open(dir.path(), &net).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(store.append_credentials(&[(5, b"a"), (6, b"bb")]).ok(), Some(0));
+            assert_eq!(store.append_credentials(&[(7, b"c")]).ok(), Some(2));
+            store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = Store::open(dir.path(), &net).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.credential_log_len().ok(), Some(3));
+        let page = store.credential_log_page(1, 10).unwrap_or_default();
+        assert_eq!(
+            page.iter().map(|e| (e.position, e.learned_at)).collect::<Vec<_>>(),
+            [(1, 6), (2, 7)]
+        );
+        assert_eq!(page.first().map(|e| e.envelope.clone()), Some(b"bb".to_vec()));
+        drop(store);
+        assert!(matches!(
+            Store::open(dir.path(), &NetworkId([2; 32])),
+            Err(StoreError::WrongNetwork { .. })
+        ));
+    }
+}
