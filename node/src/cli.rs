@@ -102,6 +102,16 @@ pub enum Command {
         /// The attestation id, 64 hex characters.
         id: String,
     },
+    /// Fault injection: block or unblock a peer (the node must run with --enable-fault-injection).
+    BlockPeer {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// PeerId, or the peer's public key (64 hex).
+        peer: String,
+        /// Unblock instead of block.
+        #[arg(long)]
+        unblock: bool,
+    },
     /// List every credential a node knows for one subject.
     Credentials {
         #[command(flatten)]
@@ -259,6 +269,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Revoke { rpc, key, id, reason } => client::revoke(&rpc, &key, &id, reason).await,
         Command::Credential { rpc, id } => client::credential(&rpc, &id).await,
         Command::Credentials { rpc, subject } => client::credentials(&rpc, &subject).await,
+        Command::BlockPeer { rpc, peer, unblock } => client::block_peer(&rpc, &peer, !unblock).await,
     }
 }
 
@@ -297,6 +308,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             peers: vec![],
             max_incoming_connections: config::DEFAULT_MAX_INCOMING_CONNECTIONS,
             enable_fault_injection: args.enable_fault_injection,
+            dial_genesis_addresses: true,
             mode_label: "dev",
         };
         (settings, Some(layout.keys_dir), temp)
@@ -316,6 +328,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             peers: cfg.peers,
             max_incoming_connections: cfg.max_incoming_connections,
             enable_fault_injection: args.enable_fault_injection || cfg.enable_fault_injection,
+            dial_genesis_addresses: cfg.dial_genesis_addresses,
             mode_label: "node",
         };
         (settings, None, None)

@@ -310,6 +310,15 @@ pub struct NodeConfig {
     /// Allow the admin calls that block peers (tests and testnets only).
     #[serde(default)]
     pub enable_fault_injection: bool,
+    /// Dial the addresses the genesis lists for validators. A testnet that
+    /// routes every link through its shaper turns this off and lists the
+    /// relay addresses under `peers` instead.
+    #[serde(default = "default_true")]
+    pub dial_genesis_addresses: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_rpc_listen() -> SocketAddr {
@@ -468,6 +477,7 @@ pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, Conf
                 peers: vec![],
                 max_incoming_connections: DEFAULT_MAX_INCOMING_CONNECTIONS,
                 enable_fault_injection: false,
+                dial_genesis_addresses: true,
             };
             let config_path = dir.join("node.toml");
             let text = toml::to_string(&config).map_err(|e| ConfigError::Usage(e.to_string()))?;

@@ -85,13 +85,25 @@ pub struct NetConfig {
     pub validators: Vec<Validator>,
     pub max_incoming_connections: u32,
     pub fault_injection: bool,
+    pub dial_genesis_addresses: bool,
 }
 
 enum Command {
-    Publish { kind: Kind, raw: Vec<u8> },
-    Peers { reply: oneshot::Sender<Vec<PeerSummary>> },
-    ListenAddrs { reply: oneshot::Sender<Vec<String>> },
-    Block { peer: PeerId, blocked: bool },
+    Publish {
+        kind: Kind,
+        raw: Vec<u8>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerSummary>>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    Block {
+        peer: PeerId,
+        blocked: bool,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
 }
 
 /// Messages from the network's helper tasks back to its loop.
@@ -167,8 +179,11 @@ impl NetHandle {
 
     /// Blocks (or unblocks) a peer: refuses its connections and drops the
     /// current ones. Only reachable through RPC when fault injection is on.
-    pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> bool {
-        self.tx.send(Command::Block { peer, blocked }).await.is_ok()
+    /// Returns every peer blocked afterwards.
+    pub async fn set_blocked(&self, peer: PeerId, blocked: bool) -> Option<Vec<PeerId>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Block { peer, blocked, reply }).await.ok()?;
+        rx.await.ok()
     }
 }
 
@@ -333,6 +348,9 @@ pub async fn spawn(
             if peer == local {
                 continue;
             }
+            if !config.dial_genesis_addresses {
+                continue;
+            }
             for a in &v.addresses {
                 if let Ok(ma) = a.parse::<Multiaddr>() {
                     known.entry(peer).or_default().push(ma);
@@ -368,6 +386,7 @@ pub async fn spawn(
         connected: HashMap::new(),
         cursors: HashMap::new(),
         syncing: HashSet::new(),
+        blocked: HashSet::new(),
         listening,
     };
     Ok(tokio::spawn(async move { event_loop.run(shutdown).await }))
@@ -404,6 +423,8 @@ struct EventLoop {
     cursors: HashMap<PeerId, u64>,
     /// Peers with a sync page in flight.
     syncing: HashSet<PeerId>,
+    /// Peers blocked by fault injection; not redialled.
+    blocked: HashSet<PeerId>,
     listening: Vec<Multiaddr>,
 }
 
@@ -433,7 +454,7 @@ impl EventLoop {
 
     fn redial(&mut self) {
         for (peer, addrs) in &self.known {
-            if self.connected.contains_key(peer) {
+            if self.connected.contains_key(peer) || self.blocked.contains(peer) {
                 continue;
             }
             let opts = DialOpts::peer_id(*peer)
@@ -485,13 +506,17 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listening.iter().map(|a| a.to_string()).collect());
             }
-            Command::Block { peer, blocked } => {
+            Command::Block { peer, blocked, reply } => {
                 let list = &mut self.swarm.behaviour_mut().blocked;
                 if blocked {
+                    // Blocking closes the peer's connections as well.
                     list.block_peer(peer);
+                    self.blocked.insert(peer);
                 } else {
                     list.unblock_peer(peer);
+                    self.blocked.remove(&peer);
                 }
+                let _ = reply.send(self.blocked.iter().copied().collect());
             }
         }
     }

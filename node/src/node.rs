@@ -52,6 +52,8 @@ pub struct NodeSettings {
     pub peers: Vec<String>,
     pub max_incoming_connections: u32,
     pub enable_fault_injection: bool,
+    /// Dial the validators' genesis addresses (off behind a link shaper).
+    pub dial_genesis_addresses: bool,
     /// `dev` or `node`, reported by status.
     pub mode_label: &'static str,
 }
@@ -341,6 +343,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         validators: genesis.validators.clone(),
         max_incoming_connections: settings.max_incoming_connections,
         fault_injection: settings.enable_fault_injection,
+        dial_genesis_addresses: settings.dial_genesis_addresses,
     };
     let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
     let actor = Actor {

@@ -204,6 +204,7 @@ pub async fn status_message(node: &NodeHandle) -> Result<pb::StatusResponse, Sta
                 address: p.address,
                 name: p.name,
                 region: p.region,
+                score: p.score,
             })
             .collect(),
         credential_log_len: counts.credential_log_len,
@@ -274,9 +275,40 @@ impl Node for NodeService {
             .collect();
         Ok(Response::new(pb::ListCredentialsResponse { credentials, as_of }))
     }
+
+    async fn set_peer_blocked(
+        &self,
+        request: Request<pb::SetPeerBlockedRequest>,
+    ) -> Result<Response<pb::SetPeerBlockedResponse>, Status> {
+        self.set_blocked(request.into_inner()).await.map(Response::new)
+    }
 }
 
 impl NodeService {
+    async fn set_blocked(&self, request: pb::SetPeerBlockedRequest) -> Result<pb::SetPeerBlockedResponse, Status> {
+        if !self.node.info.fault_injection {
+            return Err(Status::failed_precondition(
+                "fault injection is disabled on this node; start it with --enable-fault-injection",
+            ));
+        }
+        let peer = match parse_hex32(&request.peer) {
+            Some(key) => crate::keys::peer_id_of(&key),
+            None => request.peer.parse::<libp2p::PeerId>().ok(),
+        }
+        .ok_or_else(|| Status::invalid_argument("peer must be a PeerId or a 64-hex public key"))?;
+        let blocked = self
+            .node
+            .net
+            .set_blocked(peer, request.blocked)
+            .await
+            .ok_or_else(|| Status::unavailable("node is shutting down"))?;
+        Ok(pb::SetPeerBlockedResponse {
+            peer_id: peer.to_string(),
+            blocked: request.blocked,
+            blocked_peers: blocked.iter().map(|p| p.to_string()).collect(),
+        })
+    }
+
     async fn submit(&self, request: pb::SubmitRequest, kind: Kind) -> Result<Response<pb::SubmitResponse>, Status> {
         let outcome = self.node.submit(&request.envelope, kind).await.map_err(submit_status)?;
         Ok(Response::new(pb::SubmitResponse {

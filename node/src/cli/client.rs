@@ -82,7 +82,7 @@ pub(super) async fn status(rpc: &RpcArgs) -> anyhow::Result<()> {
             "validator": s.validator,
             "peers": {
                 "count": s.peer_count,
-                "list": s.peers.iter().map(|p| json!({"peer_id": p.peer_id, "address": p.address, "name": p.name, "region": p.region})).collect::<Vec<_>>(),
+                "list": s.peers.iter().map(|p| json!({"peer_id": p.peer_id, "address": p.address, "name": p.name, "region": p.region, "score": p.score})).collect::<Vec<_>>(),
             },
             "credential_log_len": s.credential_log_len,
             "attestations": s.attestations,
@@ -253,6 +253,31 @@ pub(super) async fn credentials(rpc: &RpcArgs, subject: &str) -> anyhow::Result<
         for c in &list.credentials {
             print_credential(c);
         }
+    }
+    Ok(())
+}
+
+pub(super) async fn block_peer(rpc: &RpcArgs, peer: &str, blocked: bool) -> anyhow::Result<()> {
+    let mut client = connect(rpc).await?;
+    let answer = client
+        .set_peer_blocked(pb::SetPeerBlockedRequest {
+            peer: peer.to_string(),
+            blocked,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if rpc.json {
+        println!(
+            "{}",
+            json!({ "peer_id": answer.peer_id, "blocked": answer.blocked, "blocked_peers": answer.blocked_peers })
+        );
+    } else {
+        println!(
+            "{} {}",
+            if answer.blocked { "blocked" } else { "unblocked" },
+            answer.peer_id
+        );
     }
     Ok(())
 }
