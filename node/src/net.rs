@@ -623,11 +623,15 @@ impl EventLoop {
                 result,
                 ..
             })) => {
-                if let Err(e) = result {
+                match result {
+                    // A peer without ping (a light client, a tool) is fine.
+                    Ok(_) | Err(ping::Failure::Unsupported) => {}
                     // A silent connection is not trusted: close it so the
                     // redial timer opens a fresh one.
-                    debug!(%peer, error = %e, "ping failed; closing the connection");
-                    self.swarm.close_connection(connection);
+                    Err(e) => {
+                        debug!(%peer, error = %e, "ping failed; closing the connection");
+                        self.swarm.close_connection(connection);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
