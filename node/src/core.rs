@@ -5,6 +5,19 @@
 //! the current time in and persists and sends whatever the core returns, so
 //! the same code runs in a node and in the deterministic simulator.
 
+// Input from the network, disk or user never panics the core, and amounts use
+// checked arithmetic: a bug here is a safety bug.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::panic
+    )
+)]
+
 pub mod credentials;
 pub mod envelope;
 pub mod limits;

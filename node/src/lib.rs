@@ -7,6 +7,8 @@
 //! command line and is the only place that prints for humans; `node` wires
 //! them together and owns the actor that applies everything.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -578,10 +578,8 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                if !self.listening.contains(&address) {
-                    self.listening.push(address);
-                }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listening.contains(&address) => {
+                self.listening.push(address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -602,18 +600,16 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    self.connected.remove(&peer_id);
-                    self.syncing.remove(&peer_id);
-                    self.node
-                        .metrics
-                        .peers
-                        .set(i64::try_from(self.connected.len()).unwrap_or(0));
-                    info!(peer = %peer_id, "peer disconnected");
-                }
+                self.connected.remove(&peer_id);
+                self.syncing.remove(&peer_id);
+                self.node
+                    .metrics
+                    .peers
+                    .set(i64::try_from(self.connected.len()).unwrap_or(0));
+                info!(peer = %peer_id, "peer disconnected");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),

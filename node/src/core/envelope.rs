@@ -169,6 +169,8 @@ pub struct Unverified {
     pub kind: Kind,
     pub body: Vec<u8>,
     pub signer: VerifyingKey,
+    /// The signer key has small order; such envelopes skip batch verification.
+    pub signer_weak: bool,
     pub signature: Signature,
     pub id: ObjectId,
     /// The envelope's bytes as received, kept for relaying and storage.
@@ -197,6 +199,37 @@ pub fn digest(network: &NetworkId, kind: Kind, body: &[u8]) -> ObjectId {
     ObjectId(*hasher.finalize().as_bytes())
 }
 
+/// Most keys remembered by a [`KeyCache`] before it starts over.
+pub const KEY_CACHE_MAX: usize = 4096;
+
+/// Decompressed, non-weak public keys by their bytes. Decompressing a key
+/// costs about as much as a third of a signature check, and the signers of a
+/// network are few (issuers, validators), so the gossip pipeline keeps one.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    keys: std::collections::HashMap<[u8; 32], VerifyingKey>,
+}
+
+impl KeyCache {
+    /// The key for these bytes, decompressed once. Weak keys are returned
+    /// but never cached, so they always take the strict path.
+    /// Returns the key and whether it is weak (small order).
+    pub fn get(&mut self, bytes: &[u8; 32]) -> Result<(VerifyingKey, bool), EnvelopeError> {
+        if let Some(key) = self.keys.get(bytes) {
+            return Ok((*key, false));
+        }
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| EnvelopeError::BadSignerKey)?;
+        let weak = key.is_weak();
+        if !weak {
+            if self.keys.len() >= KEY_CACHE_MAX {
+                self.keys.clear();
+            }
+            self.keys.insert(*bytes, key);
+        }
+        Ok((key, weak))
+    }
+}
+
 /// Decodes and checks an envelope's sizes and shape, cheapest checks first:
 /// whole size, protobuf shape, kind, body size, key and signature encodings.
 pub fn decode(network: &NetworkId, raw: &[u8]) -> Result<Unverified, EnvelopeError> {
@@ -205,6 +238,16 @@ pub fn decode(network: &NetworkId, raw: &[u8]) -> Result<Unverified, EnvelopeErr
 
 /// As [`decode`], with a tighter cap on the whole envelope (gossip uses one).
 pub fn decode_capped(network: &NetworkId, raw: &[u8], max: usize) -> Result<Unverified, EnvelopeError> {
+    decode_cached(network, raw, max, &mut KeyCache::default())
+}
+
+/// As [`decode_capped`], taking signer keys from `cache`.
+pub fn decode_cached(
+    network: &NetworkId,
+    raw: &[u8],
+    max: usize,
+    cache: &mut KeyCache,
+) -> Result<Unverified, EnvelopeError> {
     if raw.len() > max {
         return Err(EnvelopeError::TooLarge { size: raw.len(), max });
     }
@@ -223,7 +266,7 @@ pub fn decode_capped(network: &NetworkId, raw: &[u8], max: usize) -> Result<Unve
         .as_slice()
         .try_into()
         .map_err(|_| EnvelopeError::BadSignerLength(signed.signer.len()))?;
-    let signer = VerifyingKey::from_bytes(&signer_bytes).map_err(|_| EnvelopeError::BadSignerKey)?;
+    let (signer, signer_weak) = cache.get(&signer_bytes)?;
     let signature_bytes: [u8; 64] = signed
         .signature
         .as_slice()
@@ -235,6 +278,7 @@ pub fn decode_capped(network: &NetworkId, raw: &[u8], max: usize) -> Result<Unve
         kind,
         body: signed.body,
         signer,
+        signer_weak,
         signature,
         id,
         raw: raw.to_vec(),
@@ -268,7 +312,7 @@ impl Unverified {
 /// front so that the batch path never accepts what `verify_strict` refuses
 /// for that reason.
 pub fn verify_batch(items: Vec<Unverified>) -> Vec<Result<Verified, EnvelopeError>> {
-    if items.len() < 2 || items.iter().any(|u| u.signer.is_weak()) {
+    if items.len() < 2 || items.iter().any(|u| u.signer_weak) {
         return items.into_iter().map(Unverified::verify).collect();
     }
     let messages: Vec<&[u8]> = items.iter().map(|u| u.id.0.as_slice()).collect();

@@ -69,6 +69,7 @@ struct Pending {
 
 /// The producer side of the pipeline, owned by the network loop.
 pub(super) struct Pipeline {
+    keys: envelope::KeyCache,
     priority: mpsc::Sender<Pending>,
     bulk: mpsc::Sender<Pending>,
     stats: Arc<Vec<Arc<QueueStats>>>,
@@ -96,6 +97,7 @@ impl Pipeline {
             shutdown,
         ));
         Pipeline {
+            keys: envelope::KeyCache::default(),
             priority,
             bulk,
             stats,
@@ -107,7 +109,7 @@ impl Pipeline {
     /// message is settled here (malformed, wrong topic, shed), `None` when it
     /// was queued for verification.
     pub(super) fn enqueue(
-        &self,
+        &mut self,
         network: &NetworkId,
         source: PeerId,
         message_id: MessageId,
@@ -118,7 +120,7 @@ impl Pipeline {
         } else {
             GOSSIP_MAX_BYTES
         };
-        let unverified = match envelope::decode_capped(network, &message.data, cap) {
+        let unverified = match envelope::decode_cached(network, &message.data, cap, &mut self.keys) {
             Ok(u) => u,
             Err(e) => {
                 debug!(peer = %source, error = %e, "malformed gossip");
