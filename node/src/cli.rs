@@ -112,6 +112,8 @@ pub enum Command {
         #[arg(long)]
         unblock: bool,
     },
+    /// Run the deterministic simulator: many cores, a virtual network and clock, seeded faults.
+    Sim(crate::sim::SimArgs),
     /// List every credential a node knows for one subject.
     Credentials {
         #[command(flatten)]
@@ -269,6 +271,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Revoke { rpc, key, id, reason } => client::revoke(&rpc, &key, &id, reason).await,
         Command::Credential { rpc, id } => client::credential(&rpc, &id).await,
         Command::Credentials { rpc, subject } => client::credentials(&rpc, &subject).await,
+        Command::Sim(args) => crate::sim::run_cli(args),
         Command::BlockPeer { rpc, peer, unblock } => client::block_peer(&rpc, &peer, !unblock).await,
     }
 }

@@ -624,6 +624,78 @@ pub fn prepare_dev(dir: &Path, created_at: Millis) -> Result<DevLayout, ConfigEr
     Ok(layout)
 }
 
+/// An in-memory network for tests, benchmarks and the simulator: validators
+/// `REGION-I` with deterministic keys derived from `seed`, an issuer granted
+/// `demo`, an operator, and a demo distribution of `per_region_amount` per region
+/// paying `amount_per_claim`.
+#[derive(Debug)]
+pub struct LocalNetwork {
+    pub genesis: LoadedGenesis,
+    pub genesis_text: String,
+    pub validators: Vec<ed25519_dalek::SigningKey>,
+    pub issuer: ed25519_dalek::SigningKey,
+    pub operator: ed25519_dalek::SigningKey,
+}
+
+/// Builds a [`LocalNetwork`]. Keys are derived from `seed`, so the same
+/// arguments give the same network id.
+pub fn local_network(
+    regions: &[&str],
+    per_region: usize,
+    seed: u64,
+    per_region_amount: u64,
+    amount_per_claim: u64,
+) -> Result<LocalNetwork, ConfigError> {
+    let key = |n: u64| {
+        let digest = blake3::hash(&[seed.to_le_bytes(), n.to_le_bytes()].concat());
+        ed25519_dalek::SigningKey::from_bytes(digest.as_bytes())
+    };
+    let issuer = key(u64::MAX);
+    let operator = key(u64::MAX - 1);
+    let mut validators = Vec::new();
+    let mut entries = Vec::new();
+    for (r, region) in regions.iter().enumerate() {
+        for i in 0..per_region {
+            let k = key((r as u64) << 32 | i as u64);
+            entries.push(ValidatorEntry {
+                name: format!("{region}-{i}"),
+                key: hex::encode(k.verifying_key().to_bytes()),
+                region: region.to_string(),
+                weight: 1,
+                addresses: vec![],
+            });
+            validators.push(k);
+        }
+    }
+    let region_names: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+    let mut distribution = demo_distribution(&region_names, per_region_amount);
+    distribution.amount_per_claim = amount_per_claim;
+    let genesis = Genesis {
+        network_name: format!("local-{seed}"),
+        created_at: 1,
+        params: Params::default(),
+        regions: region_names.iter().map(|r| RegionEntry { name: r.clone() }).collect(),
+        validators: entries,
+        issuers: vec![IssuerEntry {
+            key: hex::encode(issuer.verifying_key().to_bytes()),
+            schemas: vec![DEMO_SCHEMA.into()],
+        }],
+        operators: vec![OperatorEntry {
+            key: hex::encode(operator.verifying_key().to_bytes()),
+        }],
+        distributions: vec![distribution],
+    };
+    let genesis_text = toml::to_string(&genesis).map_err(|e| ConfigError::Usage(e.to_string()))?;
+    let genesis = LoadedGenesis::from_bytes(Path::new("local-genesis.toml"), genesis_text.as_bytes())?;
+    Ok(LocalNetwork {
+        genesis,
+        genesis_text,
+        validators,
+        issuer,
+        operator,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@
 
 pub mod credentials;
 pub mod envelope;
+pub mod escrow;
 pub mod limits;
 
 /// Milliseconds since the Unix epoch.

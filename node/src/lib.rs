@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod rpc;
+pub mod sim;
 pub mod store;

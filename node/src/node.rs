@@ -31,6 +31,20 @@ pub const ACTOR_QUEUE_CAPACITY: usize = 4096;
 /// Most commands applied between two store flushes.
 pub const ACTOR_GROUP_MAX: usize = 1024;
 
+/// Applied-object events buffered for slow subscribers; one that falls
+/// further behind skips ahead and is told how many it missed.
+pub const APPLIED_EVENTS_CAPACITY: usize = 65_536;
+
+/// An object was applied on this node and is visible to queries (it is
+/// durable by the end of the same group commit).
+#[derive(Clone, Debug)]
+pub struct AppliedEvent {
+    pub id: ObjectId,
+    pub kind: Kind,
+    pub source: Source,
+    pub at: Millis,
+}
+
 /// The current time in milliseconds since the Unix epoch. The shell reads the
 /// clock; the core is handed the value.
 pub fn now_ms() -> Millis {
@@ -159,6 +173,7 @@ enum Command {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
+    applied: tokio::sync::broadcast::Sender<AppliedEvent>,
     pub info: Arc<NodeInfo>,
     pub metrics: Metrics,
     pub net: NetHandle,
@@ -247,6 +262,11 @@ impl NodeHandle {
         rx.await.ok()
     }
 
+    /// Events for every object applied here, from now on.
+    pub fn subscribe_applied(&self) -> tokio::sync::broadcast::Receiver<AppliedEvent> {
+        self.applied.subscribe()
+    }
+
     /// Depth and capacity of the actor's queue.
     pub fn actor_queue(&self) -> (usize, usize) {
         let capacity = self.tx.max_capacity();
@@ -328,8 +348,10 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(ACTOR_QUEUE_CAPACITY);
     let (net_handle, net_driver) = net::NetHandle::new(metrics.clone());
+    let (applied, _) = tokio::sync::broadcast::channel(APPLIED_EVENTS_CAPACITY);
     let handle = NodeHandle {
         tx,
+        applied: applied.clone(),
         info: info.clone(),
         metrics: metrics.clone(),
         net: net_handle.clone(),
@@ -347,10 +369,12 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     };
     let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
     let actor = Actor {
+        durable_len: store.credential_log_len()?,
         book,
         store,
         metrics: metrics.clone(),
         net: net_handle,
+        applied,
     };
     // The actor stops last: it waits until every sender is gone or shutdown.
     tasks.push(tokio::spawn(actor.run(rx, shutdown_rx.clone())));
@@ -415,10 +439,13 @@ fn replay(store: &Store, genesis: &LoadedGenesis, now: Millis) -> Result<Credent
 }
 
 struct Actor {
+    /// Entries of the credential log known to be flushed.
+    durable_len: u64,
     book: CredentialBook,
     store: Store,
     metrics: Metrics,
     net: NetHandle,
+    applied: tokio::sync::broadcast::Sender<AppliedEvent>,
 }
 
 impl Actor {
@@ -451,8 +478,8 @@ impl Actor {
     /// store failed and the node must stop.
     async fn process(&mut self, group: &mut Vec<Command>) -> bool {
         let now = now_ms();
-        let mut appended: Vec<(Millis, Vec<u8>, Kind, Source)> = Vec::new();
-        let mut ingest_replies = Vec::new();
+        let mut appended: Vec<(Millis, Vec<u8>, Kind, Source, ObjectId)> = Vec::new();
+        let mut rpc_replies = Vec::new();
         let mut reads = Vec::new();
         for command in group.drain(..) {
             match command {
@@ -461,7 +488,7 @@ impl Actor {
                     for object in objects {
                         let verdict = match self.book.apply(now, &object) {
                             Ok(Applied::New) => {
-                                appended.push((now, object.raw, object.kind, source));
+                                appended.push((now, object.raw, object.kind, source, object.id));
                                 self.metrics.object(object.kind.name(), "accepted", source.name());
                                 Verdict::New
                             }
@@ -476,25 +503,59 @@ impl Actor {
                         };
                         verdicts.push(verdict);
                     }
-                    ingest_replies.push((reply, verdicts));
+                    match (source, reply) {
+                        // A client's acknowledgement waits for durability.
+                        (Source::Rpc, reply) => rpc_replies.push((reply, verdicts)),
+                        // Gossip verdicts only decide relaying: answer now, so
+                        // forwarding never waits for this node's disk.
+                        (_, Some(reply)) => {
+                            let _ = reply.send(verdicts.into_iter().map(Ok).collect());
+                        }
+                        (_, None) => {}
+                    }
                 }
                 read => reads.push(read),
             }
         }
+        // Applied objects are visible to queries at once; durability follows
+        // in this same group commit, before any client is acknowledged.
+        for read in reads {
+            self.answer(read, now);
+        }
+        for (_, _, kind, source, id) in &appended {
+            // Nobody listening is fine: the send only fails without receivers.
+            let _ = self.applied.send(AppliedEvent {
+                id: *id,
+                kind: *kind,
+                source: *source,
+                at: now,
+            });
+        }
         let mut failure = None;
         if !appended.is_empty() {
-            let entries: Vec<(Millis, &[u8])> = appended.iter().map(|(at, raw, _, _)| (*at, raw.as_slice())).collect();
+            let entries: Vec<(Millis, &[u8])> = appended
+                .iter()
+                .map(|(at, raw, _, _, _)| (*at, raw.as_slice()))
+                .collect();
             let result = match self.store.append_credentials(&entries) {
                 Ok(_) => self.store.flush().await,
                 Err(e) => Err(e),
             };
             self.metrics.store_flushes.inc();
-            if let Err(e) = result {
-                tracing::error!(error = %e, "store write failed; stopping the node");
-                failure = Some(e.to_string());
+            match result {
+                Ok(()) => {
+                    self.durable_len = self.durable_len.saturating_add(appended.len() as u64);
+                    self.metrics
+                        .credential_log_len
+                        .set(i64::try_from(self.durable_len).unwrap_or(i64::MAX));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed; stopping the node");
+                    failure = Some(e.to_string());
+                }
             }
         }
-        for (reply, verdicts) in ingest_replies {
+        for (reply, verdicts) in rpc_replies {
             let answer = verdicts
                 .into_iter()
                 .map(|v| match (&failure, v) {
@@ -509,20 +570,12 @@ impl Actor {
         if failure.is_some() {
             return false;
         }
-        if let Ok(len) = self.store.credential_log_len() {
-            self.metrics
-                .credential_log_len
-                .set(i64::try_from(len).unwrap_or(i64::MAX));
-        }
-        for (_, raw, kind, source) in appended {
+        for (_, raw, kind, source, _) in appended {
             // Gossip relays what it delivered by itself; sync objects are old
             // news to the peer they came from. Only fresh submissions go out.
             if source == Source::Rpc {
                 self.net.publish(kind, raw);
             }
-        }
-        for read in reads {
-            self.answer(read, now);
         }
         true
     }
@@ -539,14 +592,17 @@ impl Actor {
                 let _ = reply.send(Counts {
                     attestations: self.book.attestation_count() as u64,
                     revocations: self.book.revocation_count() as u64,
-                    credential_log_len: self.store.credential_log_len().unwrap_or(0),
+                    credential_log_len: self.durable_len,
                 });
             }
             Command::LogPage { cursor, limit, reply } => {
-                let page = self
-                    .store
-                    .credential_log_page(cursor, limit)
-                    .and_then(|page| Ok((page, self.store.credential_log_len()?)));
+                // Only the durable prefix is served: a position a peer has
+                // seen is never reassigned, even if this node crashes.
+                let durable = self.durable_len;
+                let page = self.store.credential_log_page(cursor, limit).map(|page| {
+                    let page = page.into_iter().filter(|e| e.position < durable).collect();
+                    (page, durable)
+                });
                 let _ = reply.send(page);
             }
             Command::Ingest { .. } => {}

@@ -4,10 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use credence::config::{
-    AllocationEntry, DistributionEntry, Genesis, IssuerEntry, LoadedGenesis, OperatorEntry, Params, RegionEntry,
-    ValidatorEntry,
-};
+use credence::config::LoadedGenesis;
 use credence::core::envelope::{Kind, NetworkId, seal};
 use credence::node::{self, NodeSettings, RunningNode};
 use credence_proto::v1 as pb;
@@ -28,74 +25,19 @@ pub struct TestNet {
     pub operator: SigningKey,
 }
 
-fn key(seed: u64) -> SigningKey {
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    bytes[31] = 0x5a;
-    SigningKey::from_bytes(&bytes)
-}
-
 impl TestNet {
     /// A network with `per_region` validators in each named region.
     pub fn new(regions: &[&str], per_region: usize) -> TestNet {
         let dir = tempfile::tempdir().expect("temp dir");
-        let issuer = key(1_000);
-        let operator = key(1_001);
-        let mut validators = Vec::new();
-        let mut entries = Vec::new();
-        for (r, region) in regions.iter().enumerate() {
-            for i in 0..per_region {
-                let k = key((r * 100 + i) as u64);
-                entries.push(ValidatorEntry {
-                    name: format!("{region}-{i}"),
-                    key: hex::encode(k.verifying_key().to_bytes()),
-                    region: region.to_string(),
-                    weight: 1,
-                    addresses: vec![],
-                });
-                validators.push(k);
-            }
-        }
-        let genesis = Genesis {
-            network_name: "it".into(),
-            created_at: 1,
-            params: Params::default(),
-            regions: regions.iter().map(|r| RegionEntry { name: r.to_string() }).collect(),
-            validators: entries,
-            issuers: vec![IssuerEntry {
-                key: hex::encode(issuer.verifying_key().to_bytes()),
-                schemas: vec!["demo".into()],
-            }],
-            operators: vec![OperatorEntry {
-                key: hex::encode(operator.verifying_key().to_bytes()),
-            }],
-            distributions: vec![DistributionEntry {
-                name: "demo".into(),
-                asset: "DEMO".into(),
-                total: 1_000 * regions.len() as u64,
-                schema: "demo".into(),
-                amount_per_claim: 10,
-                opens_at: 0,
-                closes_at: 0,
-                allocations: regions
-                    .iter()
-                    .map(|r| AllocationEntry {
-                        region: r.to_string(),
-                        amount: 1_000,
-                    })
-                    .collect(),
-            }],
-        };
-        let text = toml::to_string(&genesis).expect("genesis encodes");
+        let local = credence::config::local_network(regions, per_region, 7, 1_000, 10).expect("local network");
         let path = dir.path().join("genesis.toml");
-        std::fs::write(&path, &text).expect("write genesis");
-        let genesis = LoadedGenesis::from_bytes(&path, text.as_bytes()).expect("genesis loads");
+        std::fs::write(&path, &local.genesis_text).expect("write genesis");
         TestNet {
             dir,
-            genesis,
-            validators,
-            issuer,
-            operator,
+            genesis: local.genesis,
+            validators: local.validators,
+            issuer: local.issuer,
+            operator: local.operator,
         }
     }
 
