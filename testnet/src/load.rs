@@ -1,0 +1,486 @@
+//! The workload generator: new claimants at a steady rate, each with a fresh
+//! credential and one claim, followed until the claim is certified.
+//!
+//! For each claimant: generate a key, ask any node for the claim's home
+//! (`Route`), pick the entry node (one of the home region with `--entry home`,
+//! as a well-behaved client does; any node with `--entry random`), submit the
+//! issuer's attestation and then the claim there, and poll the claim until it
+//! reaches the awaited status, is rejected, or times out. Latency is measured
+//! from just before the claim is submitted to the node's own timestamp of
+//! the step (same machine, same clock).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use credence::core::envelope::{Kind, NetworkId, parse_hex32, seal};
+use credence_proto::v1 as pb;
+use ed25519_dalek::SigningKey;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use crate::layout::{Layout, RunState};
+use crate::rpc;
+
+/// Claims followed at once; the generator waits (and the achieved rate
+/// drops) when this many are in flight.
+pub const CONCURRENCY_DEFAULT: usize = 256;
+/// Keys drawn per claimant when `--region` asks for a home region.
+const ROUTE_ATTEMPTS_MAX: usize = 256;
+/// First and longest pause between polls of one claim.
+const POLL_FIRST: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_millis(1000);
+/// How often the progress line is redrawn on a terminal, and printed otherwise.
+const PROGRESS_TTY: Duration = Duration::from_millis(200);
+const PROGRESS_PLAIN: Duration = Duration::from_secs(5);
+/// Distinct error messages kept for the report.
+const ERRORS_KEPT: usize = 5;
+
+/// Where each claimant's credential and claim are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Entry {
+    /// A node of the claim's home region.
+    Home,
+    /// Any running node.
+    Random,
+}
+
+/// The status a claim is followed until.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wait {
+    Regional,
+    Global,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub claims: u64,
+    pub rate: f64,
+    pub region: Option<String>,
+    pub entry: Entry,
+    pub wait: Wait,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub distribution: Option<String>,
+}
+
+#[derive(Clone)]
+struct Target {
+    name: String,
+    region: String,
+    channel: Channel,
+}
+
+struct Shared {
+    targets: Vec<Target>,
+    network: NetworkId,
+    issuer: SigningKey,
+    distribution: pb::DistributionInfo,
+    distribution_id: Vec<u8>,
+    opts: LoadOptions,
+}
+
+#[derive(Default)]
+struct Progress {
+    started: u64,
+    finished: u64,
+    counts: BTreeMap<String, u64>,
+    latencies_ms: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// What became of one claim.
+struct Outcome {
+    status: String,
+    latency_ms: Option<u64>,
+    error: Option<String>,
+}
+
+pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
+    if opts.claims == 0 {
+        bail!("--claims must be at least 1");
+    }
+    if !(opts.rate > 0.0 && opts.rate.is_finite()) {
+        bail!("--rate must be a positive number of claims per second");
+    }
+    let state = layout.load_state()?;
+    if let Some(r) = &opts.region
+        && !state.regions().contains(r)
+    {
+        let all: Vec<String> = state.regions().into_iter().collect();
+        bail!("--region {r}: this testnet's regions are {}", all.join(", "));
+    }
+    let mut targets = Vec::new();
+    for n in state.nodes.iter().filter(|n| n.state == RunState::Running) {
+        targets.push(Target {
+            name: n.name.clone(),
+            region: n.region.clone(),
+            channel: rpc::channel(&n.rpc)?,
+        });
+    }
+    if targets.is_empty() {
+        bail!("no node of this testnet is running: `credence-testnet status` shows why");
+    }
+    let network = parse_hex32(&state.network_id)
+        .map(NetworkId)
+        .ok_or_else(|| anyhow!("state.json holds a malformed network id"))?;
+    let issuer_path = layout.dir.join("keys").join("issuer.key");
+    let issuer =
+        credence::keys::load(&issuer_path).with_context(|| format!("cannot load {}", issuer_path.display()))?;
+    let distribution = pick_distribution(&targets, opts.distribution.as_deref()).await?;
+    let distribution_id = hex::decode(&distribution.id).map_err(|_| {
+        anyhow!(
+            "the node listed a distribution with a malformed id {:?}",
+            distribution.id
+        )
+    })?;
+    let shared = Arc::new(Shared {
+        targets,
+        network,
+        issuer,
+        distribution,
+        distribution_id,
+        opts: opts.clone(),
+    });
+    run(shared).await
+}
+
+async fn pick_distribution(targets: &[Target], wanted: Option<&str>) -> anyhow::Result<pb::DistributionInfo> {
+    let mut last_error = None;
+    for t in targets {
+        match rpc::escrow(&t.channel)
+            .list_distributions(pb::ListDistributionsRequest {})
+            .await
+        {
+            Ok(list) => {
+                let list = list.into_inner().distributions;
+                let found = match wanted {
+                    Some(id) => list.iter().find(|d| d.id == id || d.name == id).cloned(),
+                    None => list.first().cloned(),
+                };
+                return found.ok_or_else(|| match wanted {
+                    Some(id) => anyhow!("{} knows no distribution {id:?}", t.name),
+                    None => anyhow!("{} knows no distribution to claim from", t.name),
+                });
+            }
+            Err(e) => last_error = Some(format!("{}: {}", t.name, rpc::describe(&e))),
+        }
+    }
+    bail!("no node listed its distributions ({})", last_error.unwrap_or_default())
+}
+
+async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
+    let opts = &shared.opts;
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let started = Instant::now();
+    let reporter = tokio::spawn(report_progress(progress.clone(), opts.claims));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate));
+    let mut tasks = Vec::new();
+    for _ in 0..opts.claims {
+        ticker.tick().await;
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow!("the load generator stopped"))?;
+        lock(&progress).started += 1;
+        let (shared, progress) = (shared.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let outcome = one_claim(&shared).await;
+            let mut p = lock(&progress);
+            p.finished += 1;
+            *p.counts.entry(outcome.status).or_default() += 1;
+            if let Some(l) = outcome.latency_ms {
+                p.latencies_ms.push(l);
+            }
+            if let Some(e) = outcome.error
+                && (p.errors.len() < ERRORS_KEPT || p.errors.contains_key(&e))
+            {
+                *p.errors.entry(e).or_default() += 1;
+            }
+            drop(permit);
+        }));
+    }
+    let sending = started.elapsed();
+    futures::future::join_all(tasks).await;
+    reporter.abort();
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{:80}\r", "");
+    }
+    let elapsed = started.elapsed();
+    let p = lock(&progress);
+    let mut latencies = p.latencies_ms.clone();
+    latencies.sort_unstable();
+    let answered = p.finished.saturating_sub(p.counts.get("error").copied().unwrap_or(0));
+    if answered == 0 {
+        let first = p.errors.keys().next().cloned().unwrap_or_default();
+        bail!("no claim was accepted by any node: {first}");
+    }
+    let d = &shared.distribution;
+    Ok(json!({
+        "submitted": opts.claims,
+        "counts": p.counts,
+        "latency_to_regional_ms": {
+            "count": latencies.len(),
+            "p50": percentile(&latencies, 0.50),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last(),
+        },
+        "p50_ms": percentile(&latencies, 0.50),
+        "p99_ms": percentile(&latencies, 0.99),
+        "errors": p.errors,
+        "distribution": {"id": d.id, "name": d.name, "amount_per_claim": d.amount_per_claim},
+        "entry": format!("{:?}", opts.entry).to_lowercase(),
+        "region": opts.region,
+        "rate_asked": opts.rate,
+        "rate_achieved": opts.claims as f64 / sending.as_secs_f64().max(1e-3),
+        "duration_s": elapsed.as_secs_f64(),
+    }))
+}
+
+fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `q` quantile of sorted values (nearest rank), or null when empty.
+fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+async fn report_progress(progress: Arc<Mutex<Progress>>, total: u64) {
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(if tty { PROGRESS_TTY } else { PROGRESS_PLAIN });
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let line = {
+            let p = lock(&progress);
+            let width: usize = 30;
+            let filled = usize::try_from(p.finished.saturating_mul(width as u64) / total.max(1)).unwrap_or(width);
+            let counts: Vec<String> = p.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            format!(
+                "[{}{}] {}/{} sent, {} done  {}",
+                "#".repeat(filled.min(width)),
+                ".".repeat(width.saturating_sub(filled)),
+                p.started,
+                total,
+                p.finished,
+                counts.join(", ")
+            )
+        };
+        if tty {
+            eprint!("\r{line:<100}");
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn failed(error: String) -> Outcome {
+    Outcome {
+        status: "error".into(),
+        latency_ms: None,
+        error: Some(error),
+    }
+}
+
+async fn one_claim(shared: &Shared) -> Outcome {
+    match try_claim(shared).await {
+        Ok(o) => o,
+        Err(e) => failed(format!("{e:#}")),
+    }
+}
+
+fn pick<'a>(targets: impl Iterator<Item = &'a Target>) -> Option<&'a Target> {
+    let all: Vec<&Target> = targets.collect();
+    if all.is_empty() {
+        return None;
+    }
+    all.get(rand::random_range(0..all.len())).copied()
+}
+
+async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
+    let opts = &shared.opts;
+    let targets = &shared.targets;
+    let mut attempt = 0;
+    let (key, route) = loop {
+        attempt += 1;
+        let key = credence::keys::generate();
+        let claimant = hex::encode(key.verifying_key().to_bytes());
+        let asked = pick(targets.iter()).ok_or_else(|| anyhow!("no running node"))?;
+        let route = rpc::escrow(&asked.channel)
+            .route(pb::RouteRequest {
+                distribution_id: shared.distribution.id.clone(),
+                claimant,
+            })
+            .await
+            .map_err(|e| anyhow!("Route on {}: {}", asked.name, rpc::describe(&e)))?
+            .into_inner();
+        match &opts.region {
+            Some(r) if *r != route.region => {
+                if attempt >= ROUTE_ATTEMPTS_MAX {
+                    bail!("no claimant homed in region {r} after {ROUTE_ATTEMPTS_MAX} keys");
+                }
+            }
+            _ => break (key, route),
+        }
+    };
+    let entry = match opts.entry {
+        Entry::Home => pick(targets.iter().filter(|t| t.region == route.region))
+            .ok_or_else(|| anyhow!("no running node in home region {}", route.region))?,
+        Entry::Random => pick(targets.iter()).ok_or_else(|| anyhow!("no running node"))?,
+    };
+    let claimant = key.verifying_key().to_bytes();
+    let attestation = pb::Attestation {
+        issuer: shared.issuer.verifying_key().to_bytes().to_vec(),
+        subject: claimant.to_vec(),
+        schema: shared.distribution.schema.clone(),
+        data: b"credence-testnet load".to_vec(),
+        issued_at: credence::node::now_ms(),
+        expires_at: 0,
+        nonce: rand::random(),
+    };
+    let (envelope, attestation_id) = seal(
+        &shared.network,
+        &shared.issuer,
+        Kind::Attestation,
+        attestation.encode_to_vec(),
+    );
+    rpc::node(&entry.channel)
+        .submit_attestation(pb::SubmitRequest { envelope })
+        .await
+        .map_err(|e| anyhow!("SubmitAttestation on {}: {}", entry.name, rpc::describe(&e)))?;
+    let claim = pb::Claim {
+        distribution_id: shared.distribution_id.clone(),
+        claimant: claimant.to_vec(),
+        attestation_id: attestation_id.0.to_vec(),
+        amount: shared.distribution.amount_per_claim,
+        recipient: vec![],
+        created_at: credence::node::now_ms(),
+        nonce: rand::random(),
+    };
+    let (envelope, _) = seal(&shared.network, &key, Kind::Claim, claim.encode_to_vec());
+    let submitted_at = credence::node::now_ms();
+    let mut escrow = rpc::escrow(&entry.channel);
+    let first = escrow
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .map_err(|e| anyhow!("SubmitClaim on {}: {}", entry.name, rpc::describe(&e)))?
+        .into_inner();
+    let deadline = Instant::now() + opts.timeout;
+    let mut pause = POLL_FIRST;
+    let mut current = first;
+    loop {
+        if let Some(outcome) = settled(&current, opts.wait, submitted_at) {
+            return Ok(outcome);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Outcome {
+                status: if current.status.is_empty() {
+                    "unknown".into()
+                } else {
+                    current.status.clone()
+                },
+                latency_ms: None,
+                error: None,
+            });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(POLL_MAX);
+        // A poll that fails (node busy, restarting) is retried until the deadline.
+        if let Ok(answer) = escrow.get_claim(pb::GetClaimRequest { id: current.id.clone() }).await {
+            current = answer.into_inner();
+        }
+    }
+}
+
+/// The outcome when a claim has reached what is awaited (or cannot).
+fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64) -> Option<Outcome> {
+    let done = match c.status.as_str() {
+        "rejected" | "disputed" | "global" => true,
+        "regional" => wait == Wait::Regional,
+        _ => false,
+    };
+    if !done {
+        return None;
+    }
+    let reached = if c.regional_at > 0 { c.regional_at } else { c.global_at };
+    Some(Outcome {
+        status: c.status.clone(),
+        latency_ms: (reached > 0 && c.status != "rejected").then(|| reached.saturating_sub(submitted_at)),
+        error: (c.status == "rejected").then(|| format!("rejected: {}", c.reason)),
+    })
+}
+
+/// The final table for humans.
+pub fn print_report(v: &Value) {
+    println!(
+        "load: {} claims on distribution {} ({}), entry {}, asked {:.0}/s, achieved {:.1}/s, {:.1} s",
+        v["submitted"],
+        v["distribution"]["name"].as_str().unwrap_or(""),
+        v["distribution"]["id"]
+            .as_str()
+            .map(|s| s.get(..12).unwrap_or(s))
+            .unwrap_or(""),
+        v["entry"].as_str().unwrap_or(""),
+        v["rate_asked"].as_f64().unwrap_or(0.0),
+        v["rate_achieved"].as_f64().unwrap_or(0.0),
+        v["duration_s"].as_f64().unwrap_or(0.0),
+    );
+    println!("{:<12} {:>8}", "STATUS", "CLAIMS");
+    for (status, n) in v["counts"].as_object().into_iter().flatten() {
+        println!("{status:<12} {n:>8}");
+    }
+    let l = &v["latency_to_regional_ms"];
+    let ms = |x: &Value| x.as_u64().map(|n| format!("{n} ms")).unwrap_or_else(|| "-".into());
+    println!(
+        "latency to regional over {} claims: p50 {}, p99 {}, max {}",
+        l["count"],
+        ms(&l["p50"]),
+        ms(&l["p99"]),
+        ms(&l["max"])
+    );
+    for (e, n) in v["errors"].as_object().into_iter().flatten() {
+        println!("error ({n}x): {}", e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.50), Some(50));
+        assert_eq!(percentile(&v, 0.99), Some(99));
+        assert_eq!(percentile(&[7], 0.99), Some(7));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_claim_settles_at_the_awaited_status() {
+        let c = |status: &str, regional_at: u64| pb::ClaimStatus {
+            status: status.into(),
+            regional_at,
+            ..pb::ClaimStatus::default()
+        };
+        assert!(settled(&c("provisional", 0), Wait::Regional, 0).is_none());
+        assert_eq!(
+            settled(&c("regional", 1_250), Wait::Regional, 1_000).and_then(|o| o.latency_ms),
+            Some(250)
+        );
+        assert!(settled(&c("regional", 1_250), Wait::Global, 1_000).is_none());
+        assert!(settled(&c("rejected", 0), Wait::Global, 0).is_some_and(|o| o.error.is_some()));
+    }
+}
