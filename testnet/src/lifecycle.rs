@@ -1,10 +1,10 @@
 //! Starting, stopping and looking at a testnet's processes: `up`, `down`,
 //! `kill`, `restart`, `pause`, `resume` and `status`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -335,17 +335,18 @@ async fn start_all(layout: &Layout, state: &mut State, bins: &Binaries, timeout:
     if let Some(shaper) = state.shaper.as_mut() {
         start_shaper(layout, shaper, bins).await?;
     }
+    let mut children = HashMap::new();
     for i in 0..state.nodes.len() {
         let Some(node) = state.nodes.get_mut(i) else { continue };
-        start_node(layout, node, &state.credence_bin)?;
+        children.insert(node.name.clone(), start_node(node, &state.credence_bin)?);
         layout.save_state(state)?;
     }
-    wait_healthy(layout, state, None, timeout).await
+    wait_healthy(layout, state, None, &mut children, timeout).await
 }
 
 async fn start_shaper(layout: &Layout, shaper: &mut ShaperRecord, bins: &Binaries) -> anyhow::Result<()> {
     let dir = layout.dir.to_string_lossy().to_string();
-    let pid = procs::spawn(&bins.testnet, &["shaper", "--dir", &dir], &shaper.log)?;
+    let pid = procs::spawn(&bins.testnet, &["shaper", "--dir", &dir], &shaper.log)?.id();
     shaper.pid = Some(pid);
     let control = Control::new(&shaper.socket);
     let deadline = Instant::now() + SHAPER_START_TIMEOUT;
@@ -377,29 +378,29 @@ async fn start_shaper(layout: &Layout, shaper: &mut ShaperRecord, bins: &Binarie
     Ok(())
 }
 
-fn start_node(layout: &Layout, node: &mut NodeRecord, credence: &Path) -> anyhow::Result<()> {
+fn start_node(node: &mut NodeRecord, credence: &Path) -> anyhow::Result<Child> {
     let config = node.config.to_string_lossy().to_string();
-    let pid = procs::spawn(
+    let child = procs::spawn(
         credence,
         &["node", "--config", &config, "--enable-fault-injection"],
         &node.log,
     )?;
-    let _ = layout;
-    node.pid = Some(pid);
+    node.pid = Some(child.id());
     node.state = RunState::Running;
-    Ok(())
+    Ok(child)
 }
 
 /// Waits until every running node (or just `only`) answers its status and is
 /// connected to every other running validator.
-async fn wait_healthy(layout: &Layout, state: &State, only: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_healthy(
+    layout: &Layout,
+    state: &State,
+    only: Option<&str>,
+    children: &mut HashMap<String, Child>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let running: Vec<&NodeRecord> = state.nodes.iter().filter(|n| n.state == RunState::Running).collect();
-    let validators: BTreeSet<&str> = running
-        .iter()
-        .filter(|n| n.role == Role::Validator)
-        .map(|n| n.peer_id.as_str())
-        .collect();
     // During a partition a node only reaches its own side.
     let reachable = |n: &NodeRecord| -> BTreeSet<&str> {
         let side: Option<&Vec<String>> = state
@@ -413,15 +414,19 @@ async fn wait_healthy(layout: &Layout, state: &State, only: Option<&str>, timeou
             .map(|v| v.peer_id.as_str())
             .collect()
     };
-    let _ = validators;
     loop {
         let mut waiting = Vec::new();
         for n in running.iter().filter(|n| only.is_none_or(|o| o == n.name)) {
-            if let Some(pid) = n.pid
-                && !procs::alive(pid, &layout.dir)
-            {
+            let exited = match children.get_mut(&n.name) {
+                Some(child) => child.try_wait().ok().flatten().map(|s| s.to_string()),
+                None => n
+                    .pid
+                    .filter(|pid| !procs::alive(*pid, &layout.dir))
+                    .map(|_| "exited".to_string()),
+            };
+            if let Some(how) = exited {
                 bail!(
-                    "node {} exited: see {}\n{}",
+                    "node {} {how}: see {}\n{}",
                     n.name,
                     n.log.display(),
                     procs::log_tail(&n.log, 8)
@@ -602,14 +607,15 @@ pub async fn restart(layout: &Layout, name: &str, timeout: Duration) -> anyhow::
     if let Some(pid) = node.pid {
         procs::stop(pid, &layout.dir, true, STOP_GRACE)?;
     }
-    start_node(layout, node, &credence)?;
+    let child = start_node(node, &credence)?;
+    let mut children = HashMap::from([(name.to_string(), child)]);
     layout.save_state(&state)?;
     if state.shaper.is_none() && state.partition.is_some() {
         // The block-list lives in the node's memory: the new process must
         // be told again, before it connects across the partition.
         faults::apply_block_list(layout, &state, Some(name), true).await?;
     }
-    wait_healthy(layout, &state, Some(name), timeout).await
+    wait_healthy(layout, &state, Some(name), &mut children, timeout).await
 }
 
 /// `status`: one row per node, from state.json and each node's own answers.

@@ -73,8 +73,10 @@ fn workspace_root(bin_dir: &Path) -> Option<PathBuf> {
 }
 
 /// Starts `program args…` detached: own process group, no stdin, stdout and
-/// stderr appended to `log`. Returns its pid.
-pub fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<u32> {
+/// stderr appended to `log`. The child is not waited for unless the caller
+/// wants to (to learn how it exited): it outlives this command and its pid is
+/// recorded in state.json instead.
+pub fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<std::process::Child> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -92,9 +94,7 @@ pub fn spawn(program: &Path, args: &[&str], log: &Path) -> anyhow::Result<u32> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
-    // The child is not waited for: it outlives this command and is reaped by
-    // whoever inherits it. Its pid is recorded in state.json instead.
-    Ok(child.id())
+    Ok(child)
 }
 
 /// Whether `pid` is a live (not zombie) process whose command line mentions

@@ -7,3 +7,4 @@
 mod common;
 mod gossip;
 mod node_rpc;
+mod testnet;
