@@ -126,10 +126,7 @@ impl Testnet {
 
 impl Drop for Testnet {
     fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .args(["down", "--dir"])
-            .arg(&self.dir)
-            .output();
+        let _ = Command::new(&self.bin).args(["down", "--dir"]).arg(&self.dir).output();
     }
 }
 
@@ -150,7 +147,15 @@ fn process_alive(pid: u32) -> bool {
 fn a_partitioned_testnet_keeps_certifying_on_both_sides_and_checks_clean_after_heal() {
     let net = Testnet::up("eu,us", 3);
 
-    let before = net.json(&["load", "--claims", "20", "--rate", "20", "--timeout-secs", CLAIM_TIMEOUT_SECS]);
+    let before = net.json(&[
+        "load",
+        "--claims",
+        "20",
+        "--rate",
+        "20",
+        "--timeout-secs",
+        CLAIM_TIMEOUT_SECS,
+    ]);
     assert_eq!(
         count(&before, "regional") + count(&before, "global"),
         20,
@@ -217,7 +222,11 @@ fn check_fails_on_a_network_made_inconsistent_on_purpose() {
     let config_path = node_dir.join("node.toml");
     let config = std::fs::read_to_string(&config_path).expect("node.toml");
     assert!(config.contains("../../genesis.toml"), "{config}");
-    std::fs::write(&config_path, config.replace("../../genesis.toml", "genesis-forked.toml")).expect("write node.toml");
+    std::fs::write(
+        &config_path,
+        config.replace("../../genesis.toml", "genesis-forked.toml"),
+    )
+    .expect("write node.toml");
     std::fs::remove_dir_all(node_dir.join("data")).expect("remove us-1's data");
     net.json(&["restart", "us-1"]);
 
