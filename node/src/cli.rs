@@ -4,6 +4,7 @@
 //! stdout; errors go to stderr as one line, with a non-zero exit code.
 
 mod client;
+mod escrow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,6 +112,61 @@ pub enum Command {
         /// Unblock instead of block.
         #[arg(long)]
         unblock: bool,
+    },
+    /// List the distributions a node knows.
+    Distributions {
+        #[command(flatten)]
+        rpc: RpcArgs,
+    },
+    /// Create a distribution (operator key): budget split over regions.
+    Distribute(escrow::DistributeArgs),
+    /// Claim from a distribution with a credential; `--wait regional` waits for certification.
+    Claim(escrow::ClaimArgs),
+    /// A claim's status: received, provisional, regional, global, disputed or rejected, with times.
+    ClaimStatus {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The claim id.
+        id: String,
+    },
+    /// Escrow, spent, pending and available per region and bucket of a distribution.
+    Liquidity {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The distribution id.
+        id: String,
+    },
+    /// A claimant's home region and bucket owner, to send claims straight there.
+    Route {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        #[arg(long)]
+        distribution: String,
+        /// The claimant's public key (64 hex).
+        #[arg(long)]
+        claimant: String,
+    },
+    /// What an account has been credited, per distribution.
+    Balance {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        /// The recipient's public key (64 hex).
+        account: String,
+    },
+    /// Ask to move escrow between regions (operator key).
+    Rebalance {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        distribution: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
     },
     /// Run the deterministic simulator: many cores, a virtual network and clock, seeded faults.
     Sim(crate::sim::SimArgs),
@@ -272,6 +328,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Credential { rpc, id } => client::credential(&rpc, &id).await,
         Command::Credentials { rpc, subject } => client::credentials(&rpc, &subject).await,
         Command::Sim(args) => crate::sim::run_cli(args),
+        Command::Distributions { rpc } => escrow::distributions(&rpc).await,
+        Command::Distribute(args) => escrow::distribute(&args).await,
+        Command::Claim(args) => escrow::claim(&args).await,
+        Command::ClaimStatus { rpc, id } => escrow::claim_status(&rpc, &id).await,
+        Command::Liquidity { rpc, id } => escrow::liquidity(&rpc, &id).await,
+        Command::Route {
+            rpc,
+            distribution,
+            claimant,
+        } => escrow::route(&rpc, &distribution, &claimant).await,
+        Command::Balance { rpc, account } => escrow::balance(&rpc, &account).await,
+        Command::Rebalance {
+            rpc,
+            key,
+            distribution,
+            from,
+            to,
+            amount,
+        } => {
+            let body = credence_proto::v1::Rebalance {
+                operator: vec![],
+                distribution_id: client::hex32(&distribution, "--distribution")?.to_vec(),
+                from_region: from,
+                to_region: to,
+                amount,
+                nonce: rand::random(),
+            };
+            escrow::rebalance(&rpc, &key, body).await
+        }
         Command::BlockPeer { rpc, peer, unblock } => client::block_peer(&rpc, &peer, !unblock).await,
     }
 }

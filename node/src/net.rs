@@ -25,7 +25,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-pub use codec::{SYNC_PROTOCOL, SYNC_RESPONSE_MAX_BYTES};
+pub use codec::{SYNC_PROTOCOL, SYNC_RESPONSE_MAX_BYTES, VOTE_PROTOCOL};
 
 use crate::config::Validator;
 use crate::core::envelope::{self, Kind, NetworkId};
@@ -86,6 +86,8 @@ pub struct NetConfig {
     pub max_incoming_connections: u32,
     pub fault_injection: bool,
     pub dial_genesis_addresses: bool,
+    /// This node's region (it takes claims gossiped to it); none for observers.
+    pub region: Option<String>,
 }
 
 enum Command {
@@ -104,6 +106,14 @@ enum Command {
         blocked: bool,
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    RequestVote {
+        voter: [u8; 32],
+        request: pb::VoteRequest,
+    },
+    PublishRaw {
+        topic: IdentTopic,
+        raw: Vec<u8>,
+    },
 }
 
 /// Messages from the network's helper tasks back to its loop.
@@ -117,9 +127,14 @@ enum Internal {
         channel: request_response::ResponseChannel<pb::SyncResponse>,
         response: pb::SyncResponse,
     },
+    RespondVote {
+        channel: request_response::ResponseChannel<pb::VoteResponse>,
+        response: pb::VoteResponse,
+    },
     SyncApplied {
         peer: PeerId,
         next_cursor: u64,
+        next_cert_cursor: u64,
         more: bool,
     },
 }
@@ -129,6 +144,8 @@ enum Internal {
 pub struct NetHandle {
     tx: mpsc::Sender<Command>,
     metrics: Metrics,
+    /// `/credence/<network_id_hex8>/`.
+    topic_prefix: String,
     /// Queue figures shared with the validation pipeline.
     pub queues: Arc<Vec<Arc<QueueStats>>>,
 }
@@ -140,10 +157,19 @@ pub struct NetDriver {
 
 impl NetHandle {
     /// A handle and the driver its loop will consume.
-    pub fn new(metrics: Metrics) -> (NetHandle, NetDriver) {
+    pub fn new(metrics: Metrics, network: &NetworkId) -> (NetHandle, NetDriver) {
         let (tx, rx) = mpsc::channel(NET_COMMAND_CAPACITY);
         let queues = Arc::new(pipeline::queue_stats());
-        (NetHandle { tx, metrics, queues }, NetDriver { rx })
+        let topic_prefix = format!("/credence/{}/", network.short_hex());
+        (
+            NetHandle {
+                tx,
+                metrics,
+                topic_prefix,
+                queues,
+            },
+            NetDriver { rx },
+        )
     }
 
     /// Publishes an accepted object on its topic; sheds (and counts) when the
@@ -155,6 +181,33 @@ impl NetHandle {
                 .get_or_create(&crate::metrics::QueueLabels {
                     queue: "publish".into(),
                 })
+                .inc();
+        }
+    }
+
+    /// Asks a validator for its vote on a batch (fire-and-forget: the answer
+    /// comes back to the node actor; a lost one is asked again).
+    pub fn request_vote(&self, voter: [u8; 32], request: pb::VoteRequest) {
+        self.try_command(Command::RequestVote { voter, request }, "vote_requests");
+    }
+
+    /// Gossips a claim to its home region.
+    pub fn publish_claim(&self, region: &str, raw: Vec<u8>) {
+        let topic = IdentTopic::new(format!("{}claims/{region}/1", self.topic_prefix));
+        self.try_command(Command::PublishRaw { topic, raw }, "publish");
+    }
+
+    /// Gossips a certificate to every node.
+    pub fn publish_certificate(&self, raw: Vec<u8>) {
+        let topic = IdentTopic::new(format!("{}certs/1", self.topic_prefix));
+        self.try_command(Command::PublishRaw { topic, raw }, "publish");
+    }
+
+    fn try_command(&self, command: Command, queue: &str) {
+        if self.tx.try_send(command).is_err() {
+            self.metrics
+                .queue_dropped
+                .get_or_create(&crate::metrics::QueueLabels { queue: queue.into() })
                 .inc();
         }
     }
@@ -195,6 +248,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     sync: request_response::Behaviour<codec::SyncCodec>,
+    vote: request_response::Behaviour<codec::VoteCodec>,
 }
 
 /// Topic names under `/credence/<network_id_hex8>/…/1`.
@@ -208,6 +262,7 @@ pub fn topic_of(network: &NetworkId, kind: Kind) -> IdentTopic {
         Kind::Attestation | Kind::Revocation | Kind::IssuerGrant => "cred",
         Kind::Distribution => "dist",
         Kind::Batch | Kind::Vote | Kind::Freeze => "certs",
+        // Claims travel on their home region's topic: see `NetHandle::publish_claim`.
         Kind::Claim => "claims",
         Kind::Heartbeat => "heartbeat",
         Kind::Evidence => "evidence",
@@ -256,10 +311,13 @@ pub async fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, NetError> {
     let network_id = config.network_id;
-    let topics: Vec<IdentTopic> = ["cred", "dist", "certs", "heartbeat", "evidence"]
+    let mut topics: Vec<IdentTopic> = ["cred", "dist", "certs", "heartbeat", "evidence"]
         .iter()
         .map(|name| topic(&network_id, name))
         .collect();
+    if let Some(region) = &config.region {
+        topics.push(topic(&network_id, &format!("claims/{region}")));
+    }
     let cred_topic = topic(&network_id, "cred").hash();
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Anonymous)
@@ -297,9 +355,14 @@ pub async fn spawn(
             identify: identify::Behaviour::new(identify::Config::new("/credence/1".into(), public)),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             sync: request_response::Behaviour::with_codec(
-                codec::SyncCodec,
+                codec::SyncCodec::new(codec::SYNC_REQUEST_MAX_BYTES, codec::SYNC_RESPONSE_MAX_BYTES),
                 [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(15)),
+            ),
+            vote: request_response::Behaviour::with_codec(
+                codec::VoteCodec::new(codec::VOTE_REQUEST_MAX_BYTES, codec::VOTE_RESPONSE_MAX_BYTES),
+                [(VOTE_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
             ),
         })
         .map_err(|e| NetError::Build(e.to_string()))?
@@ -385,6 +448,7 @@ pub async fn spawn(
         names,
         connected: HashMap::new(),
         cursors: HashMap::new(),
+        cert_cursors: HashMap::new(),
         syncing: HashSet::new(),
         blocked: HashSet::new(),
         listening,
@@ -421,6 +485,8 @@ struct EventLoop {
     connected: HashMap<PeerId, Multiaddr>,
     /// Next position to pull from each peer's credential log.
     cursors: HashMap<PeerId, u64>,
+    /// Next position to pull from each peer's certificate log.
+    cert_cursors: HashMap<PeerId, u64>,
     /// Peers with a sync page in flight.
     syncing: HashSet<PeerId>,
     /// Peers blocked by fault injection; not redialled.
@@ -506,6 +572,16 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listening.iter().map(|a| a.to_string()).collect());
             }
+            Command::RequestVote { voter, request } => {
+                if let Some(peer) = crate::keys::peer_id_of(&voter) {
+                    self.swarm.behaviour_mut().vote.send_request(&peer, request);
+                }
+            }
+            Command::PublishRaw { topic, raw } => match self.swarm.behaviour_mut().gossipsub.publish(topic, raw) {
+                Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::Duplicate) => {
+                }
+                Err(e) => debug!(error = %e, "publish failed"),
+            },
             Command::Block { peer, blocked, reply } => {
                 let list = &mut self.swarm.behaviour_mut().blocked;
                 if blocked {
@@ -547,14 +623,28 @@ impl EventLoop {
                     debug!("sync requester went away before the answer");
                 }
             }
+            Internal::RespondVote { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .vote
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("vote requester went away before the answer");
+                }
+            }
             Internal::SyncApplied {
                 peer,
                 next_cursor,
+                next_cert_cursor,
                 more,
             } => {
                 self.syncing.remove(&peer);
                 let cursor = self.cursors.entry(peer).or_insert(0);
                 *cursor = (*cursor).max(next_cursor);
+                let cert_cursor = self.cert_cursors.entry(peer).or_insert(0);
+                *cert_cursor = (*cert_cursor).max(next_cert_cursor);
                 if more {
                     self.request_sync(peer);
                 }
@@ -567,11 +657,13 @@ impl EventLoop {
             return;
         }
         let cursor = self.cursors.get(&peer).copied().unwrap_or(0);
+        let cert_cursor = self.cert_cursors.get(&peer).copied().unwrap_or(0);
         self.swarm.behaviour_mut().sync.send_request(
             &peer,
             pb::SyncRequest {
                 cursor,
                 limit: SYNC_PAGE_ENTRIES,
+                cert_cursor,
             },
         );
     }
@@ -613,6 +705,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Vote(event)) => self.on_vote(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 connection,
@@ -637,6 +730,30 @@ impl EventLoop {
         }
     }
 
+    fn on_vote(&mut self, event: request_response::Event<pb::VoteRequest, pb::VoteResponse>) {
+        match event {
+            request_response::Event::Message { message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let node = self.node.clone();
+                    let tx = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        if let Some(response) = node.vote_request(request).await {
+                            let _ = tx.send(Internal::RespondVote { channel, response }).await;
+                        }
+                    });
+                }
+                request_response::Message::Response { response, .. } => {
+                    let node = self.node.clone();
+                    tokio::spawn(async move { node.vote_response(response).await });
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "vote request failed; the owner asks again");
+            }
+            _ => {}
+        }
+    }
+
     fn on_gossip(&mut self, event: gossipsub::Event) {
         if let gossipsub::Event::Message {
             propagation_source,
@@ -644,6 +761,10 @@ impl EventLoop {
             message,
         } = event
         {
+            if message.topic == topic(&self.network_id, "certs").hash() || message.topic.as_str().contains("/claims/") {
+                self.on_escrow_gossip(propagation_source, message_id, message);
+                return;
+            }
             let verdict = self
                 .pipeline
                 .enqueue(&self.network_id, propagation_source, message_id.clone(), &message);
@@ -655,6 +776,39 @@ impl EventLoop {
                 );
             }
         }
+    }
+
+    /// Certificates and claims: verified (nested signatures included) by the
+    /// node actor, which answers whether to relay.
+    fn on_escrow_gossip(&mut self, source: PeerId, message_id: MessageId, message: gossipsub::Message) {
+        let node = self.node.clone();
+        let tx = self.internal_tx.clone();
+        let network = self.network_id;
+        let is_cert = message.topic == topic(&network, "certs").hash();
+        tokio::spawn(async move {
+            let acceptance = if is_cert {
+                match node.certificate(message.data).await {
+                    Some(Ok(true)) => MessageAcceptance::Accept,
+                    Some(Ok(false)) | None => MessageAcceptance::Ignore,
+                    Some(Err(_)) => MessageAcceptance::Reject,
+                }
+            } else {
+                match envelope::decode_capped(&network, &message.data, GOSSIP_MAX_BYTES).and_then(|u| {
+                    if u.kind == Kind::Claim {
+                        u.verify()
+                    } else {
+                        Err(envelope::EnvelopeError::UnknownKind(u.kind.to_wire() as i32))
+                    }
+                }) {
+                    Err(_) => MessageAcceptance::Reject,
+                    Ok(claim) => match node.gossip_claim(claim).await {
+                        Some(Ok(())) => MessageAcceptance::Accept,
+                        _ => MessageAcceptance::Ignore,
+                    },
+                }
+            };
+            let _ = tx.send(Internal::validated(message_id, source, acceptance)).await;
+        });
     }
 
     fn on_sync(&mut self, event: request_response::Event<pb::SyncRequest, pb::SyncResponse>) {
@@ -673,11 +827,13 @@ impl EventLoop {
                     let tx = self.internal_tx.clone();
                     let network = self.network_id;
                     tokio::spawn(async move {
-                        let (next_cursor, more) = pipeline::apply_sync_page(&network, &node, peer, response).await;
+                        let (next_cursor, next_cert_cursor, more) =
+                            pipeline::apply_sync_page(&network, &node, peer, response).await;
                         let _ = tx
                             .send(Internal::SyncApplied {
                                 peer,
                                 next_cursor,
+                                next_cert_cursor,
                                 more,
                             })
                             .await;

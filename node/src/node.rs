@@ -17,12 +17,16 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use credence_proto::v1 as pb;
+
 use crate::config::LoadedGenesis;
 use crate::core::credentials::{Applied, CredentialBook, CredentialError, CredentialRules, CredentialView};
 use crate::core::envelope::{self, EnvelopeError, Kind, ObjectId, Verified};
 use crate::core::{Millis, PublicKey};
+use crate::escrow::{Effects, Escrow};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetHandle};
+use crate::store::locks::{LockLog, LockRecord};
 use crate::store::{LogEntry, Store, StoreError};
 
 /// Commands waiting for the actor. Full means the node is overloaded: RPC
@@ -128,6 +132,8 @@ pub enum SubmitError {
     ShuttingDown,
     #[error("storage failed: {0}")]
     Store(String),
+    #[error("{0}")]
+    Escrow(String),
 }
 
 /// Result of an accepted submission.
@@ -165,8 +171,38 @@ enum Command {
     LogPage {
         cursor: u64,
         limit: u32,
-        reply: oneshot::Sender<Result<(Vec<LogEntry>, u64), StoreError>>,
+        cert_cursor: u64,
+        reply: oneshot::Sender<Result<SyncPage, StoreError>>,
     },
+    Claim {
+        claim: Verified,
+        from_client: bool,
+        reply: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Certificate {
+        raw: Vec<u8>,
+        reply: Option<oneshot::Sender<Result<bool, String>>>,
+    },
+    VoteRequest {
+        request: pb::VoteRequest,
+        reply: oneshot::Sender<pb::VoteResponse>,
+    },
+    VoteResponse {
+        response: pb::VoteResponse,
+    },
+    /// A read of the escrow state, answered by the closure on the actor.
+    EscrowRead {
+        read: Box<dyn FnOnce(&Escrow, &CredentialBook, Millis) + Send>,
+    },
+}
+
+/// One answer to a sync request: a page of each log.
+#[derive(Debug, Default)]
+pub struct SyncPage {
+    pub entries: Vec<LogEntry>,
+    pub log_len: u64,
+    pub certificates: Vec<(u64, Vec<u8>)>,
+    pub cert_log_len: u64,
 }
 
 /// A cloneable handle to a running node's actor.
@@ -177,6 +213,8 @@ pub struct NodeHandle {
     pub info: Arc<NodeInfo>,
     pub metrics: Metrics,
     pub net: NetHandle,
+    /// Validators' libp2p addresses from the genesis, by key.
+    pub genesis_addresses: Arc<std::collections::HashMap<PublicKey, Vec<String>>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -255,10 +293,99 @@ impl NodeHandle {
         rx.await.ok()
     }
 
-    /// A page of the local credential log and the log's length.
-    pub async fn log_page(&self, cursor: u64, limit: u32) -> Option<Result<(Vec<LogEntry>, u64), StoreError>> {
+    /// A page of the local credential log and of the certificate log.
+    pub async fn log_page(&self, cursor: u64, limit: u32, cert_cursor: u64) -> Option<Result<SyncPage, StoreError>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::LogPage { cursor, limit, reply }).await.ok()?;
+        self.tx
+            .send(Command::LogPage {
+                cursor,
+                limit,
+                cert_cursor,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Verifies and takes a client's claim; returns its id once the node has
+    /// recorded it (it may still be refused later by its owner).
+    pub async fn submit_claim(&self, raw: &[u8]) -> Result<ObjectId, SubmitError> {
+        let unverified = envelope::decode(&self.info.network_id, raw)?;
+        if unverified.kind != Kind::Claim {
+            return Err(SubmitError::WrongKind {
+                expected: Kind::Claim.name(),
+                got: unverified.kind.name(),
+            });
+        }
+        let verified = unverified.verify()?;
+        let id = verified.id;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Claim {
+                claim: verified,
+                from_client: true,
+                reply: Some(reply),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+            })?;
+        rx.await
+            .map_err(|_| SubmitError::ShuttingDown)?
+            .map_err(SubmitError::Escrow)?;
+        Ok(id)
+    }
+
+    /// A claim from gossip.
+    pub async fn gossip_claim(&self, claim: Verified) -> Option<Result<(), String>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Claim {
+                claim,
+                from_client: false,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// A certificate from gossip or sync: `Ok(true)` when new here.
+    pub async fn certificate(&self, raw: Vec<u8>) -> Option<Result<bool, String>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Certificate {
+                raw,
+                reply: Some(reply),
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Asks this node to vote (from a validator of its region).
+    pub async fn vote_request(&self, request: pb::VoteRequest) -> Option<pb::VoteResponse> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::VoteRequest { request, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// A voter's answer to this node's vote request.
+    pub async fn vote_response(&self, response: pb::VoteResponse) {
+        let _ = self.tx.send(Command::VoteResponse { response }).await;
+    }
+
+    /// Runs a read-only query on the escrow state.
+    pub async fn escrow_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Escrow, &CredentialBook, Millis) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        let read = Box::new(move |e: &Escrow, b: &CredentialBook, now: Millis| {
+            let _ = reply.send(read(e, b, now));
+        });
+        self.tx.send(Command::EscrowRead { read }).await.ok()?;
         rx.await.ok()
     }
 
@@ -285,6 +412,10 @@ pub enum StartError {
     Net(#[from] net::NetError),
     #[error(transparent)]
     Rpc(#[from] crate::rpc::RpcError),
+    #[error(transparent)]
+    Locks(#[from] crate::store::locks::LockLogError),
+    #[error("cannot set up the escrow state: {0}")]
+    Escrow(String),
 }
 
 /// A started node: its handle, bound addresses and a way to stop it.
@@ -335,7 +466,9 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     });
     let metrics = Metrics::new();
     let store = Store::open(&settings.store_dir, &genesis.network_id)?;
-    let book = replay(&store, genesis, started_at)?;
+    let (lock_log, lock_records) = LockLog::open(&settings.store_dir.join("locks.log"))?;
+    let escrow = Escrow::new(genesis, settings.key.clone(), &lock_records).map_err(StartError::Escrow)?;
+    let (book, escrow) = replay(&store, genesis, started_at, escrow)?;
     metrics
         .credential_log_len
         .set(i64::try_from(store.credential_log_len()?).unwrap_or(i64::MAX));
@@ -347,7 +480,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (tx, rx) = mpsc::channel(ACTOR_QUEUE_CAPACITY);
-    let (net_handle, net_driver) = net::NetHandle::new(metrics.clone());
+    let (net_handle, net_driver) = net::NetHandle::new(metrics.clone(), &genesis.network_id);
     let (applied, _) = tokio::sync::broadcast::channel(APPLIED_EVENTS_CAPACITY);
     let handle = NodeHandle {
         tx,
@@ -355,6 +488,13 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         info: info.clone(),
         metrics: metrics.clone(),
         net: net_handle.clone(),
+        genesis_addresses: Arc::new(
+            genesis
+                .validators
+                .iter()
+                .map(|v| (v.key, v.addresses.clone()))
+                .collect(),
+        ),
     };
     let mut tasks = Vec::new();
     let net_config = NetConfig {
@@ -366,10 +506,17 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         max_incoming_connections: settings.max_incoming_connections,
         fault_injection: settings.enable_fault_injection,
         dial_genesis_addresses: settings.dial_genesis_addresses,
+        region: validator.as_ref().map(|v| v.region.clone()),
     };
     let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
     let actor = Actor {
+        me: node_id,
+        network_id: genesis.network_id,
         durable_len: store.credential_log_len()?,
+        escrow,
+        lock_log,
+        operators: genesis.operators.clone(),
+        tick_interval_ms: genesis.genesis.params.batch_min_ms.max(1),
         book,
         store,
         metrics: metrics.clone(),
@@ -400,9 +547,15 @@ pub async fn run(settings: NodeSettings, shutdown: impl Future<Output = ()>) -> 
     Ok(())
 }
 
-/// Rebuilds the credential book from the durable log. Entries were verified
-/// before they were appended, so only their encoding is checked here.
-fn replay(store: &Store, genesis: &LoadedGenesis, now: Millis) -> Result<CredentialBook, StartError> {
+/// Rebuilds the credential book and the escrow ledger from the durable logs.
+/// Entries were verified before they were appended, so only their encoding
+/// is checked here (and certificates, which are re-checked as they apply).
+fn replay(
+    store: &Store,
+    genesis: &LoadedGenesis,
+    now: Millis,
+    mut escrow: Escrow,
+) -> Result<(CredentialBook, Escrow), StartError> {
     let mut book = CredentialBook::new(
         CredentialRules {
             max_clock_skew_ms: genesis.genesis.params.max_clock_skew_ms,
@@ -425,22 +578,47 @@ fn replay(store: &Store, genesis: &LoadedGenesis, now: Millis) -> Result<Credent
             id: unverified.id,
             raw: unverified.raw,
         };
-        // Replaying at the time each object was learned keeps the skew rule
-        // from refusing what was accepted then.
-        let at = entry.learned_at.max(now.min(entry.learned_at));
-        if let Err(e) = book.apply_learned(at, entry.learned_at, &verified) {
+        let result = if verified.kind == Kind::Distribution {
+            escrow.add_distribution(&verified, &genesis.operators)
+        } else {
+            // Replaying at the time each object was learned keeps the skew
+            // rule from refusing what was accepted then.
+            book.apply_learned(entry.learned_at, entry.learned_at, &verified)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
             return Err(corrupt(format!(
                 "log position {} no longer applies: {e}",
                 entry.position
             )));
         }
     }
-    Ok(book)
+    for raw in store.certificate_log() {
+        let raw = raw?;
+        if let Err(e) = escrow.on_certificate(&book, &raw, now) {
+            tracing::warn!(error = %e, "a stored certificate does not apply");
+        }
+    }
+    Ok((book, escrow))
+}
+
+fn effects_append(into: &mut Effects, mut more: Effects) {
+    into.locks.append(&mut more.locks);
+    into.vote_requests.append(&mut more.vote_requests);
+    into.claims_to_publish.append(&mut more.claims_to_publish);
+    into.certificates.append(&mut more.certificates);
 }
 
 struct Actor {
+    me: PublicKey,
+    network_id: envelope::NetworkId,
     /// Entries of the credential log known to be flushed.
     durable_len: u64,
+    escrow: Escrow,
+    lock_log: LockLog,
+    operators: std::collections::BTreeSet<PublicKey>,
+    tick_interval_ms: u64,
     book: CredentialBook,
     store: Store,
     metrics: Metrics,
@@ -451,10 +629,17 @@ struct Actor {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
         let mut group = Vec::with_capacity(ACTOR_GROUP_MAX);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(self.tick_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    if !self.process(&mut group).await {
+                        break;
+                    }
+                }
                 received = rx.recv_many(&mut group, ACTOR_GROUP_MAX) => {
                     if received == 0 {
                         break;
@@ -476,31 +661,59 @@ impl Actor {
 
     /// Applies a group of commands with one flush. Returns false when the
     /// store failed and the node must stop.
+    /// Applies one object from any source; the verdict and whether to log it.
+    fn apply_object(&mut self, now: Millis, object: &Verified, source: Source) -> Verdict {
+        let result = if object.kind == Kind::Distribution {
+            if self.escrow.ledger().distribution(&object.id.0).is_some() {
+                Ok(Applied::Duplicate)
+            } else {
+                self.escrow
+                    .add_distribution(object, &self.operators)
+                    .map(|()| Applied::New)
+                    .map_err(|e| CredentialError::Malformed {
+                        kind: "distribution",
+                        reason: e,
+                    })
+            }
+        } else {
+            self.book.apply(now, object)
+        };
+        match result {
+            Ok(Applied::New) => {
+                self.metrics.object(object.kind.name(), "accepted", source.name());
+                Verdict::New
+            }
+            Ok(Applied::Duplicate) => {
+                self.metrics.object(object.kind.name(), "duplicate", source.name());
+                Verdict::Duplicate
+            }
+            Err(e) => {
+                self.metrics.object(object.kind.name(), "rejected", source.name());
+                Verdict::Rejected(e)
+            }
+        }
+    }
+
+    /// Applies a group of commands (and the periodic escrow work) with one
+    /// lock-log sync and one store flush. Returns false when storage failed
+    /// and the node must stop.
     async fn process(&mut self, group: &mut Vec<Command>) -> bool {
         let now = now_ms();
         let mut appended: Vec<(Millis, Vec<u8>, Kind, Source, ObjectId)> = Vec::new();
         let mut rpc_replies = Vec::new();
+        let mut claim_replies = Vec::new();
+        let mut vote_replies = Vec::new();
         let mut reads = Vec::new();
+        let mut effects = Effects::default();
         for command in group.drain(..) {
             match command {
                 Command::Ingest { objects, source, reply } => {
                     let mut verdicts = Vec::with_capacity(objects.len());
                     for object in objects {
-                        let verdict = match self.book.apply(now, &object) {
-                            Ok(Applied::New) => {
-                                appended.push((now, object.raw, object.kind, source, object.id));
-                                self.metrics.object(object.kind.name(), "accepted", source.name());
-                                Verdict::New
-                            }
-                            Ok(Applied::Duplicate) => {
-                                self.metrics.object(object.kind.name(), "duplicate", source.name());
-                                Verdict::Duplicate
-                            }
-                            Err(e) => {
-                                self.metrics.object(object.kind.name(), "rejected", source.name());
-                                Verdict::Rejected(e)
-                            }
-                        };
+                        let verdict = self.apply_object(now, &object, source);
+                        if verdict == Verdict::New {
+                            appended.push((now, object.raw, object.kind, source, object.id));
+                        }
                         verdicts.push(verdict);
                     }
                     match (source, reply) {
@@ -514,7 +727,76 @@ impl Actor {
                         (_, None) => {}
                     }
                 }
+                Command::Claim {
+                    claim,
+                    from_client,
+                    reply,
+                } => {
+                    let result = self.escrow.on_claim(&self.book, &claim, from_client, now);
+                    let answer = match result {
+                        Ok(more) => {
+                            effects_append(&mut effects, more);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Some(reply) = reply {
+                        claim_replies.push((reply, answer));
+                    }
+                }
+                Command::Certificate { raw, reply } => {
+                    let answer = match self.escrow.on_certificate(&self.book, &raw, now) {
+                        Ok(true) => {
+                            effects.certificates.push(raw);
+                            Ok(true)
+                        }
+                        Ok(false) => Ok(false),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Some(reply) = reply {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Command::VoteRequest { request, reply } => {
+                    // The attestations a batch presents are signed objects:
+                    // learn them first (and log them like any other).
+                    for raw in &request.attestations {
+                        if let Ok(v) =
+                            envelope::decode(&self.book_network(), raw).and_then(envelope::Unverified::verify)
+                            && self.apply_object(now, &v, Source::Sync) == Verdict::New
+                        {
+                            appended.push((now, v.raw, v.kind, Source::Sync, v.id));
+                        }
+                    }
+                    let (more, response) = self.escrow.on_vote_request(&self.book, &request, now);
+                    effects_append(&mut effects, more);
+                    vote_replies.push((reply, response));
+                }
+                Command::VoteResponse { response } => {
+                    let more = self.escrow.on_vote_response(&self.book, &response, now);
+                    effects_append(&mut effects, more);
+                }
                 read => reads.push(read),
+            }
+        }
+        let book = &self.book;
+        self.escrow.attach_attestations(|id| {
+            let view = book.credential(&ObjectId(*id), 0);
+            view.attestation.map(|a| a.raw)
+        });
+        effects_append(&mut effects, self.escrow.tick(&self.book, now));
+        // This node's own vote on its own batches: judged here, its lock made
+        // durable with everything else below, then counted.
+        let me = self.escrow_me();
+        let mut self_responses = Vec::new();
+        let mut remote_requests = Vec::new();
+        for (voter, request) in std::mem::take(&mut effects.vote_requests) {
+            if voter == me {
+                let (more, response) = self.escrow.on_vote_request(&self.book, &request, now);
+                effects.locks.extend(more.locks);
+                self_responses.push(response);
+            } else {
+                remote_requests.push((voter, request));
             }
         }
         // Applied objects are visible to queries at once; durability follows
@@ -532,12 +814,30 @@ impl Actor {
             });
         }
         let mut failure = None;
-        if !appended.is_empty() {
+        if !effects.locks.is_empty() {
+            let locks: Vec<LockRecord> = std::mem::take(&mut effects.locks);
+            if let Err(e) = self.lock_log.append(locks).await {
+                tracing::error!(error = %e, "lock log write failed; stopping the node");
+                failure = Some(e.to_string());
+            }
+        }
+        if failure.is_none() {
+            for response in self_responses {
+                let more = self.escrow.on_vote_response(&self.book, &response, now);
+                effects_append(&mut effects, more);
+            }
+        }
+        if failure.is_none() && (!appended.is_empty() || !effects.certificates.is_empty()) {
             let entries: Vec<(Millis, &[u8])> = appended
                 .iter()
                 .map(|(at, raw, _, _, _)| (*at, raw.as_slice()))
                 .collect();
-            let result = match self.store.append_credentials(&entries) {
+            let certs: Vec<&[u8]> = effects.certificates.iter().map(|c| c.as_slice()).collect();
+            let result = self
+                .store
+                .append_credentials(&entries)
+                .and_then(|_| self.store.append_certificates(&certs));
+            let result = match result {
                 Ok(_) => self.store.flush().await,
                 Err(e) => Err(e),
             };
@@ -567,8 +867,28 @@ impl Actor {
                 let _ = reply.send(answer);
             }
         }
+        for (reply, answer) in claim_replies {
+            let answer = match &failure {
+                Some(e) => Err(format!("storage failed: {e}")),
+                None => answer,
+            };
+            let _ = reply.send(answer);
+        }
         if failure.is_some() {
+            // Nothing that depends on an undurable lock or batch may leave.
             return false;
+        }
+        for (reply, response) in vote_replies {
+            let _ = reply.send(response);
+        }
+        for (voter, request) in remote_requests {
+            self.net.request_vote(voter, request);
+        }
+        for (region, raw) in effects.claims_to_publish {
+            self.net.publish_claim(&region, raw);
+        }
+        for raw in effects.certificates {
+            self.net.publish_certificate(raw);
         }
         for (_, raw, kind, source, _) in appended {
             // Gossip relays what it delivered by itself; sync objects are old
@@ -580,7 +900,19 @@ impl Actor {
         true
     }
 
+    fn book_network(&self) -> envelope::NetworkId {
+        self.network_id
+    }
+
+    fn escrow_me(&self) -> PublicKey {
+        self.me
+    }
+
     fn answer(&self, command: Command, now: Millis) {
+        if let Command::EscrowRead { read } = command {
+            read(&self.escrow, &self.book, now);
+            return;
+        }
         match command {
             Command::Credential { id, reply } => {
                 let _ = reply.send((self.book.credential(&id, now), now));
@@ -595,17 +927,28 @@ impl Actor {
                     credential_log_len: self.durable_len,
                 });
             }
-            Command::LogPage { cursor, limit, reply } => {
+            Command::LogPage {
+                cursor,
+                limit,
+                cert_cursor,
+                reply,
+            } => {
                 // Only the durable prefix is served: a position a peer has
-                // seen is never reassigned, even if this node crashes.
+                // seen is never reassigned, even if this node crashes. The
+                // certificate log is flushed in the same group commits.
                 let durable = self.durable_len;
-                let page = self.store.credential_log_page(cursor, limit).map(|page| {
-                    let page = page.into_iter().filter(|e| e.position < durable).collect();
-                    (page, durable)
+                let page = self.store.credential_log_page(cursor, limit).and_then(|page| {
+                    let entries = page.into_iter().filter(|e| e.position < durable).collect();
+                    Ok(SyncPage {
+                        entries,
+                        log_len: durable,
+                        certificates: self.store.certificate_log_page(cert_cursor, limit)?,
+                        cert_log_len: self.store.certificate_log_len()?,
+                    })
                 });
                 let _ = reply.send(page);
             }
-            Command::Ingest { .. } => {}
+            _ => {}
         }
     }
 }

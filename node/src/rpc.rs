@@ -5,6 +5,7 @@
 //! The only module that touches tonic and axum. Maps every node error to a
 //! gRPC status code with a message that says what went wrong.
 
+mod escrow;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -79,6 +80,13 @@ pub async fn serve(
     let service = NodeServer::new(NodeService { node: node.clone() })
         .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
         .max_encoding_message_size(RPC_MESSAGE_MAX_BYTES);
+    let escrow_service =
+        credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService { node: node.clone() })
+            .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+            .max_encoding_message_size(RPC_MESSAGE_MAX_BYTES);
+    health_reporter
+        .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
+        .await;
     let mut rpc_shutdown = shutdown.clone();
     let rpc_task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
@@ -88,6 +96,7 @@ pub async fn serve(
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
+            .add_service(escrow_service)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = rpc_shutdown.changed().await;
             })
@@ -107,7 +116,7 @@ pub struct NodeService {
     node: NodeHandle,
 }
 
-fn submit_status(e: SubmitError) -> Status {
+pub(crate) fn submit_status(e: SubmitError) -> Status {
     let message = e.to_string();
     match e {
         SubmitError::Envelope(EnvelopeError::BadSignature) => Status::unauthenticated(message),
@@ -133,6 +142,7 @@ fn submit_status(e: SubmitError) -> Status {
         SubmitError::Overloaded => Status::resource_exhausted(message),
         SubmitError::ShuttingDown => Status::unavailable(message),
         SubmitError::Store(_) => Status::internal(message),
+        SubmitError::Escrow(_) => Status::failed_precondition(message),
     }
 }
 

@@ -8,6 +8,8 @@
 //! accepted are appended to the credential log; the log is append-only and its
 //! positions are stable, which is what lets peers sync from a cursor.
 
+pub mod locks;
+
 use std::path::{Path, PathBuf};
 
 use crate::core::Millis;
@@ -22,6 +24,7 @@ pub const SYNC_PAGE_MAX: u32 = 512;
 
 const META_TREE: &str = "meta/v1";
 const CREDLOG_TREE: &str = "credlog/v1";
+const CERTLOG_TREE: &str = "certlog/v1";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_NETWORK: &[u8] = b"network_id";
 
@@ -58,6 +61,7 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     credlog: sled::Tree,
+    certlog: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,10 +112,12 @@ impl Store {
             }
         }
         let credlog = db.open_tree(CREDLOG_TREE)?;
+        let certlog = db.open_tree(CERTLOG_TREE)?;
         Ok(Store {
             path: path.to_path_buf(),
             db,
             credlog,
+            certlog,
         })
     }
 
@@ -159,6 +165,45 @@ impl Store {
             let (key, value) = item?;
             self.entry(&key, &value)
         })
+    }
+
+    /// Number of certificates in the certificate log.
+    pub fn certificate_log_len(&self) -> Result<u64, StoreError> {
+        match self.certlog.last()? {
+            None => Ok(0),
+            Some((key, _)) => self.position_of(&key).map(|p| p.saturating_add(1)),
+        }
+    }
+
+    /// Appends encoded certificates (in the order this node applied them).
+    pub fn append_certificates(&self, certificates: &[&[u8]]) -> Result<u64, StoreError> {
+        let first = self.certificate_log_len()?;
+        let mut batch = sled::Batch::default();
+        let mut position = first;
+        for c in certificates {
+            batch.insert(&position.to_be_bytes(), *c);
+            position = position.saturating_add(1);
+        }
+        self.certlog.apply_batch(batch)?;
+        Ok(first)
+    }
+
+    /// Certificates from `cursor`, at most `limit` (capped at [`SYNC_PAGE_MAX`]).
+    pub fn certificate_log_page(&self, cursor: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let limit = limit.clamp(1, SYNC_PAGE_MAX) as usize;
+        self.certlog
+            .range(cursor.to_be_bytes()..)
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((self.position_of(&key)?, value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Every certificate, in order (for replay on start).
+    pub fn certificate_log(&self) -> impl Iterator<Item = Result<Vec<u8>, StoreError>> + '_ {
+        self.certlog.iter().map(|item| Ok(item?.1.to_vec()))
     }
 
     /// Makes everything written so far survive a killed process.

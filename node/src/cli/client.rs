@@ -21,19 +21,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for any one answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn connect(rpc: &RpcArgs) -> anyhow::Result<NodeClient<Channel>> {
+pub(super) async fn connect(rpc: &RpcArgs) -> anyhow::Result<NodeClient<Channel>> {
+    Ok(NodeClient::new(channel(rpc).await?).max_decoding_message_size(crate::rpc::RPC_MESSAGE_MAX_BYTES))
+}
+
+/// A gRPC channel to the node at `--rpc`.
+pub(super) async fn channel(rpc: &RpcArgs) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(rpc.rpc.clone())
         .map_err(|_| anyhow!("--rpc {:?} is not a URL like http://127.0.0.1:7100", rpc.rpc))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| anyhow!("cannot reach a node at {}: {e} (is it running? pass --rpc)", rpc.rpc))?;
-    Ok(NodeClient::new(channel).max_decoding_message_size(crate::rpc::RPC_MESSAGE_MAX_BYTES))
+        .map_err(|e| anyhow!("cannot reach a node at {}: {e} (is it running? pass --rpc)", rpc.rpc))
 }
 
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub(super) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let code = format!("{:?}", status.code());
     anyhow!("{} ({})", status.message(), code_name(&code))
 }
@@ -49,7 +53,7 @@ fn code_name(debug: &str) -> String {
     out
 }
 
-async fn network_id(client: &mut NodeClient<Channel>) -> anyhow::Result<NetworkId> {
+pub(super) async fn network_id(client: &mut NodeClient<Channel>) -> anyhow::Result<NetworkId> {
     let status = client
         .status(pb::StatusRequest {})
         .await
@@ -60,7 +64,7 @@ async fn network_id(client: &mut NodeClient<Channel>) -> anyhow::Result<NetworkI
         .ok_or_else(|| anyhow!("the node reported a malformed network id"))
 }
 
-fn hex32(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
+pub(super) fn hex32(text: &str, what: &str) -> anyhow::Result<[u8; 32]> {
     parse_hex32(text).ok_or_else(|| anyhow!("{what} must be 64 hex characters, got {text:?}"))
 }
 

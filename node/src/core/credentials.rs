@@ -116,6 +116,8 @@ pub struct AttestationRecord {
     pub issued_at: Millis,
     pub expires_at: Millis,
     pub learned_at: Millis,
+    /// The envelope as received (voters are handed it with a claim's batch).
+    pub raw: Vec<u8>,
 }
 
 /// A revocation this node holds.
@@ -381,6 +383,7 @@ impl CredentialBook {
             issued_at: body.issued_at,
             expires_at: body.expires_at,
             learned_at: now,
+            raw: object.raw.clone(),
         })
     }
 

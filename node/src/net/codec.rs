@@ -16,9 +16,46 @@ pub const SYNC_REQUEST_MAX_BYTES: usize = 1024;
 /// Largest sync response; pages are cut to fit well inside it.
 pub const SYNC_RESPONSE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
-/// Codec for [`pb::SyncRequest`] / [`pb::SyncResponse`].
-#[derive(Clone, Debug, Default)]
-pub struct SyncCodec;
+/// The vote protocol's name.
+pub const VOTE_PROTOCOL: StreamProtocol = StreamProtocol::new("/credence/vote/1");
+/// Largest vote request: a batch of claims with the attestations they present.
+pub const VOTE_REQUEST_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Largest vote answer: one signed vote or a refusal.
+pub const VOTE_RESPONSE_MAX_BYTES: usize = 8 * 1024;
+
+/// Length-prefixed prost frames for one request and one response type, with
+/// a cap on each checked before anything is allocated.
+#[derive(Debug)]
+pub struct ProstCodec<Req, Resp> {
+    request_max: usize,
+    response_max: usize,
+    _types: std::marker::PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> Clone for ProstCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        ProstCodec {
+            request_max: self.request_max,
+            response_max: self.response_max,
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> ProstCodec<Req, Resp> {
+    pub fn new(request_max: usize, response_max: usize) -> Self {
+        ProstCodec {
+            request_max,
+            response_max,
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The sync codec.
+pub type SyncCodec = ProstCodec<pb::SyncRequest, pb::SyncResponse>;
+/// The vote codec.
+pub type VoteCodec = ProstCodec<pb::VoteRequest, pb::VoteResponse>;
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
@@ -46,35 +83,39 @@ fn invalid(e: prost::DecodeError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl libp2p::request_response::Codec for SyncCodec {
+impl<Req, Resp> libp2p::request_response::Codec for ProstCodec<Req, Resp>
+where
+    Req: Message + Default + Send + 'static,
+    Resp: Message + Default + Send + 'static,
+{
     type Protocol = StreamProtocol;
-    type Request = pb::SyncRequest;
-    type Response = pb::SyncResponse;
+    type Request = Req;
+    type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<pb::SyncRequest>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = read_frame(io, SYNC_REQUEST_MAX_BYTES).await?;
-        pb::SyncRequest::decode(frame.as_slice()).map_err(invalid)
+        let frame = read_frame(io, self.request_max).await?;
+        Req::decode(frame.as_slice()).map_err(invalid)
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<pb::SyncResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let frame = read_frame(io, SYNC_RESPONSE_MAX_BYTES).await?;
-        pb::SyncResponse::decode(frame.as_slice()).map_err(invalid)
+        let frame = read_frame(io, self.response_max).await?;
+        Resp::decode(frame.as_slice()).map_err(invalid)
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: pb::SyncRequest) -> io::Result<()>
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &req.encode_to_vec()).await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: pb::SyncResponse) -> io::Result<()>
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: Resp) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {

@@ -251,21 +251,25 @@ fn note_taken(stats: &[Arc<QueueStats>], index: usize, n: usize, node: &NodeHand
     }
 }
 
-/// Answers a peer's sync request with a page of the local credential log,
-/// cut to fit the response cap.
+/// Answers a peer's sync request with a page of the local credential log and
+/// of the certificate log, cut to fit the response cap.
 pub(super) async fn sync_page(node: &NodeHandle, request: pb::SyncRequest) -> pb::SyncResponse {
-    let Some(Ok((entries, log_len))) = node.log_page(request.cursor, request.limit).await else {
-        return pb::SyncResponse {
-            envelopes: vec![],
-            next_cursor: request.cursor,
-            log_len: 0,
-        };
+    let empty = pb::SyncResponse {
+        envelopes: vec![],
+        next_cursor: request.cursor,
+        log_len: 0,
+        certificates: vec![],
+        next_cert_cursor: request.cert_cursor,
+        cert_log_len: 0,
     };
-    let budget = SYNC_RESPONSE_MAX_BYTES / 2;
+    let Some(Ok(page)) = node.log_page(request.cursor, request.limit, request.cert_cursor).await else {
+        return empty;
+    };
+    let budget = SYNC_RESPONSE_MAX_BYTES / 4;
     let mut used = 0usize;
     let mut next_cursor = request.cursor;
-    let mut envelopes = Vec::with_capacity(entries.len());
-    for entry in entries {
+    let mut envelopes = Vec::with_capacity(page.entries.len());
+    for entry in page.entries {
         used = used.saturating_add(entry.envelope.len().saturating_add(8));
         if used > budget && !envelopes.is_empty() {
             break;
@@ -273,21 +277,35 @@ pub(super) async fn sync_page(node: &NodeHandle, request: pb::SyncRequest) -> pb
         next_cursor = entry.position.saturating_add(1);
         envelopes.push(entry.envelope);
     }
+    let mut used = 0usize;
+    let mut next_cert_cursor = request.cert_cursor;
+    let mut certificates = Vec::with_capacity(page.certificates.len());
+    for (position, raw) in page.certificates {
+        used = used.saturating_add(raw.len().saturating_add(8));
+        if used > budget && !certificates.is_empty() {
+            break;
+        }
+        next_cert_cursor = position.saturating_add(1);
+        certificates.push(raw);
+    }
     pb::SyncResponse {
         envelopes,
         next_cursor,
-        log_len,
+        log_len: page.log_len,
+        certificates,
+        next_cert_cursor,
+        cert_log_len: page.cert_log_len,
     }
 }
 
-/// Verifies and applies a page pulled from a peer. Returns the cursor to ask
+/// Verifies and applies a page pulled from a peer. Returns the cursors to ask
 /// for next and whether the peer has more.
 pub(super) async fn apply_sync_page(
     network: &NetworkId,
     node: &NodeHandle,
     peer: PeerId,
     response: pb::SyncResponse,
-) -> (u64, bool) {
+) -> (u64, u64, bool) {
     node.metrics.sync_pages.inc();
     let mut items = Vec::with_capacity(response.envelopes.len());
     for raw in &response.envelopes {
@@ -313,8 +331,14 @@ pub(super) async fn apply_sync_page(
         Err(_) => Vec::new(),
     };
     if !verified.is_empty() && node.ingest(verified, Source::Sync).await.is_none() {
-        return (response.next_cursor, false);
+        return (response.next_cursor, response.next_cert_cursor, false);
     }
-    let more = !response.envelopes.is_empty() && response.next_cursor < response.log_len;
-    (response.next_cursor, more)
+    for raw in response.certificates.iter() {
+        if node.certificate(raw.clone()).await.is_none() {
+            return (response.next_cursor, response.next_cert_cursor, false);
+        }
+    }
+    let more = (!response.envelopes.is_empty() && response.next_cursor < response.log_len)
+        || (!response.certificates.is_empty() && response.next_cert_cursor < response.cert_log_len);
+    (response.next_cursor, response.next_cert_cursor, more)
 }

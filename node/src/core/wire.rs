@@ -1,0 +1,341 @@
+//! Conversions between signed wire objects (`credence_proto::v1`) and the
+//! escrow core's types.
+//!
+//! Every function takes envelopes whose own signature the caller verified and
+//! verifies whatever is nested inside (claims inside a batch, votes inside a
+//! certificate) with `verify_strict`, one by one: these signatures decide
+//! certificates, so they take the strict path. Core ids of batches and freezes
+//! are digests of their fields (`Batch::compute_id`), not envelope digests.
+
+use credence_proto::v1 as pb;
+use prost::Message;
+
+use super::envelope::{self, EnvelopeError, Kind, NetworkId, Unverified, Verified};
+use super::escrow::{
+    Batch, BucketId, Certificate, CertifiedObject, Claim, Digest, Distribution, Entry, Freeze, Key, Vote, digest_parts,
+};
+
+/// Why a wire object could not become a core object. The sender is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("expected a {expected} envelope, got a {got}")]
+    WrongKind { expected: &'static str, got: &'static str },
+    #[error("{kind} body does not decode: {reason}")]
+    Malformed { kind: &'static str, reason: String },
+    #[error("{field} must be 32 bytes")]
+    BadField { field: &'static str },
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("the envelope's signer is not the {0} named in the body")]
+    SignerMismatch(&'static str),
+    #[error("nested {what}: {error}")]
+    Nested { what: &'static str, error: EnvelopeError },
+    #[error("a batch holds at most {max} entries")]
+    TooManyEntries { max: usize },
+}
+
+/// Most entries in one batch on the wire.
+pub const BATCH_ENTRIES_MAX: usize = 1024;
+
+fn key32(bytes: &[u8], field: &'static str) -> Result<[u8; 32], WireError> {
+    bytes.try_into().map_err(|_| WireError::BadField { field })
+}
+
+fn expect_kind(v: &Verified, kind: Kind) -> Result<(), WireError> {
+    if v.kind == kind {
+        Ok(())
+    } else {
+        Err(WireError::WrongKind {
+            expected: kind.name(),
+            got: v.kind.name(),
+        })
+    }
+}
+
+fn malformed(kind: &'static str) -> impl Fn(prost::DecodeError) -> WireError {
+    move |e| WireError::Malformed {
+        kind,
+        reason: e.to_string(),
+    }
+}
+
+/// Decodes and strictly verifies a nested envelope.
+pub fn verify_nested(network: &NetworkId, raw: &[u8], what: &'static str) -> Result<Verified, WireError> {
+    envelope::decode(network, raw)
+        .and_then(Unverified::verify)
+        .map_err(|error| WireError::Nested { what, error })
+}
+
+/// The id of a distribution listed in the genesis (index `i`).
+pub fn genesis_distribution_id(network: &NetworkId, index: usize) -> Digest {
+    digest_parts("genesis-distribution", &[&network.0, &(index as u64).to_le_bytes()])
+}
+
+/// On the wire and in the genesis, `closes_at = 0` means "never closes"; the
+/// core works with the half-open window `[opens_at, closes_at)`.
+pub fn closes_at(wire: u64) -> u64 {
+    if wire == 0 { u64::MAX } else { wire }
+}
+
+/// A claim from its verified envelope.
+pub fn claim(v: &Verified) -> Result<Claim, WireError> {
+    expect_kind(v, Kind::Claim)?;
+    let body = pb::Claim::decode(v.body.as_slice()).map_err(malformed("claim"))?;
+    let claimant = key32(&body.claimant, "claimant")?;
+    let recipient = if body.recipient.is_empty() {
+        claimant
+    } else {
+        key32(&body.recipient, "recipient")?
+    };
+    Ok(Claim {
+        id: v.id.0,
+        signer: v.signer,
+        distribution_id: key32(&body.distribution_id, "distribution_id")?,
+        claimant,
+        attestation_id: key32(&body.attestation_id, "attestation_id")?,
+        amount: body.amount,
+        recipient,
+        created_at: body.created_at,
+    })
+}
+
+/// An operator-signed distribution from its verified envelope (id = envelope id).
+pub fn distribution(v: &Verified) -> Result<Distribution, WireError> {
+    expect_kind(v, Kind::Distribution)?;
+    let body = pb::Distribution::decode(v.body.as_slice()).map_err(malformed("distribution"))?;
+    let operator = key32(&body.operator, "operator")?;
+    if operator != v.signer {
+        return Err(WireError::SignerMismatch("operator"));
+    }
+    let rule = body.rule.ok_or(WireError::Missing("rule"))?;
+    Ok(Distribution {
+        id: v.id.0,
+        operator,
+        asset: body.asset,
+        total: body.total,
+        schema: rule.schema,
+        issuers: rule
+            .issuers
+            .iter()
+            .map(|k| key32(k, "rule.issuers"))
+            .collect::<Result<_, _>>()?,
+        amount_per_claim: rule.amount_per_claim,
+        opens_at: body.opens_at,
+        closes_at: closes_at(body.closes_at),
+        allocations: body.allocations.into_iter().map(|a| (a.region, a.amount)).collect(),
+        max_outflow_per_window: body.max_outflow_per_window,
+        outflow_window_ms: body.outflow_window_ms,
+    })
+}
+
+fn bucket_ref(bucket: &BucketId) -> pb::BucketRef {
+    pb::BucketRef {
+        distribution_id: bucket.distribution.to_vec(),
+        region: bucket.region.clone(),
+        owner: bucket.owner.to_vec(),
+    }
+}
+
+fn bucket_id(r: Option<pb::BucketRef>) -> Result<BucketId, WireError> {
+    let r = r.ok_or(WireError::Missing("bucket"))?;
+    Ok(BucketId {
+        distribution: key32(&r.distribution_id, "bucket.distribution_id")?,
+        region: r.region,
+        owner: key32(&r.owner, "bucket.owner")?,
+    })
+}
+
+/// The body of a batch envelope; claims travel as their claimants' envelopes.
+/// `claim_envelope` returns the raw envelope of a claim id (the owner holds them).
+pub fn batch_body(batch: &Batch, claim_envelope: impl Fn(&Digest) -> Option<Vec<u8>>) -> Option<pb::Batch> {
+    let mut entries = Vec::with_capacity(batch.entries.len());
+    for entry in &batch.entries {
+        let e = match entry {
+            Entry::Claim(c) => pb::batch_entry::Entry::Claim(claim_envelope(&c.id)?),
+            Entry::TransferOut { to, amount } => pb::batch_entry::Entry::TransferOut(pb::TransferOut {
+                to: Some(bucket_ref(to)),
+                amount: *amount,
+            }),
+            Entry::Close => pb::batch_entry::Entry::Close(true),
+        };
+        entries.push(pb::BatchEntry { entry: Some(e) });
+    }
+    Some(pb::Batch {
+        bucket: Some(bucket_ref(&batch.bucket)),
+        seq: batch.seq,
+        prev: batch.prev.to_vec(),
+        timestamp: batch.timestamp,
+        entries,
+        total_after: batch.total_after,
+    })
+}
+
+/// A batch from its verified envelope, with its claims' verified envelopes.
+pub fn batch(network: &NetworkId, v: &Verified) -> Result<(Batch, Vec<Verified>), WireError> {
+    expect_kind(v, Kind::Batch)?;
+    let body = pb::Batch::decode(v.body.as_slice()).map_err(malformed("batch"))?;
+    batch_from_body(network, v.signer, body)
+}
+
+fn batch_from_body(network: &NetworkId, signer: Key, body: pb::Batch) -> Result<(Batch, Vec<Verified>), WireError> {
+    if body.entries.len() > BATCH_ENTRIES_MAX {
+        return Err(WireError::TooManyEntries { max: BATCH_ENTRIES_MAX });
+    }
+    let mut entries = Vec::with_capacity(body.entries.len());
+    let mut claims = Vec::new();
+    for e in body.entries {
+        match e.entry.ok_or(WireError::Missing("batch entry"))? {
+            pb::batch_entry::Entry::Claim(raw) => {
+                let v = verify_nested(network, &raw, "claim")?;
+                entries.push(Entry::Claim(claim(&v)?));
+                claims.push(v);
+            }
+            pb::batch_entry::Entry::TransferOut(t) => entries.push(Entry::TransferOut {
+                to: bucket_id(t.to)?,
+                amount: t.amount,
+            }),
+            pb::batch_entry::Entry::Close(_) => entries.push(Entry::Close),
+        }
+    }
+    let batch = Batch::new(
+        signer,
+        bucket_id(body.bucket)?,
+        body.seq,
+        key32(&body.prev, "prev")?,
+        body.timestamp,
+        entries,
+        body.total_after,
+    );
+    Ok((batch, claims))
+}
+
+/// The body of a freeze envelope.
+pub fn freeze_body(freeze: &Freeze, pending_envelope: Option<Vec<u8>>) -> pb::Freeze {
+    pb::Freeze {
+        bucket: Some(bucket_ref(&freeze.bucket)),
+        last_seq: freeze.last_seq,
+        pending: pending_envelope.unwrap_or_default(),
+        proposer: freeze.signer.to_vec(),
+    }
+}
+
+/// A freeze from its verified envelope (the pending batch, if any, is verified too).
+pub fn freeze(network: &NetworkId, v: &Verified) -> Result<Freeze, WireError> {
+    expect_kind(v, Kind::Freeze)?;
+    let body = pb::Freeze::decode(v.body.as_slice()).map_err(malformed("freeze"))?;
+    if key32(&body.proposer, "proposer")? != v.signer {
+        return Err(WireError::SignerMismatch("proposer"));
+    }
+    let pending = if body.pending.is_empty() {
+        None
+    } else {
+        let p = verify_nested(network, &body.pending, "pending batch")?;
+        Some(batch(network, &p)?.0)
+    };
+    Ok(Freeze::new(v.signer, bucket_id(body.bucket)?, body.last_seq, pending))
+}
+
+/// The body of a vote envelope.
+pub fn vote_body(vote: &Vote, bucket: &BucketId) -> pb::Vote {
+    pb::Vote {
+        object_id: vote.object_id.to_vec(),
+        bucket: Some(bucket_ref(bucket)),
+        seq: vote.seq,
+        region: vote.region.clone(),
+        voter: vote.signer.to_vec(),
+    }
+}
+
+/// A vote from its verified envelope.
+pub fn vote(v: &Verified) -> Result<Vote, WireError> {
+    expect_kind(v, Kind::Vote)?;
+    let body = pb::Vote::decode(v.body.as_slice()).map_err(malformed("vote"))?;
+    if key32(&body.voter, "voter")? != v.signer {
+        return Err(WireError::SignerMismatch("voter"));
+    }
+    Ok(Vote {
+        signer: v.signer,
+        object_id: key32(&body.object_id, "object_id")?,
+        bucket: bucket_id(body.bucket)?.digest(),
+        seq: body.seq,
+        region: body.region,
+    })
+}
+
+/// A certificate from its encoding: the object's and every vote's signature
+/// are verified here. The quorum itself is checked by the ledger.
+pub fn certificate(network: &NetworkId, raw: &[u8]) -> Result<(Certificate, Vec<Verified>), WireError> {
+    let cert = pb::Certificate::decode(raw).map_err(malformed("certificate"))?;
+    let object = verify_nested(network, &cert.object, "certified object")?;
+    let (object, claims) = match object.kind {
+        Kind::Batch => {
+            let (b, claims) = batch(network, &object)?;
+            (CertifiedObject::Batch(b), claims)
+        }
+        Kind::Freeze => (CertifiedObject::Freeze(freeze(network, &object)?), Vec::new()),
+        other => {
+            return Err(WireError::WrongKind {
+                expected: "batch or freeze",
+                got: other.name(),
+            });
+        }
+    };
+    let votes = cert
+        .votes
+        .iter()
+        .map(|raw| verify_nested(network, raw, "vote").and_then(|v| vote(&v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Certificate { object, votes }, claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::envelope::seal;
+    use ed25519_dalek::SigningKey;
+
+    const NET: NetworkId = NetworkId([3; 32]);
+
+    fn verified(raw: &[u8]) -> Verified {
+        match envelope::decode(&NET, raw).and_then(Unverified::verify) {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_the_wire_with_its_claims() {
+        let claimant = SigningKey::from_bytes(&[4; 32]);
+        let owner = SigningKey::from_bytes(&[5; 32]);
+        let body = pb::Claim {
+            distribution_id: vec![1; 32],
+            claimant: claimant.verifying_key().to_bytes().to_vec(),
+            attestation_id: vec![2; 32],
+            amount: 10,
+            recipient: vec![],
+            created_at: 5,
+            nonce: 1,
+        };
+        let (claim_raw, _) = seal(&NET, &claimant, Kind::Claim, body.encode_to_vec());
+        let c = claim(&verified(&claim_raw)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.recipient, c.claimant);
+        let bucket = BucketId {
+            distribution: [1; 32],
+            region: "eu".into(),
+            owner: owner.verifying_key().to_bytes(),
+        };
+        let b = Batch::new(bucket.owner, bucket, 0, [0; 32], 9, vec![Entry::Claim(c.clone())], 10);
+        let body = batch_body(&b, |id| (id == &c.id).then(|| claim_raw.clone())).unwrap_or_default();
+        let (raw, _) = seal(&NET, &owner, Kind::Batch, body.encode_to_vec());
+        let (back, claims) = batch(&NET, &verified(&raw)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, b);
+        assert_eq!(claims.len(), 1);
+        // A tampered nested claim is refused.
+        let mut tampered = claim_raw.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let body = batch_body(&b, |_| Some(tampered.clone())).unwrap_or_default();
+        let (raw, _) = seal(&NET, &owner, Kind::Batch, body.encode_to_vec());
+        assert!(matches!(batch(&NET, &verified(&raw)), Err(WireError::Nested { .. })));
+    }
+}

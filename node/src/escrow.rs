@@ -1,0 +1,808 @@
+//! The escrow shell: drives the pure escrow core (ledger, voter, owners) for
+//! the node actor, signs what leaves the node, and keeps each claim's
+//! timeline.
+//!
+//! Owned by the actor in `node.rs`, which calls it synchronously and carries
+//! out the [`Effects`] it returns in order: first it makes `locks` durable
+//! (`locks.log`, fdatasync, one group commit for everything the actor drained
+//! together), and only then sends votes and batches. That order is the
+//! safety argument of DESIGN.md "Durability": a validator never lets a vote
+//! leave before its lock is on disk, and an owner never sends a batch it could
+//! forget.
+
+use std::collections::{BTreeMap, HashMap};
+
+use credence_proto::v1 as pb;
+use ed25519_dalek::SigningKey;
+use prost::Message;
+
+use crate::config::LoadedGenesis;
+use crate::core::Millis;
+use crate::core::credentials::{CredentialBook, CredentialStatus};
+use crate::core::envelope::{Kind, NetworkId, ObjectId, Verified, seal};
+use crate::core::escrow::{
+    AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
+    Digest, Distribution, FaultModel, GlobalView, Key, Ledger, Lock, NoGlobalView, Owner, OwnerConfig, OwnerOutput,
+    Route, Validator, ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
+};
+use crate::core::wire::{self, WireError};
+use crate::store::locks::LockRecord;
+
+/// Certificates the ledger holds while waiting for what they depend on.
+pub const LEDGER_WAITING_MAX: usize = 65_536;
+/// How long an owner waits for a missing vote before asking that voter again.
+/// (The delay-aware quorum replaces this with k × quorum latency.)
+pub const VOTE_RETRY_MS: Millis = 200;
+/// Claims waiting to be retried (their credential or distribution not known
+/// here yet); beyond this the oldest are refused.
+pub const PENDING_CLAIMS_MAX: usize = 100_000;
+/// How long a retryable claim is retried before it is refused.
+pub const PENDING_CLAIM_TTL_MS: Millis = 60_000;
+/// Most claim timelines kept in memory; the oldest are forgotten first.
+pub const TIMELINES_MAX: usize = 1_000_000;
+
+/// The steps a claim reached, on this node's clock (0 = not reached).
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub received_at: Millis,
+    pub provisional_at: Millis,
+    pub regional_at: Millis,
+    pub global_at: Millis,
+    pub disputed_at: Millis,
+    pub rejected_at: Millis,
+    pub reason: String,
+    pub claim: Option<Claim>,
+    pub home: Option<BucketId>,
+}
+
+/// What the actor must do after a call, in this order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Make these durable before anything below leaves the node.
+    pub locks: Vec<LockRecord>,
+    /// Vote requests to send: (voter key, encoded `VoteRequest`).
+    pub vote_requests: Vec<(Key, pb::VoteRequest)>,
+    /// Claims to gossip on their home region's topic.
+    pub claims_to_publish: Vec<(String, Vec<u8>)>,
+    /// New certificates to store and gossip (encoded `Certificate`).
+    pub certificates: Vec<Vec<u8>>,
+}
+
+impl Effects {
+    fn append(&mut self, mut other: Effects) {
+        self.locks.append(&mut other.locks);
+        self.vote_requests.append(&mut other.vote_requests);
+        self.claims_to_publish.append(&mut other.claims_to_publish);
+        self.certificates.append(&mut other.certificates);
+    }
+}
+
+/// Why a claim or certificate was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EscrowError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("unknown distribution {0}")]
+    UnknownDistribution(String),
+    #[error("{0}")]
+    Refused(ClaimRefusal),
+    #[error("invalid certificate: {0}")]
+    Certificate(String),
+    #[error("no live bucket can fund this claim (every bucket on its path is frozen)")]
+    NoLiveBucket,
+}
+
+/// The answer to a vote request.
+#[derive(Debug, Clone, Default)]
+pub struct VoteAnswer {
+    pub response: pb::VoteResponse,
+}
+
+struct Collecting {
+    batch: Batch,
+    envelope: Vec<u8>,
+    votes: BTreeMap<Key, (Vote, Vec<u8>)>,
+    asked_at: BTreeMap<Key, Millis>,
+    attestations: Vec<Vec<u8>>,
+}
+
+struct PendingClaim {
+    verified: Verified,
+    first_tried: Millis,
+}
+
+/// Credentials as the escrow core sees them.
+pub struct Credentials<'a>(pub &'a CredentialBook);
+
+impl CredentialView for Credentials<'_> {
+    fn attestation(&self, id: &Digest) -> Option<AttestationFacts> {
+        let view = self.0.credential(&ObjectId(*id), 0);
+        view.attestation.map(|a| AttestationFacts {
+            issuer: a.issuer,
+            subject: a.subject,
+            schema: a.schema,
+            issued_at: a.issued_at,
+            // 0 means "never expires" on the wire; the core compares times.
+            expires_at: if a.expires_at == 0 { u64::MAX } else { a.expires_at },
+        })
+    }
+
+    fn revocation(&self, id: &Digest) -> Option<Millis> {
+        let view = self.0.credential(&ObjectId(*id), 0);
+        match view.status {
+            CredentialStatus::Revoked => view.revocation.map(|r| r.revoked_at),
+            _ => None,
+        }
+    }
+}
+
+/// The node's escrow state.
+pub struct Escrow {
+    network: NetworkId,
+    key: SigningKey,
+    me: Key,
+    region: Option<String>,
+    ledger: Ledger,
+    voter: Option<Voter>,
+    owners: HashMap<Digest, Owner>,
+    owner_config: OwnerConfig,
+    collecting: HashMap<Digest, Collecting>,
+    /// Raw claim envelopes by claim id (for batch bodies and re-publication).
+    claim_envelopes: HashMap<Digest, Vec<u8>>,
+    timelines: HashMap<Digest, Timeline>,
+    timeline_order: std::collections::VecDeque<Digest>,
+    pending: std::collections::VecDeque<PendingClaim>,
+    /// Certificate encodings by (bucket, seq), as applied here.
+    certificates: HashMap<(Digest, u64), (Digest, Vec<u8>)>,
+    conflicting_certificates: u64,
+    names: HashMap<Key, String>,
+    distribution_names: HashMap<Digest, String>,
+    /// When this node last heard from each region (a vote or certificate of it).
+    last_heard: HashMap<String, Millis>,
+}
+
+impl std::fmt::Debug for Escrow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Escrow").field("region", &self.region).finish()
+    }
+}
+
+impl Escrow {
+    /// The escrow state of a node with `key`, from the genesis and the
+    /// records of its lock log.
+    pub fn new(genesis: &LoadedGenesis, key: SigningKey, locks: &[LockRecord]) -> Result<Escrow, String> {
+        let network = genesis.network_id;
+        let me = key.verifying_key().to_bytes();
+        let fault_model = match genesis.genesis.params.fault_model {
+            crate::config::FaultModel::Byzantine => FaultModel::Byzantine,
+            crate::config::FaultModel::Crash => FaultModel::Crash,
+        };
+        let validators = ValidatorSet::new(
+            genesis
+                .validators
+                .iter()
+                .map(|v| Validator {
+                    key: v.key,
+                    region: v.region.clone(),
+                    weight: v.weight,
+                })
+                .collect(),
+            fault_model,
+        )
+        .map_err(|e| format!("validator set: {e}"))?;
+        let mut ledger = Ledger::new(validators, LEDGER_WAITING_MAX);
+        let mut distribution_names = HashMap::new();
+        for (i, d) in genesis.genesis.distributions.iter().enumerate() {
+            let id = wire::genesis_distribution_id(&network, i);
+            let operator = genesis.operators.iter().next().copied().unwrap_or([0; 32]);
+            ledger
+                .add_distribution(Distribution {
+                    id,
+                    operator,
+                    asset: d.asset.clone(),
+                    total: d.total,
+                    schema: d.schema.clone(),
+                    issuers: vec![],
+                    amount_per_claim: d.amount_per_claim,
+                    opens_at: d.opens_at,
+                    closes_at: wire::closes_at(d.closes_at),
+                    allocations: d.allocations.iter().map(|a| (a.region.clone(), a.amount)).collect(),
+                    max_outflow_per_window: 0,
+                    outflow_window_ms: 0,
+                })
+                .map_err(|e| format!("genesis distribution {}: {e}", d.name))?;
+            distribution_names.insert(id, d.name.clone());
+        }
+        let validator = genesis.validator(&me);
+        let region = validator.map(|v| v.region.clone());
+        let skew = genesis.genesis.params.max_clock_skew_ms;
+        let vote_locks = locks.iter().filter_map(|r| match r {
+            LockRecord::Vote { bucket, seq, object_id } => Some(Lock {
+                bucket: *bucket,
+                seq: *seq,
+                object_id: *object_id,
+            }),
+            LockRecord::OwnBatch { .. } => None,
+        });
+        let voter = region.clone().map(|r| {
+            Voter::restore(
+                me,
+                r,
+                VoterConfig { clock_skew_ms: skew },
+                vote_locks.collect::<Vec<_>>(),
+            )
+        });
+        let mut escrow = Escrow {
+            network,
+            key,
+            me,
+            region,
+            ledger,
+            voter,
+            owners: HashMap::new(),
+            owner_config: OwnerConfig {
+                batch_claims_max: genesis.genesis.params.batch_claims_max as usize,
+                clock_skew_ms: skew,
+            },
+            collecting: HashMap::new(),
+            claim_envelopes: HashMap::new(),
+            timelines: HashMap::new(),
+            timeline_order: Default::default(),
+            pending: Default::default(),
+            certificates: HashMap::new(),
+            conflicting_certificates: 0,
+            names: genesis.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
+            distribution_names,
+            last_heard: HashMap::new(),
+        };
+        escrow.adopt_buckets();
+        // An owner resumes the last batch it signed, never signs another at its seq.
+        let mut last_batches: HashMap<Digest, (Batch, Vec<u8>)> = HashMap::new();
+        for r in locks {
+            if let LockRecord::OwnBatch { envelope } = r
+                && let Ok(v) = wire::verify_nested(&network, envelope, "own batch")
+                && let Ok((batch, claims)) = wire::batch(&network, &v)
+            {
+                for c in claims {
+                    escrow.claim_envelopes.insert(c.id.0, c.raw);
+                }
+                last_batches.insert(batch.bucket.digest(), (batch, envelope.clone()));
+            }
+        }
+        for (digest, (batch, envelope)) in last_batches {
+            if let Some(owner) = escrow.owners.get_mut(&digest) {
+                *owner = Owner::restore(
+                    escrow.me,
+                    batch.bucket.clone(),
+                    escrow.owner_config.clone(),
+                    Some(batch.clone()),
+                );
+                escrow.collecting.insert(
+                    batch.id,
+                    Collecting {
+                        batch,
+                        envelope,
+                        votes: BTreeMap::new(),
+                        asked_at: BTreeMap::new(),
+                        attestations: Vec::new(),
+                    },
+                );
+            }
+        }
+        Ok(escrow)
+    }
+
+    /// Creates an owner for every bucket this node owns that has none yet.
+    fn adopt_buckets(&mut self) {
+        let mine: Vec<BucketId> = self
+            .ledger
+            .distributions()
+            .flat_map(|d| {
+                d.buckets()
+                    .filter(|b| b.id.owner == self.me)
+                    .map(|b| b.id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for bucket in mine {
+            let digest = bucket.digest();
+            self.owners
+                .entry(digest)
+                .or_insert_with(|| Owner::new(self.me, bucket, self.owner_config.clone()));
+        }
+    }
+
+    /// The ledger (read-only).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// A validator's name from the genesis.
+    pub fn name_of(&self, key: &Key) -> String {
+        self.names.get(key).cloned().unwrap_or_default()
+    }
+
+    /// A distribution's name, if it has one.
+    pub fn distribution_name(&self, id: &Digest) -> String {
+        self.distribution_names.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Age of this node's view of a region: 0 for its own region, else the
+    /// time since a certificate of that region last arrived (`u64::MAX` if never).
+    pub fn view_age_ms(&self, region: &str, now: Millis) -> u64 {
+        if self.region.as_deref() == Some(region) {
+            return 0;
+        }
+        self.last_heard
+            .get(region)
+            .map_or(u64::MAX, |at| now.saturating_sub(*at))
+    }
+
+    /// Claim outflow per region of a distribution over the window ending at
+    /// `now`, from certified batch timestamps.
+    pub fn outflow_by_region(&self, distribution: &Digest, now: Millis, window_ms: Millis) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for c in self.ledger.certified_claims() {
+            if &c.claim.distribution_id != distribution || c.batch_timestamp.saturating_add(window_ms) < now {
+                continue;
+            }
+            if let Some((_, plan)) = self.ledger.bucket(&c.bucket) {
+                let e = out.entry(plan.id.region.clone()).or_default();
+                *e = e.saturating_add(c.claim.amount);
+            }
+        }
+        out
+    }
+
+    /// Certificates seen at one position with different ids (must stay 0).
+    pub fn conflicting_certificates(&self) -> u64 {
+        self.conflicting_certificates
+    }
+
+    /// Adds an operator-signed distribution.
+    pub fn add_distribution(
+        &mut self,
+        v: &Verified,
+        operators: &std::collections::BTreeSet<Key>,
+    ) -> Result<(), String> {
+        let d = wire::distribution(v).map_err(|e| e.to_string())?;
+        if !operators.contains(&d.operator) {
+            return Err("the signer is not an operator of this network".into());
+        }
+        let name = {
+            let body = pb::Distribution::decode(v.body.as_slice())
+                .map(|b| b.name)
+                .unwrap_or_default();
+            body
+        };
+        self.ledger.add_distribution(d.clone()).map_err(|e| e.to_string())?;
+        self.distribution_names.insert(d.id, name);
+        self.adopt_buckets();
+        Ok(())
+    }
+
+    /// Where a claimant's claim is funded.
+    pub fn route(&self, distribution: &Digest, claimant: &Key) -> Option<BucketId> {
+        match self.ledger.route(distribution, claimant)? {
+            Route::Live { bucket, .. } => self.ledger.bucket(&bucket).map(|(_, plan)| plan.id.clone()),
+            Route::NoLiveBucket { .. } => None,
+        }
+    }
+
+    fn timeline(&mut self, id: Digest) -> &mut Timeline {
+        if !self.timelines.contains_key(&id) {
+            if self.timeline_order.len() >= TIMELINES_MAX
+                && let Some(old) = self.timeline_order.pop_front()
+            {
+                self.timelines.remove(&old);
+            }
+            self.timeline_order.push_back(id);
+        }
+        self.timelines.entry(id).or_default()
+    }
+
+    /// A claim arrives (from a client, gossip or a retry).
+    pub fn on_claim(
+        &mut self,
+        book: &CredentialBook,
+        v: &Verified,
+        from_client: bool,
+        now: Millis,
+    ) -> Result<Effects, EscrowError> {
+        let claim = wire::claim(v)?;
+        let mut effects = Effects::default();
+        if self.ledger.distribution(&claim.distribution_id).is_none() {
+            return Err(EscrowError::UnknownDistribution(hex::encode(claim.distribution_id)));
+        }
+        let home = self
+            .route(&claim.distribution_id, &claim.claimant)
+            .ok_or(EscrowError::NoLiveBucket)?;
+        let fresh = !self.claim_envelopes.contains_key(&claim.id);
+        self.claim_envelopes.insert(claim.id, v.raw.clone());
+        {
+            let t = self.timeline(claim.id);
+            if t.received_at == 0 {
+                t.received_at = now;
+            }
+            t.claim = Some(claim.clone());
+            t.home = Some(home.clone());
+        }
+        self.ledger.note_received(claim.id);
+        if from_client && fresh && self.region.as_deref() != Some(home.region.as_str()) {
+            effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
+        } else if from_client && fresh && home.owner != self.me {
+            effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
+        }
+        let digest = home.digest();
+        if self.owners.contains_key(&digest) {
+            self.submit_to_owner(book, v.clone(), claim, digest, now, &mut effects)?;
+        }
+        Ok(effects)
+    }
+
+    fn submit_to_owner(
+        &mut self,
+        book: &CredentialBook,
+        verified: Verified,
+        claim: Claim,
+        digest: Digest,
+        now: Millis,
+        effects: &mut Effects,
+    ) -> Result<(), EscrowError> {
+        let Some(owner) = self.owners.get_mut(&digest) else {
+            return Ok(());
+        };
+        let id = claim.id;
+        match owner.submit_claim(&self.ledger, &Credentials(book), claim, now) {
+            Ok(outputs) => {
+                let more = self.owner_outputs(outputs, now);
+                effects.append(more);
+                Ok(())
+            }
+            Err(reason) if reason.is_retryable() => {
+                if self.pending.len() >= PENDING_CLAIMS_MAX {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back(PendingClaim {
+                    verified,
+                    first_tried: now,
+                });
+                Ok(())
+            }
+            Err(reason) => {
+                self.reject(id, &reason, now);
+                Err(EscrowError::Refused(reason))
+            }
+        }
+    }
+
+    fn reject(&mut self, id: Digest, reason: &ClaimRefusal, now: Millis) {
+        self.ledger.note_rejected(id, reason.clone());
+        let t = self.timeline(id);
+        if t.rejected_at == 0 {
+            t.rejected_at = now;
+            t.reason = reason.to_string();
+        }
+    }
+
+    fn owner_outputs(&mut self, outputs: Vec<OwnerOutput>, now: Millis) -> Effects {
+        let mut effects = Effects::default();
+        for output in outputs {
+            match output {
+                OwnerOutput::PersistBatch(batch) => {
+                    let claim_envelopes = &self.claim_envelopes;
+                    let Some(body) = wire::batch_body(&batch, |id| claim_envelopes.get(id).cloned()) else {
+                        tracing::error!("a batch names a claim whose envelope is gone; not sending it");
+                        continue;
+                    };
+                    let (envelope, _) = seal(&self.network, &self.key, Kind::Batch, body.encode_to_vec());
+                    effects.locks.push(LockRecord::OwnBatch {
+                        envelope: envelope.clone(),
+                    });
+                    let attestations = Vec::new();
+                    self.collecting.insert(
+                        batch.id,
+                        Collecting {
+                            batch,
+                            envelope,
+                            votes: BTreeMap::new(),
+                            asked_at: BTreeMap::new(),
+                            attestations,
+                        },
+                    );
+                }
+                OwnerOutput::SendBatch(batch) => {
+                    self.ledger.note_provisional(&batch);
+                    for claim in batch.claims() {
+                        let t = self.timeline(claim.id);
+                        if t.provisional_at == 0 {
+                            t.provisional_at = now;
+                        }
+                    }
+                    // Requests go out on the next retry pass, after the batch is durable.
+                    if let Some(c) = self.collecting.get_mut(&batch.id) {
+                        c.asked_at.clear();
+                    }
+                }
+                OwnerOutput::Dropped { claim, reason } => self.reject(claim.id, &reason, now),
+            }
+        }
+        effects
+    }
+
+    /// The attestation envelopes a batch's claims present, for its voters.
+    pub fn attach_attestations(&mut self, book_raw: impl Fn(&Digest) -> Option<Vec<u8>>) {
+        for c in self.collecting.values_mut() {
+            if c.attestations.is_empty() {
+                c.attestations = c
+                    .batch
+                    .claims()
+                    .filter_map(|claim| book_raw(&claim.attestation_id))
+                    .collect();
+            }
+        }
+    }
+
+    /// Periodic work: close open batches, retry pending claims, ask missing
+    /// voters (first ask, or again after [`VOTE_RETRY_MS`]).
+    pub fn tick(&mut self, book: &CredentialBook, now: Millis) -> Effects {
+        let mut effects = Effects::default();
+        let pending: Vec<PendingClaim> = self.pending.drain(..).collect();
+        for p in pending {
+            if now.saturating_sub(p.first_tried) > PENDING_CLAIM_TTL_MS {
+                let id = p.verified.id.0;
+                self.reject(id, &ClaimRefusal::CredentialUnknown, now);
+                continue;
+            }
+            let Ok(claim) = wire::claim(&p.verified) else { continue };
+            let Some(home) = self.route(&claim.distribution_id, &claim.claimant) else {
+                continue;
+            };
+            let digest = home.digest();
+            let first = p.first_tried;
+            let before = self.pending.len();
+            let _ = self.submit_to_owner(book, p.verified, claim, digest, now, &mut effects);
+            if let Some(back) = self.pending.get_mut(before) {
+                back.first_tried = first;
+            }
+        }
+        let digests: Vec<Digest> = self.owners.keys().copied().collect();
+        for digest in digests {
+            if let Some(owner) = self.owners.get_mut(&digest) {
+                match owner.close_batch(&self.ledger, now) {
+                    Ok(outputs) => {
+                        let more = self.owner_outputs(outputs, now);
+                        effects.append(more);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "batch not closed"),
+                }
+            }
+        }
+        let Some(region) = self.region.clone() else {
+            return effects;
+        };
+        let members: Vec<Key> = self.ledger.validators().members(&region).to_vec();
+        for c in self.collecting.values_mut() {
+            for voter in &members {
+                if c.votes.contains_key(voter) {
+                    continue;
+                }
+                let due = c
+                    .asked_at
+                    .get(voter)
+                    .is_none_or(|at| now.saturating_sub(*at) >= VOTE_RETRY_MS);
+                if !due {
+                    continue;
+                }
+                c.asked_at.insert(*voter, now);
+                let prev = c
+                    .batch
+                    .seq
+                    .checked_sub(1)
+                    .and_then(|s| self.certificates.get(&(c.batch.bucket.digest(), s)));
+                effects.vote_requests.push((
+                    *voter,
+                    pb::VoteRequest {
+                        object: c.envelope.clone(),
+                        attestations: c.attestations.clone(),
+                        certificates: prev.map(|(_, raw)| vec![raw.clone()]).unwrap_or_default(),
+                    },
+                ));
+            }
+        }
+        effects
+    }
+
+    /// A validator of this region asks for this node's vote. Returns the
+    /// effects (the lock to persist) and the answer to send after it.
+    pub fn on_vote_request(
+        &mut self,
+        book: &CredentialBook,
+        request: &pb::VoteRequest,
+        now: Millis,
+    ) -> (Effects, pb::VoteResponse) {
+        let mut effects = Effects::default();
+        for raw in &request.certificates {
+            let _ = self.on_certificate(book, raw, now);
+        }
+        let refuse = |refusal: String, retry: bool| pb::VoteResponse {
+            vote: vec![],
+            refusal,
+            retry,
+        };
+        let object = match wire::verify_nested(&self.network, &request.object, "vote request object") {
+            Ok(v) => v,
+            Err(e) => return (effects, refuse(e.to_string(), false)),
+        };
+        let batch = match wire::batch(&self.network, &object) {
+            Ok((b, _)) => b,
+            Err(e) => return (effects, refuse(e.to_string(), false)),
+        };
+        let Some(voter) = self.voter.as_mut() else {
+            return (effects, refuse("this node is not a validator".into(), false));
+        };
+        match voter.on_batch(&self.ledger, &Credentials(book), &batch, now) {
+            Ok(outputs) => {
+                let mut response = refuse(String::new(), true);
+                for output in outputs {
+                    match output {
+                        VoterOutput::Persist(lock) => effects.locks.push(LockRecord::Vote {
+                            bucket: lock.bucket,
+                            seq: lock.seq,
+                            object_id: lock.object_id,
+                        }),
+                        VoterOutput::SendVote(vote) => {
+                            let body = wire::vote_body(&vote, &batch.bucket);
+                            let (raw, _) = seal(&self.network, &self.key, Kind::Vote, body.encode_to_vec());
+                            response = pb::VoteResponse {
+                                vote: raw,
+                                refusal: String::new(),
+                                retry: false,
+                            };
+                        }
+                        VoterOutput::NeedData(missing) => {
+                            response = refuse(format!("need data: {missing:?}"), true);
+                        }
+                    }
+                }
+                (effects, response)
+            }
+            Err(refusal) => {
+                let retry = refusal.is_retryable();
+                (effects, refuse(refusal.to_string(), retry))
+            }
+        }
+    }
+
+    /// A voter answered this node's request.
+    pub fn on_vote_response(&mut self, book: &CredentialBook, response: &pb::VoteResponse, now: Millis) -> Effects {
+        let _ = book;
+        let mut effects = Effects::default();
+        if response.vote.is_empty() {
+            if !response.retry && !response.refusal.is_empty() {
+                tracing::warn!(refusal = %response.refusal, "a voter refused a batch");
+            }
+            return effects;
+        }
+        let Ok(v) = wire::verify_nested(&self.network, &response.vote, "vote") else {
+            return effects;
+        };
+        let Ok(vote) = wire::vote(&v) else { return effects };
+        let object_id = vote.object_id;
+        let Some(c) = self.collecting.get_mut(&object_id) else {
+            return effects;
+        };
+        if vote.seq != c.batch.seq || vote.bucket != c.batch.bucket.digest() {
+            return effects;
+        }
+        c.votes.insert(vote.signer, (vote, response.vote.clone()));
+        let weight: u64 = c
+            .votes
+            .keys()
+            .filter_map(|k| self.ledger.validators().get(k).map(|v| v.weight))
+            .sum();
+        if !self.ledger.validators().is_quorum(&c.batch.bucket.region, weight) {
+            return effects;
+        }
+        let Some(c) = self.collecting.remove(&object_id) else {
+            return effects;
+        };
+        let cert = pb::Certificate {
+            object: c.envelope,
+            votes: c.votes.values().map(|(_, raw)| raw.clone()).collect(),
+        };
+        let raw = cert.encode_to_vec();
+        if self
+            .apply_certificate(
+                Certificate {
+                    object: CertifiedObject::Batch(c.batch),
+                    votes: c.votes.into_values().map(|(v, _)| v).collect(),
+                },
+                &raw,
+                now,
+            )
+            .is_ok()
+        {
+            effects.certificates.push(raw);
+        }
+        effects
+    }
+
+    /// A certificate from gossip, sync or a vote request. `Ok(true)` when it
+    /// was new here (store and relay it), `Ok(false)` for a duplicate.
+    pub fn on_certificate(&mut self, book: &CredentialBook, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
+        let _ = book;
+        let (cert, claims) = wire::certificate(&self.network, raw)?;
+        for c in claims {
+            self.claim_envelopes.entry(c.id.0).or_insert(c.raw);
+        }
+        self.apply_certificate(cert, raw, now)
+    }
+
+    fn apply_certificate(&mut self, cert: Certificate, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
+        cert.check(self.ledger.validators())
+            .map_err(|e| EscrowError::Certificate(e.to_string()))?;
+        let id = cert.object.id();
+        let bucket = cert.object.bucket().digest();
+        let seq = cert.object.seq().unwrap_or(u64::MAX);
+        match self.certificates.get(&(bucket, seq)) {
+            Some((existing, _)) if *existing == id => return Ok(false),
+            Some(_) => {
+                self.conflicting_certificates = self.conflicting_certificates.saturating_add(1);
+                return Err(EscrowError::Certificate(
+                    "a different certificate exists at this position".into(),
+                ));
+            }
+            None => {}
+        }
+        let claims: Vec<Claim> = match &cert.object {
+            CertifiedObject::Batch(b) => b.claims().cloned().collect(),
+            CertifiedObject::Freeze(_) => Vec::new(),
+        };
+        let region = cert.object.bucket().region.clone();
+        match self.ledger.apply(cert) {
+            Ok(_) => {
+                self.last_heard.insert(region, now);
+                self.certificates.insert((bucket, seq), (id, raw.to_vec()));
+                self.collecting.remove(&id);
+                for claim in claims {
+                    let t = self.timeline(claim.id);
+                    if t.regional_at == 0 {
+                        t.regional_at = now;
+                    }
+                    if t.received_at == 0 {
+                        t.received_at = now;
+                    }
+                    t.claim = Some(claim);
+                }
+                Ok(true)
+            }
+            Err(e) => Err(EscrowError::Certificate(e.to_string())),
+        }
+    }
+
+    /// A claim's status and timeline.
+    pub fn claim_status(&self, book: &CredentialBook, id: &Digest) -> Option<(ClaimStatus, Timeline)> {
+        let status = self.ledger.claim_status(id, &Credentials(book), &NoGlobalView)?;
+        Some((status, self.timelines.get(id).cloned().unwrap_or_default()))
+    }
+
+    /// Every funded slot, for audits.
+    pub fn funded_slots(&self) -> Vec<(Digest, Digest, u64, Digest)> {
+        self.ledger
+            .certified_claims()
+            .map(|c| (c.claim.slot(), c.bucket, c.seq, c.claim.id))
+            .collect()
+    }
+
+    /// The raw certificate at a position.
+    pub fn certificate_at(&self, bucket: &Digest, seq: u64) -> Option<&[u8]> {
+        self.certificates.get(&(*bucket, seq)).map(|(_, raw)| raw.as_slice())
+    }
+}
+
+impl GlobalView for Escrow {
+    fn is_global(&self, _bucket: &Digest, _seq: u64) -> bool {
+        false
+    }
+}
