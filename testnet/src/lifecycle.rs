@@ -726,7 +726,7 @@ fn view_ages(status: &Value) -> Value {
 
 /// The `status` table for humans.
 pub fn print_status(v: &Value) {
-    println!(
+    outln!(
         "testnet {} ({}), network {}",
         v["dir"].as_str().unwrap_or(""),
         if v["shaped"].as_bool() == Some(true) {
@@ -745,11 +745,20 @@ pub fn print_status(v: &Value) {
                     .unwrap_or_default()
             })
             .collect();
-        println!("partitioned: {}", text.join(" | "));
+        outln!("partitioned: {}", text.join(" | "));
     }
-    println!(
+    outln!(
         "{:<8} {:<6} {:<8} {:>7}  {:<9} {:>5} {:>6} {:>9} {:>7}  {:<22} log",
-        "NODE", "REGION", "STATE", "PID", "MODE", "PEERS", "CREDS", "CERTIFIED", "CLAIMS", "VIEW AGES (ms)"
+        "NODE",
+        "REGION",
+        "STATE",
+        "PID",
+        "MODE",
+        "PEERS",
+        "CREDS",
+        "CERTIFIED",
+        "CLAIMS",
+        "VIEW AGES (ms)"
     );
     let text = |x: &Value| match x {
         Value::Null => "-".to_string(),
@@ -767,7 +776,7 @@ pub fn print_status(v: &Value) {
             })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<8} {:<6} {:<8} {:>7}  {:<9} {:>5} {:>6} {:>9} {:>7}  {:<22} {}",
             text(&n["name"]),
             if n["region"].as_str() == Some("") {
@@ -786,7 +795,7 @@ pub fn print_status(v: &Value) {
             text(&n["log"]),
         );
         if let Some(e) = n["error"].as_str() {
-            println!("         ! {e}");
+            outln!("         ! {e}");
         }
     }
 }

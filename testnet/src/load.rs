@@ -424,7 +424,7 @@ fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64) -> Option<Outcome
 
 /// The final table for humans.
 pub fn print_report(v: &Value) {
-    println!(
+    outln!(
         "load: {} claims on distribution {} ({}), entry {}, asked {:.0}/s, achieved {:.1}/s, {:.1} s",
         v["submitted"],
         v["distribution"]["name"].as_str().unwrap_or(""),
@@ -437,13 +437,13 @@ pub fn print_report(v: &Value) {
         v["rate_achieved"].as_f64().unwrap_or(0.0),
         v["duration_s"].as_f64().unwrap_or(0.0),
     );
-    println!("{:<12} {:>8}", "STATUS", "CLAIMS");
+    outln!("{:<12} {:>8}", "STATUS", "CLAIMS");
     for (status, n) in v["counts"].as_object().into_iter().flatten() {
-        println!("{status:<12} {n:>8}");
+        outln!("{status:<12} {n:>8}");
     }
     let l = &v["latency_to_regional_ms"];
     let ms = |x: &Value| x.as_u64().map(|n| format!("{n} ms")).unwrap_or_else(|| "-".into());
-    println!(
+    outln!(
         "latency to regional over {} claims: p50 {}, p99 {}, max {}",
         l["count"],
         ms(&l["p50"]),
@@ -451,7 +451,7 @@ pub fn print_report(v: &Value) {
         ms(&l["max"])
     );
     for (e, n) in v["errors"].as_object().into_iter().flatten() {
-        println!("error ({n}x): {}", e);
+        outln!("error ({n}x): {}", e);
     }
 }
 

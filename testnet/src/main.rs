@@ -4,6 +4,14 @@
 //! Thin `main`: parse, run one subcommand, print for humans or one JSON
 //! object (`--json`), exit non-zero with one line on stderr on failure.
 
+/// `println!` that does not panic when stdout is closed early (`| head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod check;
 mod faults;
 mod layout;
@@ -246,7 +254,7 @@ fn main() -> ExitCode {
 /// Prints `value` as JSON, or with `human` for people.
 fn emit(json_out: bool, value: &Value, human: impl FnOnce(&Value)) {
     if json_out {
-        println!("{value}");
+        outln!("{value}");
     } else {
         human(value);
     }
@@ -283,7 +291,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 "nodes": nodes,
             });
             emit(common.json, &v, |v| {
-                println!(
+                outln!(
                     "testnet up in {} ({} nodes{})",
                     layout.dir.display(),
                     state.nodes.len(),
@@ -293,9 +301,9 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                         ""
                     }
                 );
-                println!("{:<8} {:<6} {:<24} log", "NODE", "REGION", "RPC");
+                outln!("{:<8} {:<6} {:<24} log", "NODE", "REGION", "RPC");
                 for n in v["nodes"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{:<8} {:<6} {:<24} {}",
                         n["name"].as_str().unwrap_or(""),
                         n["region"].as_str().filter(|r| !r.is_empty()).unwrap_or("-"),
@@ -314,7 +322,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let layout = Layout::new(&common.dir)?;
             let stopped = lifecycle::down(&layout)?;
             emit(common.json, &json!({ "stopped": stopped }), |_| {
-                println!(
+                outln!(
                     "stopped {} processes; data kept in {}",
                     stopped.len(),
                     layout.dir.display()
@@ -325,7 +333,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let layout = Layout::new(&common.dir)?;
             lifecycle::kill(&layout, &node, graceful)?;
             emit(common.json, &json!({ "node": node, "state": "killed" }), |_| {
-                println!("{node} killed");
+                outln!("{node} killed");
             });
         }
         Cmd::Restart {
@@ -336,21 +344,21 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let layout = Layout::new(&common.dir)?;
             lifecycle::restart(&layout, &node, Duration::from_secs(timeout_secs)).await?;
             emit(common.json, &json!({ "node": node, "state": "running" }), |_| {
-                println!("{node} restarted and healthy");
+                outln!("{node} restarted and healthy");
             });
         }
         Cmd::Pause { common, node } => {
             let layout = Layout::new(&common.dir)?;
             lifecycle::pause(&layout, &node, true)?;
             emit(common.json, &json!({ "node": node, "state": "paused" }), |_| {
-                println!("{node} paused (SIGSTOP)");
+                outln!("{node} paused (SIGSTOP)");
             });
         }
         Cmd::Resume { common, node } => {
             let layout = Layout::new(&common.dir)?;
             lifecycle::pause(&layout, &node, false)?;
             emit(common.json, &json!({ "node": node, "state": "running" }), |_| {
-                println!("{node} resumed (SIGCONT)");
+                outln!("{node} resumed (SIGCONT)");
             });
         }
         Cmd::Partition { common, groups } => {
@@ -370,7 +378,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                             .join(",")
                     })
                     .collect();
-                println!(
+                outln!(
                     "partitioned ({}): {}",
                     v["method"].as_str().unwrap_or(""),
                     groups.join(" | ")
@@ -382,9 +390,9 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let v = faults::heal(&layout).await?;
             emit(common.json, &v, |v| {
                 if v["healed"].as_bool() == Some(true) {
-                    println!("healed: every link is open again");
+                    outln!("healed: every link is open again");
                 } else {
-                    println!("nothing to heal: the testnet was not partitioned");
+                    outln!("nothing to heal: the testnet was not partitioned");
                 }
             });
         }
@@ -398,30 +406,37 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let layout = Layout::new(&common.dir)?;
             let v = faults::delay(&layout, &between, ms, jitter_ms, bandwidth_kbps).await?;
             emit(common.json, &v, |v| {
-                println!("{} links between {between}: {ms} ms ± {jitter_ms} ms", v["links"]);
+                outln!("{} links between {between}: {ms} ms ± {jitter_ms} ms", v["links"]);
             });
         }
         Cmd::Reset { common, between } => {
             let layout = Layout::new(&common.dir)?;
             let v = faults::reset(&layout, &between).await?;
             emit(common.json, &v, |v| {
-                println!("reset {} connections between {between}", v["closed_connections"]);
+                outln!("reset {} connections between {between}", v["closed_connections"]);
             });
         }
         Cmd::Links { common } => {
             let layout = Layout::new(&common.dir)?;
             let v = faults::links(&layout).await?;
             emit(common.json, &v, |v| {
-                println!(
+                outln!(
                     "{:<8} {:<8} {:>5} {:>8} {:>7} {:>9} {:>6} {:>12}",
-                    "FROM", "TO", "CONNS", "DELAY", "JITTER", "KBPS", "CUT", "BYTES"
+                    "FROM",
+                    "TO",
+                    "CONNS",
+                    "DELAY",
+                    "JITTER",
+                    "KBPS",
+                    "CUT",
+                    "BYTES"
                 );
                 let text = |x: &Value| match x {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
                 for l in v["links"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{:<8} {:<8} {:>5} {:>6}ms {:>5}ms {:>9} {:>6} {:>12}",
                         text(&l["from"]),
                         text(&l["to"]),
@@ -466,13 +481,13 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             let ok = v["ok"].as_bool() == Some(true);
             emit(common.json, &v, |v| {
                 for note in v["notes"].as_array().into_iter().flatten() {
-                    println!("note: {}", note.as_str().unwrap_or(""));
+                    outln!("note: {}", note.as_str().unwrap_or(""));
                 }
                 for s in v["skipped"].as_array().into_iter().flatten() {
-                    println!("skipped {}", s.as_str().unwrap_or(""));
+                    outln!("skipped {}", s.as_str().unwrap_or(""));
                 }
                 for d in v["distributions"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "distribution {}: spent {} of {}",
                         d["id"].as_str().map(|s| s.get(..12).unwrap_or(s)).unwrap_or(""),
                         d["spent"],
@@ -480,14 +495,15 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if ok {
-                    println!(
+                    outln!(
                         "ok: {} nodes checked, {} funded claims, no violation",
-                        v["nodes_checked"], v["funded_slots"]
+                        v["nodes_checked"],
+                        v["funded_slots"]
                     );
                 } else {
-                    println!("VIOLATIONS ({} nodes checked):", v["nodes_checked"]);
+                    outln!("VIOLATIONS ({} nodes checked):", v["nodes_checked"]);
                     for x in v["violations"].as_array().into_iter().flatten() {
-                        println!("  - {}", x.as_str().unwrap_or(""));
+                        outln!("  - {}", x.as_str().unwrap_or(""));
                     }
                 }
             });
