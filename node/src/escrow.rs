@@ -436,6 +436,18 @@ impl Escrow {
         let digest = home.digest();
         if self.owners.contains_key(&digest) {
             self.submit_to_owner(book, v.clone(), claim, digest, now, &mut effects)?;
+        } else {
+            // Not the owner: judge what every node judges alike (rule,
+            // credential, window, slots and escrow as certified) on a scratch
+            // owner, so a claim that can never be paid is refused here, with
+            // its reason, instead of waiting at `received`.
+            let mut probe = Owner::new(home.owner, home.clone(), self.owner_config.clone());
+            if let Err(reason) = probe.submit_claim(&self.ledger, &Credentials(book), claim.clone(), now)
+                && !reason.is_retryable()
+            {
+                self.reject(claim.id, &reason, now);
+                return Err(EscrowError::Refused(reason));
+            }
         }
         Ok(effects)
     }

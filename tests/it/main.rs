@@ -5,6 +5,7 @@
 //! deadlines and never assert on timing.
 
 mod common;
+mod escrow;
 mod gossip;
 mod node_rpc;
 mod testnet;

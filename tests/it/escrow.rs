@@ -1,0 +1,271 @@
+//! Escrow across an in-process network of 3 regions × 4 validators: claims
+//! reach `regional`, a second claim by the same claimant is refused, and a
+//! distribution drained in one region leaves the others untouched.
+
+use credence::core::envelope::{Kind, seal};
+use credence::node::RunningNode;
+use credence_proto::v1 as pb;
+use credence_proto::v1::escrow_client::EscrowClient;
+use ed25519_dalek::SigningKey;
+use prost::Message;
+use tonic::transport::Channel;
+
+use crate::common::{TestNet, eventually, p2p_addr, submit_attestation};
+
+async fn escrow(node: &RunningNode) -> EscrowClient<Channel> {
+    EscrowClient::connect(format!("http://{}", node.rpc_addr))
+        .await
+        .expect("gRPC connects")
+}
+
+fn claim_envelope(
+    net: &TestNet,
+    claimant: &SigningKey,
+    distribution: &str,
+    attestation: &str,
+    amount: u64,
+    nonce: u64,
+) -> Vec<u8> {
+    let body = pb::Claim {
+        distribution_id: hex::decode(distribution).expect("hex"),
+        claimant: claimant.verifying_key().to_bytes().to_vec(),
+        attestation_id: hex::decode(attestation).expect("hex"),
+        amount,
+        recipient: vec![],
+        created_at: credence::node::now_ms(),
+        nonce,
+    };
+    seal(&net.network_id(), claimant, Kind::Claim, body.encode_to_vec()).0
+}
+
+async fn claim_status(node: &RunningNode, id: &str) -> pb::ClaimStatus {
+    escrow(node)
+        .await
+        .get_claim(pb::GetClaimRequest { id: id.into() })
+        .await
+        .expect("get claim")
+        .into_inner()
+}
+
+async fn region_spent(node: &RunningNode, distribution: &str) -> Vec<(String, u64, u64)> {
+    let l = escrow(node)
+        .await
+        .get_liquidity(pb::GetLiquidityRequest {
+            distribution_id: distribution.into(),
+        })
+        .await
+        .expect("liquidity")
+        .into_inner();
+    l.regions.into_iter().map(|r| (r.region, r.spent, r.escrow)).collect()
+}
+
+/// Attests `claimant` and submits its claim at a node of its home region.
+/// Returns the node index it used and the claim's status answer.
+async fn claim_at_home(
+    net: &TestNet,
+    nodes: &[RunningNode],
+    regions: &[&str],
+    claimant: &SigningKey,
+    distribution: &str,
+    amount: u64,
+    nonce: u64,
+) -> (usize, Result<pb::ClaimStatus, tonic::Status>) {
+    let route = escrow(&nodes[0])
+        .await
+        .route(pb::RouteRequest {
+            distribution_id: distribution.into(),
+            claimant: hex::encode(claimant.verifying_key().to_bytes()),
+        })
+        .await
+        .expect("route")
+        .into_inner();
+    let region = regions.iter().position(|r| *r == route.region).expect("known region");
+    let at = region * 4 + (nonce as usize % 4);
+    let attestation = submit_attestation(
+        &nodes[at],
+        net.attestation(claimant.verifying_key().to_bytes(), "member"),
+    )
+    .await
+    .expect("attest");
+    let envelope = claim_envelope(net, claimant, distribution, &attestation, amount, nonce);
+    let answer = escrow(&nodes[at])
+        .await
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .map(|r| r.into_inner());
+    (at, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leaves_others_untouched() {
+    let regions = ["eu", "us", "ap"];
+    let net = TestNet::new(&regions, 4);
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..12 {
+        let node = net.start(i, addrs.clone()).await;
+        addrs.push(p2p_addr(&node).await);
+        nodes.push(node);
+    }
+    let list = escrow(&nodes[0])
+        .await
+        .list_distributions(pb::ListDistributionsRequest {})
+        .await
+        .expect("distributions")
+        .into_inner();
+    let demo = list.distributions[0].clone();
+    assert_eq!(demo.allocations.len(), 3);
+
+    // Claims from several claimants reach `regional` in their home regions.
+    let mut certified = Vec::new();
+    for n in 0..9u64 {
+        let claimant = SigningKey::from_bytes(&[(n + 1) as u8; 32]);
+        let (at, answer) = claim_at_home(&net, &nodes, &regions, &claimant, &demo.id, demo.amount_per_claim, n).await;
+        let status = answer.expect("claim accepted");
+        let id = status.id.clone();
+        let node = &nodes[at];
+        assert!(
+            eventually(|| async { claim_status(node, &id).await.status == "regional" }).await,
+            "claim {n} never reached regional: {:?}",
+            claim_status(node, &id).await
+        );
+        certified.push((claimant, at, id));
+    }
+
+    // A second claim by the same claimant (new nonce, same slot) is refused.
+    let (claimant, at, first) = &certified[0];
+    let (_, second) = claim_at_home(&net, &nodes, &regions, claimant, &demo.id, demo.amount_per_claim, 100).await;
+    let refused = match second {
+        Err(status) => status.message().contains("slot"),
+        Ok(status) => {
+            let id = status.id.clone();
+            let node = &nodes[*at];
+            eventually(|| async { claim_status(node, &id).await.status == "rejected" }).await
+        }
+    };
+    assert!(refused, "a second claim for the same slot was not refused");
+    assert_eq!(claim_status(&nodes[*at], first).await.status, "regional");
+
+    // Certificates reach every node: all agree on what each region spent.
+    let expected = region_spent(&nodes[0], &demo.id).await;
+    let total_spent: u64 = expected.iter().map(|(_, s, _)| s).sum();
+    assert_eq!(total_spent, 9 * demo.amount_per_claim);
+    for node in &nodes {
+        assert!(
+            eventually(|| async { region_spent(node, &demo.id).await == expected }).await,
+            "a node's ledger did not converge"
+        );
+    }
+
+    // A distribution of one claim per bucket (four per region), drained in eu only.
+    let body = pb::Distribution {
+        operator: net.operator.verifying_key().to_bytes().to_vec(),
+        asset: "TINY".into(),
+        total: 120,
+        rule: Some(pb::DistributionRule {
+            schema: "demo".into(),
+            issuers: vec![],
+            amount_per_claim: 10,
+        }),
+        opens_at: 0,
+        closes_at: 0,
+        allocations: regions
+            .iter()
+            .map(|r| pb::Allocation {
+                region: r.to_string(),
+                amount: 40,
+            })
+            .collect(),
+        nonce: 1,
+        max_outflow_per_window: 0,
+        outflow_window_ms: 0,
+        name: "tiny".into(),
+    };
+    let envelope = seal(
+        &net.network_id(),
+        &net.operator,
+        Kind::Distribution,
+        body.encode_to_vec(),
+    )
+    .0;
+    let tiny = escrow(&nodes[0])
+        .await
+        .submit_distribution(pb::SubmitRequest { envelope })
+        .await
+        .expect("distribution accepted")
+        .into_inner()
+        .id;
+    for node in &nodes {
+        let tiny = tiny.clone();
+        let known = eventually(|| async {
+            let list = escrow(node)
+                .await
+                .list_distributions(pb::ListDistributionsRequest {})
+                .await;
+            list.is_ok_and(|l| l.into_inner().distributions.iter().any(|d| d.id == tiny))
+        })
+        .await;
+        assert!(known, "the new distribution did not reach every node");
+    }
+    let before = region_spent(&nodes[0], &tiny).await;
+    let mut eu_results = Vec::new();
+    let mut n = 1000u64;
+    while eu_results.len() < 8 && n < 1400 {
+        n += 1;
+        let claimant = SigningKey::from_bytes(&blake3_seed(n));
+        let route = escrow(&nodes[0])
+            .await
+            .route(pb::RouteRequest {
+                distribution_id: tiny.clone(),
+                claimant: hex::encode(claimant.verifying_key().to_bytes()),
+            })
+            .await
+            .expect("route")
+            .into_inner();
+        if route.region != "eu" {
+            continue;
+        }
+        let (at, answer) = claim_at_home(&net, &nodes, &regions, &claimant, &tiny, 10, n).await;
+        let final_status = match answer {
+            Err(status) => format!("refused: {}", status.message()),
+            Ok(status) => {
+                let id = status.id.clone();
+                let node = &nodes[at];
+                eventually(|| async {
+                    matches!(claim_status(node, &id).await.status.as_str(), "regional" | "rejected")
+                })
+                .await;
+                claim_status(node, &id).await.status
+            }
+        };
+        eu_results.push(final_status);
+    }
+    let paid = eu_results.iter().filter(|s| *s == "regional").count();
+    assert!(
+        paid <= 4,
+        "eu paid {paid} claims from an escrow of four: {eu_results:?}"
+    );
+    assert!(
+        eu_results.iter().any(|s| s.contains("exhausted") || s == "rejected"),
+        "eu never ran dry: {eu_results:?}"
+    );
+    assert!(paid >= 1, "eu paid nothing: {eu_results:?}");
+    let after = region_spent(&nodes[0], &tiny).await;
+    for ((region, spent_before, _), (_, spent_after, escrow_after)) in before.iter().zip(&after) {
+        if region == "eu" {
+            assert!(*spent_after <= *escrow_after, "eu spent past its escrow");
+        } else {
+            assert_eq!(spent_before, spent_after, "draining eu moved {region}");
+        }
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+fn blake3_seed(n: u64) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    seed[8] = 0xee;
+    seed
+}
