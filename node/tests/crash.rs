@@ -1,0 +1,207 @@
+//! `kill -9` of a validator under claim load, then restart: it never votes
+//! twice at one `(bucket, seq)`, and it catches up with the others.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use credence::core::envelope::{Kind, NetworkId, parse_hex32, seal};
+use credence::store::locks::{LockLog, LockRecord};
+use credence_proto::v1 as pb;
+use credence_proto::v1::escrow_client::EscrowClient;
+use credence_proto::v1::node_client::NodeClient;
+use ed25519_dalek::SigningKey;
+use prost::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_credence");
+const DEADLINE: Duration = Duration::from_secs(90);
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(config: &std::path::Path, log: &std::path::Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log file");
+    Proc(
+        Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn node"),
+    )
+}
+
+async fn until<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+async fn audit(rpc: &str) -> Option<pb::AuditResponse> {
+    let mut c = EscrowClient::connect(rpc.to_string()).await.ok()?;
+    c.audit(pb::AuditRequest {}).await.ok().map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_validator_never_votes_twice_and_catches_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = 30_000 + (std::process::id() % 5_000) as u16 * 3;
+    let out = Command::new(BIN)
+        .args([
+            "genesis",
+            "--regions",
+            "eu",
+            "--validators-per-region",
+            "4",
+            "--base-port",
+            &base.to_string(),
+            "--json",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("genesis");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let network: serde_json::Value = serde_json::from_slice(&out.stdout).expect("network json");
+    let nodes: Vec<(String, String, std::path::PathBuf)> = network["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                n["rpc"].as_str().unwrap_or_default().to_string(),
+                std::path::PathBuf::from(n["config"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let mut procs: HashMap<String, Proc> = nodes
+        .iter()
+        .map(|(name, _, config)| (name.clone(), start(config, &dir.path().join(format!("{name}.log")))))
+        .collect();
+    for (_, rpc, _) in &nodes {
+        let rpc = rpc.clone();
+        assert!(
+            until(|| {
+                let rpc = rpc.clone();
+                async move { audit(&rpc).await.is_some() }
+            })
+            .await
+        );
+    }
+    let network_id = NetworkId(parse_hex32(network["network_id"].as_str().unwrap_or_default()).expect("network id"));
+    let issuer = credence::keys::load(&dir.path().join("keys/issuer.key")).expect("issuer key");
+    let mut escrow = EscrowClient::connect(nodes[0].1.clone()).await.expect("connect");
+    let dist = escrow
+        .list_distributions(pb::ListDistributionsRequest {})
+        .await
+        .expect("distributions")
+        .into_inner()
+        .distributions[0]
+        .clone();
+
+    // Load: claims from fresh claimants, entered at eu-0 and eu-1; eu-2 is
+    // killed with -9 a third of the way through and restarted later.
+    let mut claim_ids = Vec::new();
+    for i in 0..60u64 {
+        if i == 20 {
+            let mut victim = procs.remove("eu-2").expect("eu-2");
+            let _ = victim.0.kill(); // SIGKILL
+            let _ = victim.0.wait();
+        }
+        if i == 40 {
+            procs.insert(
+                "eu-2".into(),
+                start(&nodes[2].2, &dir.path().join("eu-2.restarted.log")),
+            );
+        }
+        let entry = &nodes[(i % 2) as usize].1;
+        let claimant = SigningKey::from_bytes(blake3::hash(&i.to_le_bytes()).as_bytes());
+        let subject = claimant.verifying_key().to_bytes();
+        let body = pb::Attestation {
+            issuer: issuer.verifying_key().to_bytes().to_vec(),
+            subject: subject.to_vec(),
+            schema: "demo".into(),
+            data: vec![],
+            issued_at: credence::node::now_ms(),
+            expires_at: 0,
+            nonce: i,
+        };
+        let (envelope, _) = seal(&network_id, &issuer, Kind::Attestation, body.encode_to_vec());
+        let Ok(mut node) = NodeClient::connect(entry.clone()).await else {
+            continue;
+        };
+        let Ok(att) = node.submit_attestation(pb::SubmitRequest { envelope }).await else {
+            continue;
+        };
+        let claim = pb::Claim {
+            distribution_id: hex::decode(&dist.id).expect("hex"),
+            claimant: subject.to_vec(),
+            attestation_id: hex::decode(&att.into_inner().id).expect("hex"),
+            amount: dist.amount_per_claim,
+            recipient: vec![],
+            created_at: credence::node::now_ms(),
+            nonce: i,
+        };
+        let (envelope, _) = seal(&network_id, &claimant, Kind::Claim, claim.encode_to_vec());
+        let Ok(mut escrow) = EscrowClient::connect(entry.clone()).await else {
+            continue;
+        };
+        if let Ok(status) = escrow.submit_claim(pb::SubmitRequest { envelope }).await {
+            claim_ids.push((entry.clone(), status.into_inner().id));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(claim_ids.len() >= 50, "too few claims went in: {}", claim_ids.len());
+
+    // Every node converges to one certified state, the restarted one included.
+    let converged = until(|| {
+        let nodes = nodes.clone();
+        async move {
+            let mut digests = Vec::new();
+            for (_, rpc, _) in &nodes {
+                match audit(rpc).await {
+                    Some(a) if a.conflicting_certificates == 0 => digests.push((a.state_digest, a.slots.len())),
+                    _ => return false,
+                }
+            }
+            digests.windows(2).all(|w| w[0] == w[1]) && digests[0].1 > 0
+        }
+    })
+    .await;
+    assert!(converged, "nodes did not converge after the restart");
+    let a = audit(&nodes[2].1).await.expect("audit");
+    let mut slots: Vec<&str> = a.slots.iter().map(|s| s.slot.as_str()).collect();
+    let funded = slots.len();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), funded, "a slot was funded twice");
+    for d in &a.distributions {
+        assert!(d.spent <= d.total);
+    }
+
+    // The killed validator's locks: never two objects at one (bucket, seq).
+    drop(procs);
+    let (_, records) = LockLog::open(&dir.path().join("nodes/eu-2/data/store/locks.log")).expect("lock log");
+    let mut seen: HashMap<([u8; 32], u64), [u8; 32]> = HashMap::new();
+    let mut votes = 0;
+    for r in records {
+        if let LockRecord::Vote { bucket, seq, object_id } = r {
+            votes += 1;
+            let previous = seen.insert((bucket, seq), object_id);
+            assert!(previous.is_none_or(|p| p == object_id), "eu-2 voted twice at seq {seq}");
+        }
+    }
+    assert!(votes > 0, "eu-2 never voted");
+}
