@@ -22,6 +22,7 @@ pub mod credentials;
 pub mod envelope;
 pub mod escrow;
 pub mod limits;
+pub mod quorum;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch.

@@ -22,17 +22,15 @@ use crate::core::credentials::{CredentialBook, CredentialStatus};
 use crate::core::envelope::{Kind, NetworkId, ObjectId, Verified, seal};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
-    Digest, Distribution, FaultModel, GlobalView, Key, Ledger, Lock, NoGlobalView, Owner, OwnerConfig, OwnerOutput,
-    Route, Validator, ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
+    Digest, Distribution, FaultModel, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route, Validator,
+    ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
 };
+use crate::core::quorum::{self, ArrivalHistory, Member, Mode, RttEstimate, ScopeView};
 use crate::core::wire::{self, WireError};
 use crate::store::locks::LockRecord;
 
 /// Certificates the ledger holds while waiting for what they depend on.
 pub const LEDGER_WAITING_MAX: usize = 65_536;
-/// How long an owner waits for a missing vote before asking that voter again.
-/// (The delay-aware quorum replaces this with k × quorum latency.)
-pub const VOTE_RETRY_MS: Millis = 200;
 /// Claims waiting to be retried (their credential or distribution not known
 /// here yet); beyond this the oldest are refused.
 pub const PENDING_CLAIMS_MAX: usize = 100_000;
@@ -159,6 +157,50 @@ pub struct Escrow {
     distribution_names: HashMap<Digest, String>,
     /// When this node last heard from each region (a vote or certificate of it).
     last_heard: HashMap<String, Millis>,
+    delay: DelayState,
+}
+
+/// Heartbeats, suspicion and RTTs: the inputs of the delay-aware quorum.
+#[derive(Debug, Default)]
+struct DelayState {
+    heartbeat_interval_ms: Millis,
+    phi_threshold: f64,
+    arrivals: HashMap<Key, ArrivalHistory>,
+    rtts: HashMap<Key, RttEstimate>,
+    /// Latest frontier each validator reported: bucket → certified length.
+    frontiers: HashMap<Key, HashMap<Digest, u64>>,
+    /// Highest heartbeat seq seen per validator (older ones are stale).
+    heartbeat_seqs: HashMap<Key, u64>,
+    heartbeat_seq: u64,
+    last_sent: Millis,
+    /// Certified positions not yet known to every region, with their claims.
+    awaiting_global: BTreeMap<(Digest, u64), Vec<Digest>>,
+    /// Validators currently suspected (acted on once per transition).
+    suspected: std::collections::BTreeSet<Key>,
+    /// This node's own load in [0, 1] (Lifeguard scaling).
+    load: f64,
+    batch_min_ms: Millis,
+    last_batch_close: Millis,
+}
+
+/// Most certified positions tracked while they wait to become global.
+pub const AWAITING_GLOBAL_MAX: usize = 1_000_000;
+/// Bounds of the vote re-request delay derived from quorum latency.
+pub const VOTE_RETRY_MIN_MS: Millis = 50;
+pub const VOTE_RETRY_MAX_MS: Millis = 2_000;
+/// Multiple of quorum latency after which a missing vote is asked again.
+pub const VOTE_RETRY_K: f64 = 4.0;
+/// Lifeguard: an overloaded node raises its suspicion threshold up to this factor.
+pub const LIFEGUARD_MAX_FACTOR: f64 = 3.0;
+
+/// What status reports about the delay-aware quorum.
+#[derive(Clone, Debug)]
+pub struct QuorumReport {
+    pub mode: Mode,
+    /// Per region, then `"network"`.
+    pub scopes: Vec<(String, ScopeView, u64)>,
+    /// (key, name, phi) of every suspected validator.
+    pub suspected: Vec<(Key, String, f64)>,
 }
 
 impl std::fmt::Debug for Escrow {
@@ -254,6 +296,12 @@ impl Escrow {
             names: genesis.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
             distribution_names,
             last_heard: HashMap::new(),
+            delay: DelayState {
+                heartbeat_interval_ms: genesis.genesis.params.heartbeat_interval_ms.max(1),
+                phi_threshold: genesis.genesis.params.phi_threshold,
+                batch_min_ms: genesis.genesis.params.batch_min_ms,
+                ..Default::default()
+            },
         };
         escrow.adopt_buckets();
         // An owner resumes the last batch it signed, never signs another at its seq.
@@ -333,9 +381,232 @@ impl Escrow {
         if self.region.as_deref() == Some(region) {
             return 0;
         }
-        self.last_heard
-            .get(region)
-            .map_or(u64::MAX, |at| now.saturating_sub(*at))
+        let heard = self.last_heard.get(region).copied();
+        let beat = self
+            .ledger
+            .validators()
+            .members(region)
+            .iter()
+            .filter_map(|k| self.delay.arrivals.get(k).and_then(|a| a.last()))
+            .max();
+        heard.max(beat).map_or(u64::MAX, |at| now.saturating_sub(at))
+    }
+
+    /// The certificate threshold as a fraction.
+    fn threshold(&self) -> (u64, u64) {
+        match self.ledger.validators().fault_model() {
+            FaultModel::Byzantine => (2, 3),
+            FaultModel::Crash => (1, 2),
+        }
+    }
+
+    fn phi(&self, key: &Key, now: Millis) -> f64 {
+        if key == &self.me {
+            return 0.0;
+        }
+        self.delay.arrivals.get(key).map_or(quorum::PHI_NEVER_HEARD, |a| {
+            a.phi(now, self.delay.heartbeat_interval_ms)
+        })
+    }
+
+    fn is_suspected(&self, key: &Key, now: Millis) -> bool {
+        let threshold = quorum::scaled_threshold(self.delay.phi_threshold, self.delay.load, LIFEGUARD_MAX_FACTOR);
+        self.phi(key, now) > threshold
+    }
+
+    /// Sets this node's load in [0, 1] (its actor queue fill).
+    pub fn set_load(&mut self, load: f64) {
+        self.delay.load = load;
+    }
+
+    fn members(&self, keys: &[Key], now: Millis) -> Vec<Member> {
+        keys.iter()
+            .filter_map(|k| {
+                let v = self.ledger.validators().get(k)?;
+                let rtt_ms = if k == &self.me {
+                    0.0
+                } else {
+                    self.delay.rtts.get(k).map_or(f64::from(u32::MAX), |r| r.ewma_ms)
+                };
+                Some(Member {
+                    weight: v.weight,
+                    reachable: !self.is_suspected(k, now),
+                    rtt_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Mode, per-scope reachable weight and quorum latency, and suspects.
+    pub fn quorum_report(&self, now: Millis) -> QuorumReport {
+        let (num, den) = self.threshold();
+        let mut regions = BTreeMap::new();
+        let mut scopes = Vec::new();
+        let mut everyone = Vec::new();
+        let region_names: Vec<String> = self.ledger.validators().regions().map(str::to_string).collect();
+        for region in &region_names {
+            let keys = self.ledger.validators().members(region).to_vec();
+            let members = self.members(&keys, now);
+            everyone.extend(members.iter().cloned());
+            let view = quorum::scope_view(&members, num, den);
+            scopes.push((region.clone(), view.clone(), self.view_age_ms(region, now)));
+            regions.insert(region.clone(), view);
+        }
+        let network = quorum::scope_view(&everyone, num, den);
+        scopes.push(("network".into(), network, 0));
+        let mode = match &self.region {
+            Some(own) => quorum::mode(own, &regions),
+            // An observer is normal when every region's quorum is reachable.
+            None if regions.values().all(|v| v.quorum_latency_ms.is_some()) => Mode::Normal,
+            None => Mode::Regional,
+        };
+        let suspected = self
+            .ledger
+            .validators()
+            .regions()
+            .flat_map(|r| self.ledger.validators().members(r).to_vec())
+            .filter(|k| self.is_suspected(k, now))
+            .map(|k| (k, self.name_of(&k), self.phi(&k, now)))
+            .collect();
+        QuorumReport {
+            mode,
+            scopes,
+            suspected,
+        }
+    }
+
+    fn own_quorum_latency(&self, now: Millis) -> Option<f64> {
+        let region = self.region.as_ref()?;
+        let keys = self.ledger.validators().members(region).to_vec();
+        let (num, den) = self.threshold();
+        quorum::scope_view(&self.members(&keys, now), num, den).quorum_latency_ms
+    }
+
+    /// How long an owner waits for a missing vote: k × quorum latency, bounded.
+    fn vote_retry_ms(&self, now: Millis) -> Millis {
+        match self.own_quorum_latency(now) {
+            Some(ql) => ((ql * VOTE_RETRY_K) as Millis).clamp(VOTE_RETRY_MIN_MS, VOTE_RETRY_MAX_MS),
+            None => VOTE_RETRY_MAX_MS,
+        }
+    }
+
+    /// A signed heartbeat, when one is due (validators only).
+    pub fn heartbeat_due(&mut self, now: Millis) -> Option<Vec<u8>> {
+        self.region.as_ref()?;
+        if now.saturating_sub(self.delay.last_sent) < self.delay.heartbeat_interval_ms {
+            return None;
+        }
+        self.delay.last_sent = now;
+        self.delay.heartbeat_seq = self.delay.heartbeat_seq.saturating_add(1).max(now);
+        let frontier = self
+            .certificates
+            .keys()
+            .fold(BTreeMap::<Digest, u64>::new(), |mut acc, (bucket, seq)| {
+                let e = acc.entry(*bucket).or_default();
+                *e = (*e).max(seq.saturating_add(1));
+                acc
+            })
+            .into_iter()
+            .map(|(bucket, len)| pb::FrontierEntry {
+                bucket_id: bucket.to_vec(),
+                seq: self.ledger.next_seq(&bucket).unwrap_or(len),
+            })
+            .collect();
+        let body = pb::Heartbeat {
+            validator: self.me.to_vec(),
+            sent_at: now,
+            frontier,
+            liquidity: vec![],
+            state_digest: self.ledger.state_digest().to_vec(),
+            load: self.delay.load,
+            seq: self.delay.heartbeat_seq,
+        };
+        Some(seal(&self.network, &self.key, Kind::Heartbeat, body.encode_to_vec()).0)
+    }
+
+    /// A heartbeat arrived. `Ok(true)` when it is news (relay it).
+    pub fn on_heartbeat(&mut self, v: &Verified, now: Millis) -> Result<bool, String> {
+        let body = pb::Heartbeat::decode(v.body.as_slice()).map_err(|e| format!("heartbeat: {e}"))?;
+        if body.validator.as_slice() != v.signer.as_slice() {
+            return Err("heartbeat signed by someone other than its validator".into());
+        }
+        if self.ledger.validators().get(&v.signer).is_none() {
+            return Err("heartbeat from a key that is not a validator".into());
+        }
+        if v.signer == self.me {
+            return Ok(false);
+        }
+        let last = self.delay.heartbeat_seqs.get(&v.signer).copied().unwrap_or(0);
+        if body.seq <= last {
+            return Ok(false);
+        }
+        self.delay.heartbeat_seqs.insert(v.signer, body.seq);
+        self.delay.arrivals.entry(v.signer).or_default().heartbeat(now);
+        let frontier = body
+            .frontier
+            .iter()
+            .filter_map(|f| Some((<[u8; 32]>::try_from(f.bucket_id.as_slice()).ok()?, f.seq)))
+            .collect();
+        self.delay.frontiers.insert(v.signer, frontier);
+        self.promote_global(now);
+        Ok(true)
+    }
+
+    /// An RTT sample to a validator (ping or request-response).
+    pub fn on_rtt(&mut self, key: Key, rtt_ms: f64) {
+        self.delay.rtts.entry(key).or_default().sample(rtt_ms);
+    }
+
+    /// Validators that became suspected since the last call (their
+    /// connections are not trusted: the shell closes and redials them).
+    pub fn newly_suspected(&mut self, now: Millis) -> Vec<Key> {
+        let all: Vec<Key> = self
+            .ledger
+            .validators()
+            .regions()
+            .flat_map(|r| self.ledger.validators().members(r).to_vec())
+            .filter(|k| k != &self.me)
+            .collect();
+        let mut fresh = Vec::new();
+        for k in all {
+            // Never heard of is not "newly" suspected: nothing to close.
+            let heard = self.delay.arrivals.contains_key(&k);
+            if heard && self.is_suspected(&k, now) {
+                if self.delay.suspected.insert(k) {
+                    fresh.push(k);
+                }
+            } else {
+                self.delay.suspected.remove(&k);
+            }
+        }
+        fresh
+    }
+
+    fn frontier_of(&self, key: &Key, bucket: &Digest) -> u64 {
+        if key == &self.me {
+            return self.ledger.next_seq(bucket).unwrap_or(0);
+        }
+        self.delay
+            .frontiers
+            .get(key)
+            .and_then(|f| f.get(bucket).copied())
+            .unwrap_or(0)
+    }
+
+    fn promote_global(&mut self, now: Millis) {
+        let positions: Vec<(Digest, u64)> = self.delay.awaiting_global.keys().copied().collect();
+        for (bucket, seq) in positions {
+            if self.is_global(&bucket, seq)
+                && let Some(claims) = self.delay.awaiting_global.remove(&(bucket, seq))
+            {
+                for id in claims {
+                    let t = self.timeline(id);
+                    if t.global_at == 0 {
+                        t.global_at = now;
+                    }
+                }
+            }
+        }
     }
 
     /// Claim outflow per region of a distribution over the window ending at
@@ -578,7 +849,18 @@ impl Escrow {
                 back.first_tried = first;
             }
         }
-        let digests: Vec<Digest> = self.owners.keys().copied().collect();
+        // Adaptive batching: an owner closes a batch after
+        // max(batch_min, quorum latency / 2), or sooner when it is full.
+        let close_every = match self.own_quorum_latency(now) {
+            Some(ql) => self.delay.batch_min_ms.max((ql / 2.0) as Millis),
+            None => self.delay.batch_min_ms,
+        };
+        let digests: Vec<Digest> = if now.saturating_sub(self.delay.last_batch_close) >= close_every {
+            self.delay.last_batch_close = now;
+            self.owners.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
         for digest in digests {
             if let Some(owner) = self.owners.get_mut(&digest) {
                 match owner.close_batch(&self.ledger, now) {
@@ -594,6 +876,7 @@ impl Escrow {
             return effects;
         };
         let members: Vec<Key> = self.ledger.validators().members(&region).to_vec();
+        let retry_ms = self.vote_retry_ms(now);
         for c in self.collecting.values_mut() {
             for voter in &members {
                 if c.votes.contains_key(voter) {
@@ -602,7 +885,7 @@ impl Escrow {
                 let due = c
                     .asked_at
                     .get(voter)
-                    .is_none_or(|at| now.saturating_sub(*at) >= VOTE_RETRY_MS);
+                    .is_none_or(|at| now.saturating_sub(*at) >= retry_ms);
                 if !due {
                     continue;
                 }
@@ -777,6 +1060,11 @@ impl Escrow {
                 self.last_heard.insert(region, now);
                 self.certificates.insert((bucket, seq), (id, raw.to_vec()));
                 self.collecting.remove(&id);
+                if self.delay.awaiting_global.len() < AWAITING_GLOBAL_MAX {
+                    self.delay
+                        .awaiting_global
+                        .insert((bucket, seq), claims.iter().map(|c| c.id).collect());
+                }
                 for claim in claims {
                     let t = self.timeline(claim.id);
                     if t.regional_at == 0 {
@@ -795,7 +1083,7 @@ impl Escrow {
 
     /// A claim's status and timeline.
     pub fn claim_status(&self, book: &CredentialBook, id: &Digest) -> Option<(ClaimStatus, Timeline)> {
-        let status = self.ledger.claim_status(id, &Credentials(book), &NoGlobalView)?;
+        let status = self.ledger.claim_status(id, &Credentials(book), self)?;
         Some((status, self.timelines.get(id).cloned().unwrap_or_default()))
     }
 
@@ -813,8 +1101,21 @@ impl Escrow {
     }
 }
 
+/// `global`: in every region, validators holding more than the threshold of
+/// its weight report a frontier past the position (this node's own ledger
+/// counts for itself).
 impl GlobalView for Escrow {
-    fn is_global(&self, _bucket: &Digest, _seq: u64) -> bool {
-        false
+    fn is_global(&self, bucket: &Digest, seq: u64) -> bool {
+        let (num, den) = self.threshold();
+        let validators = self.ledger.validators();
+        validators.regions().all(|region| {
+            let members = validators.members(region);
+            let weight: u64 = members
+                .iter()
+                .filter(|k| self.frontier_of(k, bucket) > seq)
+                .filter_map(|k| validators.get(k).map(|v| v.weight))
+                .fold(0u64, u64::saturating_add);
+            quorum::above(weight, validators.region_weight(region), num, den)
+        })
     }
 }

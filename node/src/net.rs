@@ -114,6 +114,9 @@ enum Command {
         topic: IdentTopic,
         raw: Vec<u8>,
     },
+    Disconnect {
+        key: [u8; 32],
+    },
 }
 
 /// Messages from the network's helper tasks back to its loop.
@@ -189,6 +192,12 @@ impl NetHandle {
     /// comes back to the node actor; a lost one is asked again).
     pub fn request_vote(&self, voter: [u8; 32], request: pb::VoteRequest) {
         self.try_command(Command::RequestVote { voter, request }, "vote_requests");
+    }
+
+    /// Closes the connections to a validator (it is suspected); the redial
+    /// timer opens fresh ones.
+    pub fn disconnect(&self, key: [u8; 32]) {
+        self.try_command(Command::Disconnect { key }, "net_commands");
     }
 
     /// Gossips a claim to its home region.
@@ -405,9 +414,11 @@ pub async fn spawn(
     let local = *swarm.local_peer_id();
     let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
     let mut names = HashMap::new();
+    let mut keys = HashMap::new();
     for v in &config.validators {
         if let Some(peer) = crate::keys::peer_id_of(&v.key) {
             names.insert(peer, (v.name.clone(), v.region.clone()));
+            keys.insert(peer, v.key);
             if peer == local {
                 continue;
             }
@@ -446,6 +457,7 @@ pub async fn spawn(
         known,
         anonymous,
         names,
+        keys,
         connected: HashMap::new(),
         cursors: HashMap::new(),
         cert_cursors: HashMap::new(),
@@ -482,6 +494,8 @@ struct EventLoop {
     /// Configured addresses without a peer id, dialled until connected once.
     anonymous: Vec<Multiaddr>,
     names: HashMap<PeerId, (String, String)>,
+    /// Validators' keys by PeerId.
+    keys: HashMap<PeerId, [u8; 32]>,
     connected: HashMap<PeerId, Multiaddr>,
     /// Next position to pull from each peer's credential log.
     cursors: HashMap<PeerId, u64>,
@@ -571,6 +585,14 @@ impl EventLoop {
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listening.iter().map(|a| a.to_string()).collect());
+            }
+            Command::Disconnect { key } => {
+                if let Some(peer) = crate::keys::peer_id_of(&key)
+                    && self.connected.contains_key(&peer)
+                {
+                    info!(%peer, "peer suspected; closing its connections to redial");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
             }
             Command::RequestVote { voter, request } => {
                 if let Some(peer) = crate::keys::peer_id_of(&voter) {
@@ -713,8 +735,13 @@ impl EventLoop {
                 ..
             })) => {
                 match result {
+                    Ok(rtt) => {
+                        if let Some(key) = self.keys.get(&peer) {
+                            self.node.rtt(*key, rtt.as_secs_f64() * 1000.0);
+                        }
+                    }
                     // A peer without ping (a light client, a tool) is fine.
-                    Ok(_) | Err(ping::Failure::Unsupported) => {}
+                    Err(ping::Failure::Unsupported) => {}
                     // A silent connection is not trusted: close it so the
                     // redial timer opens a fresh one.
                     Err(e) => {
@@ -761,7 +788,10 @@ impl EventLoop {
             message,
         } = event
         {
-            if message.topic == topic(&self.network_id, "certs").hash() || message.topic.as_str().contains("/claims/") {
+            if message.topic == topic(&self.network_id, "certs").hash()
+                || message.topic == topic(&self.network_id, "heartbeat").hash()
+                || message.topic.as_str().contains("/claims/")
+            {
                 self.on_escrow_gossip(propagation_source, message_id, message);
                 return;
             }
@@ -785,8 +815,18 @@ impl EventLoop {
         let tx = self.internal_tx.clone();
         let network = self.network_id;
         let is_cert = message.topic == topic(&network, "certs").hash();
+        let is_heartbeat = message.topic == topic(&network, "heartbeat").hash();
         tokio::spawn(async move {
-            let acceptance = if is_cert {
+            let acceptance = if is_heartbeat {
+                match envelope::decode_capped(&network, &message.data, GOSSIP_MAX_BYTES).and_then(|u| u.verify()) {
+                    Ok(v) if v.kind == Kind::Heartbeat => match node.heartbeat(v).await {
+                        Some(Ok(true)) => MessageAcceptance::Accept,
+                        Some(Ok(false)) | None => MessageAcceptance::Ignore,
+                        Some(Err(_)) => MessageAcceptance::Reject,
+                    },
+                    _ => MessageAcceptance::Reject,
+                }
+            } else if is_cert {
                 match node.certificate(message.data).await {
                     Some(Ok(true)) => MessageAcceptance::Accept,
                     Some(Ok(false)) | None => MessageAcceptance::Ignore,

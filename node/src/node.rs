@@ -190,6 +190,14 @@ enum Command {
     VoteResponse {
         response: pb::VoteResponse,
     },
+    Heartbeat {
+        heartbeat: Verified,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    Rtt {
+        key: PublicKey,
+        rtt_ms: f64,
+    },
     /// A read of the escrow state, answered by the closure on the actor.
     EscrowRead {
         read: Box<dyn FnOnce(&Escrow, &CredentialBook, Millis) + Send>,
@@ -374,6 +382,18 @@ impl NodeHandle {
     /// A voter's answer to this node's vote request.
     pub async fn vote_response(&self, response: pb::VoteResponse) {
         let _ = self.tx.send(Command::VoteResponse { response }).await;
+    }
+
+    /// A heartbeat from gossip: `Ok(true)` when it is news.
+    pub async fn heartbeat(&self, heartbeat: Verified) -> Option<Result<bool, String>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Heartbeat { heartbeat, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// An RTT sample to a validator; dropped when the node is busy.
+    pub fn rtt(&self, key: PublicKey, rtt_ms: f64) {
+        let _ = self.tx.try_send(Command::Rtt { key, rtt_ms });
     }
 
     /// Runs a read-only query on the escrow state.
@@ -648,6 +668,7 @@ impl Actor {
                         .queue_depth
                         .get_or_create(&crate::metrics::QueueLabels { queue: "actor".into() })
                         .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+                    self.escrow.set_load(rx.len() as f64 / ACTOR_QUEUE_CAPACITY as f64);
                     if !self.process(&mut group).await {
                         break;
                     }
@@ -776,6 +797,10 @@ impl Actor {
                     let more = self.escrow.on_vote_response(&self.book, &response, now);
                     effects_append(&mut effects, more);
                 }
+                Command::Heartbeat { heartbeat, reply } => {
+                    let _ = reply.send(self.escrow.on_heartbeat(&heartbeat, now));
+                }
+                Command::Rtt { key, rtt_ms } => self.escrow.on_rtt(key, rtt_ms),
                 read => reads.push(read),
             }
         }
@@ -785,6 +810,11 @@ impl Actor {
             view.attestation.map(|a| a.raw)
         });
         effects_append(&mut effects, self.escrow.tick(&self.book, now));
+        let heartbeat = self.escrow.heartbeat_due(now);
+        for key in self.escrow.newly_suspected(now) {
+            // A silent connection is not trusted: close it; the redial timer reopens it.
+            self.net.disconnect(key);
+        }
         // This node's own vote on its own batches: judged here, its lock made
         // durable with everything else below, then counted.
         let me = self.escrow_me();
@@ -889,6 +919,9 @@ impl Actor {
         }
         for raw in effects.certificates {
             self.net.publish_certificate(raw);
+        }
+        if let Some(raw) = heartbeat {
+            self.net.publish(Kind::Heartbeat, raw);
         }
         for (_, raw, kind, source, _) in appended {
             // Gossip relays what it delivered by itself; sync objects are old

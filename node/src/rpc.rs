@@ -198,13 +198,40 @@ pub async fn status_message(node: &NodeHandle) -> Result<pb::StatusResponse, Sta
         capacity: capacity as u64,
         dropped: 0,
     });
+    let report = node
+        .escrow_read(|escrow, _, now| escrow.quorum_report(now))
+        .await
+        .ok_or_else(|| Status::unavailable("node is shutting down"))?;
+    let scopes = report
+        .scopes
+        .iter()
+        .map(|(scope, view, age)| pb::ScopeInfo {
+            scope: scope.clone(),
+            total_weight: view.total_weight,
+            reachable_weight: view.reachable_weight,
+            quorum_latency_ms: view.quorum_latency_ms,
+            view_age_ms: *age,
+        })
+        .collect();
+    let suspected = report
+        .suspected
+        .iter()
+        .map(|(key, name, phi)| pb::SuspectInfo {
+            key: hex::encode(key),
+            name: name.clone(),
+            phi: if phi.is_finite() { *phi } else { f64::MAX },
+        })
+        .collect();
     Ok(pb::StatusResponse {
+        run_mode: info.mode_label.into(),
+        scopes,
+        suspected,
         node_id: hex::encode(info.node_id),
         peer_id: info.peer_id.clone(),
         name: info.name.clone(),
         region: info.region.clone(),
         network_id: hex::encode(info.network_id.0),
-        mode: info.mode_label.into(),
+        mode: report.mode.name().into(),
         validator: info.validator,
         peer_count: peers.len() as u64,
         peers: peers

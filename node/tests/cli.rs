@@ -59,7 +59,8 @@ fn a_dev_node_is_driven_by_the_client_subcommands() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let status = json(&["status", "--rpc", &rpc, "--json"]);
-    assert_eq!(status["mode"], "dev");
+    assert_eq!(status["run_mode"], "dev");
+    assert_eq!(status["mode"], "normal");
     assert!(status["peers"]["count"].is_u64());
 
     let keys = data.join("keys");

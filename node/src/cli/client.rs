@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow};
 use credence_proto::v1 as pb;
 use credence_proto::v1::node_client::NodeClient;
 use prost::Message;
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
 use super::RpcArgs;
@@ -83,7 +83,14 @@ pub(super) async fn status(rpc: &RpcArgs) -> anyhow::Result<()> {
             "region": s.region,
             "network_id": s.network_id,
             "mode": s.mode,
+            "run_mode": s.run_mode,
             "validator": s.validator,
+            "scopes": s.scopes.iter().map(|c| json!({
+                "scope": c.scope, "total_weight": c.total_weight, "reachable_weight": c.reachable_weight,
+                "quorum_latency_ms": c.quorum_latency_ms, "view_age_ms": if c.view_age_ms == u64::MAX { Value::Null } else { json!(c.view_age_ms) },
+            })).collect::<Vec<_>>(),
+            "view_age_ms": s.scopes.iter().filter(|c| c.scope != "network").map(|c| (c.scope.clone(), if c.view_age_ms == u64::MAX { Value::Null } else { json!(c.view_age_ms) })).collect::<serde_json::Map<String, Value>>(),
+            "suspected": s.suspected.iter().map(|x| json!({"key": x.key, "name": x.name, "phi": x.phi})).collect::<Vec<_>>(),
             "peers": {
                 "count": s.peer_count,
                 "list": s.peers.iter().map(|p| json!({"peer_id": p.peer_id, "address": p.address, "name": p.name, "region": p.region, "score": p.score})).collect::<Vec<_>>(),
