@@ -27,6 +27,8 @@ const PHASE_SECS: u64 = 4;
 /// How long stragglers may take after a phase's last submission.
 const DRAIN: Duration = Duration::from_secs(15);
 
+/// An envelope and the id it is tracked by.
+type Payload = (Vec<u8>, [u8; 32]);
 type Arrivals = Arc<Mutex<HashMap<[u8; 32], Vec<Instant>>>>;
 
 fn main() {
@@ -252,7 +254,7 @@ fn plain_swarm() -> libp2p::Swarm<gossipsub::Behaviour> {
         .build()
 }
 
-async fn plain(sets: &[(u64, &[(Vec<u8>, [u8; 32])])]) -> Vec<Figures> {
+async fn plain(sets: &[(u64, &[Payload])]) -> Vec<Figures> {
     let topic = gossipsub::IdentTopic::new("/plain/1");
     let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
     let mut senders = Vec::new();

@@ -322,7 +322,7 @@ impl Escrow {
                 *owner = Owner::restore(
                     escrow.me,
                     batch.bucket.clone(),
-                    escrow.owner_config.clone(),
+                    escrow.owner_config,
                     Some(batch.clone()),
                 );
                 escrow.collecting.insert(
@@ -356,7 +356,7 @@ impl Escrow {
             let digest = bucket.digest();
             self.owners
                 .entry(digest)
-                .or_insert_with(|| Owner::new(self.me, bucket, self.owner_config.clone()));
+                .or_insert_with(|| Owner::new(self.me, bucket, self.owner_config));
         }
     }
 
@@ -640,12 +640,9 @@ impl Escrow {
         if !operators.contains(&d.operator) {
             return Err("the signer is not an operator of this network".into());
         }
-        let name = {
-            let body = pb::Distribution::decode(v.body.as_slice())
-                .map(|b| b.name)
-                .unwrap_or_default();
-            body
-        };
+        let name = pb::Distribution::decode(v.body.as_slice())
+            .map(|b| b.name)
+            .unwrap_or_default();
         self.ledger.add_distribution(d.clone()).map_err(|e| e.to_string())?;
         self.distribution_names.insert(d.id, name);
         self.adopt_buckets();
@@ -699,9 +696,9 @@ impl Escrow {
             t.home = Some(home.clone());
         }
         self.ledger.note_received(claim.id);
-        if from_client && fresh && self.region.as_deref() != Some(home.region.as_str()) {
-            effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
-        } else if from_client && fresh && home.owner != self.me {
+        // A client's claim goes to its home region's topic unless this node
+        // is the owner itself.
+        if from_client && fresh && (self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me) {
             effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
         }
         let digest = home.digest();
@@ -712,7 +709,7 @@ impl Escrow {
             // credential, window, slots and escrow as certified) on a scratch
             // owner, so a claim that can never be paid is refused here, with
             // its reason, instead of waiting at `received`.
-            let mut probe = Owner::new(home.owner, home.clone(), self.owner_config.clone());
+            let mut probe = Owner::new(home.owner, home.clone(), self.owner_config);
             if let Err(reason) = probe.submit_claim(&self.ledger, &Credentials(book), claim.clone(), now)
                 && !reason.is_retryable()
             {

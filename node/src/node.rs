@@ -200,9 +200,12 @@ enum Command {
     },
     /// A read of the escrow state, answered by the closure on the actor.
     EscrowRead {
-        read: Box<dyn FnOnce(&Escrow, &CredentialBook, Millis) + Send>,
+        read: EscrowRead,
     },
 }
+
+/// A read-only query run on the actor against the escrow state.
+type EscrowRead = Box<dyn FnOnce(&Escrow, &CredentialBook, Millis) + Send>;
 
 /// One answer to a sync request: a page of each log.
 #[derive(Debug, Default)]

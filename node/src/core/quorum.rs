@@ -118,7 +118,10 @@ pub struct ScopeView {
 
 /// True when `weight` is more than `num/den` of `total` (exact, no floats).
 pub fn above(weight: u64, total: u64, num: u64, den: u64) -> bool {
-    u128::from(weight) * u128::from(den) > u128::from(total) * u128::from(num)
+    // u64 × u64 always fits in u128, so these cannot overflow.
+    let lhs = u128::from(weight).saturating_mul(u128::from(den));
+    let rhs = u128::from(total).saturating_mul(u128::from(num));
+    lhs > rhs
 }
 
 /// The scope's view, with threshold `num/den` (2/3 Byzantine, 1/2 crash).
