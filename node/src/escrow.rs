@@ -190,6 +190,10 @@ pub const VOTE_RETRY_MIN_MS: Millis = 50;
 pub const VOTE_RETRY_MAX_MS: Millis = 2_000;
 /// Multiple of quorum latency after which a missing vote is asked again.
 pub const VOTE_RETRY_K: f64 = 4.0;
+/// RTT assumed for a validator not measured yet.
+pub const UNMEASURED_RTT_MS: f64 = 50.0;
+/// Longest an owner keeps a batch open, whatever the quorum latency.
+pub const BATCH_CLOSE_MAX_MS: Millis = 250;
 /// Lifeguard: an overloaded node raises its suspicion threshold up to this factor.
 pub const LIFEGUARD_MAX_FACTOR: f64 = 3.0;
 
@@ -426,7 +430,9 @@ impl Escrow {
                 let rtt_ms = if k == &self.me {
                     0.0
                 } else {
-                    self.delay.rtts.get(k).map_or(f64::from(u32::MAX), |r| r.ewma_ms)
+                    // Not measured yet: assume a typical nearby peer rather
+                    // than infinity, so start-up is not mistaken for slowness.
+                    self.delay.rtts.get(k).map_or(UNMEASURED_RTT_MS, |r| r.ewma_ms)
                 };
                 Some(Member {
                     weight: v.weight,
@@ -849,7 +855,7 @@ impl Escrow {
         // Adaptive batching: an owner closes a batch after
         // max(batch_min, quorum latency / 2), or sooner when it is full.
         let close_every = match self.own_quorum_latency(now) {
-            Some(ql) => self.delay.batch_min_ms.max((ql / 2.0) as Millis),
+            Some(ql) => ((ql / 2.0) as Millis).clamp(self.delay.batch_min_ms, BATCH_CLOSE_MAX_MS.max(self.delay.batch_min_ms)),
             None => self.delay.batch_min_ms,
         };
         let digests: Vec<Digest> = if now.saturating_sub(self.delay.last_batch_close) >= close_every {
