@@ -34,7 +34,10 @@ fn main() {
     }
     let single = n as f64 / start.elapsed().as_secs_f64();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let group = runtime.block_on(async {
         let (log, _) = LockLog::open(&dir.path().join("group.log")).expect("open");
         let start = Instant::now();

@@ -158,6 +158,8 @@ pub struct Escrow {
     /// When this node last heard from each region (a vote or certificate of it).
     last_heard: HashMap<String, Millis>,
     delay: DelayState,
+    /// Own batches from the lock log, resumed after the certificates replay.
+    to_resume: Vec<(Batch, Vec<u8>)>,
 }
 
 /// Heartbeats, suspicion and RTTs: the inputs of the delay-aware quorum.
@@ -306,6 +308,7 @@ impl Escrow {
                 batch_min_ms: genesis.genesis.params.batch_min_ms,
                 ..Default::default()
             },
+            to_resume: Vec::new(),
         };
         escrow.adopt_buckets();
         // An owner resumes the last batch it signed, never signs another at its seq.
@@ -318,27 +321,13 @@ impl Escrow {
                 for c in claims {
                     escrow.claim_envelopes.insert(c.id.0, c.raw);
                 }
+                escrow.to_resume.push((batch.clone(), envelope.clone()));
                 last_batches.insert(batch.bucket.digest(), (batch, envelope.clone()));
             }
         }
-        for (digest, (batch, envelope)) in last_batches {
+        for (digest, (batch, _)) in last_batches {
             if let Some(owner) = escrow.owners.get_mut(&digest) {
-                *owner = Owner::restore(
-                    escrow.me,
-                    batch.bucket.clone(),
-                    escrow.owner_config,
-                    Some(batch.clone()),
-                );
-                escrow.collecting.insert(
-                    batch.id,
-                    Collecting {
-                        batch,
-                        envelope,
-                        votes: BTreeMap::new(),
-                        asked_at: BTreeMap::new(),
-                        attestations: Vec::new(),
-                    },
-                );
+                *owner = Owner::restore(escrow.me, batch.bucket.clone(), escrow.owner_config, Some(batch));
             }
         }
         Ok(escrow)
@@ -361,6 +350,30 @@ impl Escrow {
             self.owners
                 .entry(digest)
                 .or_insert_with(|| Owner::new(self.me, bucket, self.owner_config));
+        }
+    }
+
+    /// After the stored certificates replayed: collects votes again for every
+    /// batch this node signed that is not certified yet. Voters that voted
+    /// before the crash vote again for the same batch (their lock allows it),
+    /// so a certificate lost with the crash is formed anew instead of the
+    /// chain stalling.
+    pub fn resume(&mut self) {
+        for (batch, envelope) in std::mem::take(&mut self.to_resume) {
+            let certified = self.ledger.certified_id(&batch.bucket.digest(), batch.seq);
+            if certified.is_some() || self.collecting.contains_key(&batch.id) {
+                continue;
+            }
+            self.collecting.insert(
+                batch.id,
+                Collecting {
+                    batch,
+                    envelope,
+                    votes: BTreeMap::new(),
+                    asked_at: BTreeMap::new(),
+                    attestations: Vec::new(),
+                },
+            );
         }
     }
 
@@ -855,7 +868,9 @@ impl Escrow {
         // Adaptive batching: an owner closes a batch after
         // max(batch_min, quorum latency / 2), or sooner when it is full.
         let close_every = match self.own_quorum_latency(now) {
-            Some(ql) => ((ql / 2.0) as Millis).clamp(self.delay.batch_min_ms, BATCH_CLOSE_MAX_MS.max(self.delay.batch_min_ms)),
+            Some(ql) => {
+                ((ql / 2.0) as Millis).clamp(self.delay.batch_min_ms, BATCH_CLOSE_MAX_MS.max(self.delay.batch_min_ms))
+            }
             None => self.delay.batch_min_ms,
         };
         let digests: Vec<Digest> = if now.saturating_sub(self.delay.last_batch_close) >= close_every {

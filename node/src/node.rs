@@ -533,6 +533,7 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     };
     let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
     let actor = Actor {
+        last_now: started_at,
         me: node_id,
         network_id: genesis.network_id,
         durable_len: store.credential_log_len()?,
@@ -623,6 +624,7 @@ fn replay(
             tracing::warn!(error = %e, "a stored certificate does not apply");
         }
     }
+    escrow.resume();
     Ok((book, escrow))
 }
 
@@ -634,6 +636,8 @@ fn effects_append(into: &mut Effects, mut more: Effects) {
 }
 
 struct Actor {
+    /// Latest time handed to the protocol (monotonic).
+    last_now: Millis,
     me: PublicKey,
     network_id: envelope::NetworkId,
     /// Entries of the credential log known to be flushed.
@@ -722,7 +726,10 @@ impl Actor {
     /// lock-log sync and one store flush. Returns false when storage failed
     /// and the node must stop.
     async fn process(&mut self, group: &mut Vec<Command>) -> bool {
-        let now = now_ms();
+        // The protocol sees a clock that never steps back: an owner whose
+        // wall clock jumped backwards would stamp batches its voters refuse.
+        let now = now_ms().max(self.last_now);
+        self.last_now = now;
         let mut appended: Vec<(Millis, Vec<u8>, Kind, Source, ObjectId)> = Vec::new();
         let mut rpc_replies = Vec::new();
         let mut claim_replies = Vec::new();

@@ -188,7 +188,10 @@ async fn a_killed_validator_never_votes_twice_and_catches_up() {
                 a.map(|a| (a.state_digest, a.slots.len(), a.conflicting_certificates))
             );
         }
-        panic!("nodes did not converge after the restart (logs in {})", dir.path().display());
+        panic!(
+            "nodes did not converge after the restart (logs in {})",
+            dir.path().display()
+        );
     }
     let a = audit(&nodes[2].1).await.expect("audit");
     let mut slots: Vec<&str> = a.slots.iter().map(|s| s.slot.as_str()).collect();
