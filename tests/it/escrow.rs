@@ -117,7 +117,7 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
     assert_eq!(demo.allocations.len(), 3);
 
     // Claims from several claimants reach `regional` in their home regions.
-    let mut certified = Vec::new();
+    let mut accepted = Vec::new();
     for n in 0..9u64 {
         let claimant = SigningKey::from_bytes(&[(n + 1) as u8; 32]);
         let (at, answer) = claim_at_home(&net, &nodes, &regions, &claimant, &demo.id, demo.amount_per_claim, n).await;
@@ -125,15 +125,15 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
         let id = status.id.clone();
         let node = &nodes[at];
         assert!(
-            eventually(|| async { claim_status(node, &id).await.status == "regional" }).await,
+            eventually(|| async { certified(&claim_status(node, &id).await.status) }).await,
             "claim {n} never reached regional: {:?}",
             claim_status(node, &id).await
         );
-        certified.push((claimant, at, id));
+        accepted.push((claimant, at, id));
     }
 
     // A second claim by the same claimant (new nonce, same slot) is refused.
-    let (claimant, at, first) = &certified[0];
+    let (claimant, at, first) = &accepted[0];
     let (_, second) = claim_at_home(&net, &nodes, &regions, claimant, &demo.id, demo.amount_per_claim, 100).await;
     let refused = match second {
         Err(status) => status.message().contains("slot"),
@@ -144,7 +144,7 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
         }
     };
     assert!(refused, "a second claim for the same slot was not refused");
-    assert_eq!(claim_status(&nodes[*at], first).await.status, "regional");
+    assert!(certified(&claim_status(&nodes[*at], first).await.status));
 
     // Certificates reach every node: all agree on what each region spent.
     let expected = region_spent(&nodes[0], &demo.id).await;
@@ -261,6 +261,11 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// Certified by its region (and perhaps already known everywhere).
+fn certified(status: &str) -> bool {
+    matches!(status, "regional" | "global")
 }
 
 fn blake3_seed(n: u64) -> [u8; 32] {
