@@ -357,7 +357,12 @@ mod tests {
         check(
             vec![node("a", "x", s()), other],
             true,
-            &["nodes run different networks", "total of 1000 on a but 7 on b"],
+            &[
+                "nodes run different networks",
+                "b: distribution d spent 200 of its total 7",
+                "spent 200 together, over its total 7",
+                "total of 1000 on a but 7 on b",
+            ],
         );
     }
 }
