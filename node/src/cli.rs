@@ -439,9 +439,15 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    shutdown_signal().await;
+    let failed = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = running.stopped() => true,
+    };
     eprintln!("shutting down");
     running.stop().await;
+    if failed {
+        anyhow::bail!("the node stopped because its storage failed; see the log above");
+    }
     Ok(())
 }
 

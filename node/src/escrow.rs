@@ -701,6 +701,10 @@ impl Escrow {
         if self.ledger.distribution(&claim.distribution_id).is_none() {
             return Err(EscrowError::UnknownDistribution(hex::encode(claim.distribution_id)));
         }
+        if self.ledger.certified_claim(&claim.id).is_some() {
+            // Already certified: submitting it again changes nothing.
+            return Ok(effects);
+        }
         let home = self
             .route(&claim.distribution_id, &claim.claimant)
             .ok_or(EscrowError::NoLiveBucket)?;
@@ -1084,6 +1088,8 @@ impl Escrow {
                         .insert((bucket, seq), claims.iter().map(|c| c.id).collect());
                 }
                 for claim in claims {
+                    // Certified: the certificate carries the envelope from now on.
+                    self.claim_envelopes.remove(&claim.id);
                     let t = self.timeline(claim.id);
                     if t.regional_at == 0 {
                         t.regional_at = now;

@@ -457,6 +457,17 @@ impl std::fmt::Debug for RunningNode {
 }
 
 impl RunningNode {
+    /// Resolves when the node stops by itself (its storage failed): the
+    /// process should exit rather than serve without a working store.
+    pub async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Stops every task and waits for them, flushing the store last.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -548,7 +559,13 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         applied,
     };
     // The actor stops last: it waits until every sender is gone or shutdown.
-    tasks.push(tokio::spawn(actor.run(rx, shutdown_rx.clone())));
+    // If it stops on its own (storage failed), it stops the whole node.
+    let actor_shutdown = shutdown.clone();
+    let actor_rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        actor.run(rx, actor_rx).await;
+        let _ = actor_shutdown.send(true);
+    }));
     tasks.push(net_task);
     let (rpc_addr, http_addr, rpc_tasks) =
         crate::rpc::serve(handle.clone(), settings.rpc_listen, settings.http_listen, shutdown_rx).await?;
@@ -565,8 +582,10 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
 /// Runs a node until `shutdown` resolves.
 pub async fn run(settings: NodeSettings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let node = start(settings).await?;
-    shutdown.await;
-    info!("shutting down");
+    tokio::select! {
+        _ = shutdown => info!("shutting down"),
+        _ = node.stopped() => tracing::error!("the node stopped by itself; see the errors above"),
+    }
     node.stop().await;
     Ok(())
 }
