@@ -571,6 +571,17 @@ impl Escrow {
         Ok(true)
     }
 
+    /// True when a validator's reported frontier is ahead of this node's
+    /// ledger for some bucket: catch up from it now (frontier difference)
+    /// rather than at the next periodic pull.
+    pub fn is_behind(&self, validator: &Key) -> bool {
+        self.delay.frontiers.get(validator).is_some_and(|frontier| {
+            frontier
+                .iter()
+                .any(|(bucket, len)| *len > self.ledger.next_seq(bucket).unwrap_or(0))
+        })
+    }
+
     /// An RTT sample to a validator (ping or request-response).
     pub fn on_rtt(&mut self, key: Key, rtt_ms: f64) {
         self.delay.rtts.entry(key).or_default().sample(rtt_ms);

@@ -40,6 +40,8 @@ pub const NET_COMMAND_CAPACITY: usize = 8192;
 /// How often every connected peer's credential log is pulled, besides on
 /// each (re)connection.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest gap between two frontier-triggered pulls from one peer.
+pub const SYNC_NOW_MIN_GAP: Duration = Duration::from_secs(1);
 /// Entries asked for per sync page.
 pub const SYNC_PAGE_ENTRIES: u32 = 512;
 /// How often disconnected known peers are redialled.
@@ -115,6 +117,9 @@ enum Command {
         raw: Vec<u8>,
     },
     Disconnect {
+        key: [u8; 32],
+    },
+    SyncNow {
         key: [u8; 32],
     },
 }
@@ -198,6 +203,11 @@ impl NetHandle {
     /// timer opens fresh ones.
     pub fn disconnect(&self, key: [u8; 32]) {
         self.try_command(Command::Disconnect { key }, "net_commands");
+    }
+
+    /// Pulls a validator's logs now (its frontier is ahead of ours).
+    pub fn sync_now(&self, key: [u8; 32]) {
+        self.try_command(Command::SyncNow { key }, "net_commands");
     }
 
     /// Gossips a claim to its home region.
@@ -463,6 +473,7 @@ pub async fn spawn(
         cert_cursors: HashMap::new(),
         syncing: HashSet::new(),
         blocked: HashSet::new(),
+        last_sync_now: HashMap::new(),
         listening,
     };
     Ok(tokio::spawn(async move { event_loop.run(shutdown).await }))
@@ -505,6 +516,8 @@ struct EventLoop {
     syncing: HashSet<PeerId>,
     /// Peers blocked by fault injection; not redialled.
     blocked: HashSet<PeerId>,
+    /// When a frontier difference last triggered a pull from each peer.
+    last_sync_now: HashMap<PeerId, std::time::Instant>,
     listening: Vec<Multiaddr>,
 }
 
@@ -586,6 +599,18 @@ impl EventLoop {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listening.iter().map(|a| a.to_string()).collect());
             }
+            Command::SyncNow { key } => {
+                if let Some(peer) = crate::keys::peer_id_of(&key)
+                    && self.connected.contains_key(&peer)
+                    && self
+                        .last_sync_now
+                        .get(&peer)
+                        .is_none_or(|at| at.elapsed() >= SYNC_NOW_MIN_GAP)
+                {
+                    self.last_sync_now.insert(peer, std::time::Instant::now());
+                    self.request_sync(peer);
+                }
+            }
             Command::Disconnect { key } => {
                 if let Some(peer) = crate::keys::peer_id_of(&key)
                     && self.connected.contains_key(&peer)
@@ -613,6 +638,8 @@ impl EventLoop {
                 } else {
                     list.unblock_peer(peer);
                     self.blocked.remove(&peer);
+                    // Heal at once rather than at the next redial tick.
+                    self.redial();
                 }
                 let _ = reply.send(self.blocked.iter().copied().collect());
             }

@@ -827,7 +827,11 @@ impl Actor {
                     effects_append(&mut effects, more);
                 }
                 Command::Heartbeat { heartbeat, reply } => {
-                    let _ = reply.send(self.escrow.on_heartbeat(&heartbeat, now));
+                    let result = self.escrow.on_heartbeat(&heartbeat, now);
+                    if matches!(result, Ok(true)) && self.escrow.is_behind(&heartbeat.signer) {
+                        self.net.sync_now(heartbeat.signer);
+                    }
+                    let _ = reply.send(result);
                 }
                 Command::Rtt { key, rtt_ms } => self.escrow.on_rtt(key, rtt_ms),
                 read => reads.push(read),

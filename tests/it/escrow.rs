@@ -274,3 +274,150 @@ fn blake3_seed(n: u64) -> [u8; 32] {
     seed[8] = 0xee;
     seed
 }
+
+async fn mode(node: &RunningNode) -> String {
+    crate::common::client(node)
+        .await
+        .status(pb::StatusRequest {})
+        .await
+        .map(|s| s.into_inner().mode)
+        .unwrap_or_default()
+}
+
+async fn digest(node: &RunningNode) -> String {
+    escrow(node)
+        .await
+        .audit(pb::AuditRequest {})
+        .await
+        .map(|a| a.into_inner().state_digest)
+        .unwrap_or_default()
+}
+
+/// A claimant whose claim is homed in `region`, searching seeds from `start`.
+async fn claimant_in(node: &RunningNode, distribution: &str, region: &str, start: u64) -> (SigningKey, u64) {
+    let mut n = start;
+    loop {
+        n += 1;
+        let claimant = SigningKey::from_bytes(&blake3_seed(n));
+        let route = escrow(node)
+            .await
+            .route(pb::RouteRequest {
+                distribution_id: distribution.into(),
+                claimant: hex::encode(claimant.verifying_key().to_bytes()),
+            })
+            .await
+            .expect("route")
+            .into_inner();
+        if route.region == region {
+            return (claimant, n);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_list_partition_keeps_regions_certifying_withholds_global_and_converges_on_heal() {
+    let regions = ["eu", "us"];
+    let net = TestNet::new(&regions, 2);
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..4 {
+        let node = net.start(i, addrs.clone()).await;
+        addrs.push(p2p_addr(&node).await);
+        nodes.push(node);
+    }
+    for node in &nodes {
+        assert!(
+            eventually(|| async { mode(node).await == "normal" }).await,
+            "a node never reached normal mode"
+        );
+    }
+    let dist = escrow(&nodes[0])
+        .await
+        .list_distributions(pb::ListDistributionsRequest {})
+        .await
+        .expect("distributions")
+        .into_inner()
+        .distributions[0]
+        .clone();
+
+    // Partition eu (nodes 0, 1) from us (nodes 2, 3) with the admin block-list.
+    let peer = |i: usize| nodes[i].handle.info.peer_id.parse::<libp2p::PeerId>().expect("peer id");
+    for (a, b) in [(0, 2), (0, 3), (1, 2), (1, 3)] {
+        nodes[a].handle.net.set_blocked(peer(b), true).await.expect("block");
+        nodes[b].handle.net.set_blocked(peer(a), true).await.expect("block");
+    }
+    for node in &nodes {
+        assert!(
+            eventually(|| async { mode(node).await == "regional" }).await,
+            "partition not detected"
+        );
+    }
+
+    // Each side keeps certifying its own claims; nothing becomes global.
+    let mut claims = Vec::new();
+    for (side, region) in [(0usize, "eu"), (2usize, "us")] {
+        let mut seed = 5_000 + side as u64 * 1_000;
+        for _ in 0..3 {
+            let (claimant, n) = claimant_in(&nodes[side], &dist.id, region, seed).await;
+            seed = n;
+            let attestation =
+                submit_attestation(&nodes[side], net.attestation(claimant.verifying_key().to_bytes(), "p"))
+                    .await
+                    .expect("attest");
+            let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n);
+            let status = escrow(&nodes[side])
+                .await
+                .submit_claim(pb::SubmitRequest { envelope })
+                .await
+                .expect("claim")
+                .into_inner();
+            claims.push((side, status.id));
+        }
+    }
+    for (side, id) in &claims {
+        let node = &nodes[*side];
+        assert!(
+            eventually(|| async { claim_status(node, id).await.status == "regional" }).await,
+            "a claim did not reach regional on its side of the partition"
+        );
+    }
+    for (side, id) in &claims {
+        assert_eq!(
+            claim_status(&nodes[*side], id).await.status,
+            "regional",
+            "global during a partition"
+        );
+    }
+
+    // Heal: every node converges to one certified state and the claims go global.
+    for (a, b) in [(0, 2), (0, 3), (1, 2), (1, 3)] {
+        nodes[a].handle.net.set_blocked(peer(b), false).await.expect("unblock");
+        nodes[b].handle.net.set_blocked(peer(a), false).await.expect("unblock");
+    }
+    let converged = eventually(|| async {
+        let first = digest(&nodes[0]).await;
+        let mut same = !first.is_empty();
+        for node in &nodes[1..] {
+            same &= digest(node).await == first;
+        }
+        same
+    })
+    .await;
+    assert!(converged, "state digests differ after heal");
+    for (side, id) in &claims {
+        let node = &nodes[*side];
+        assert!(
+            eventually(|| async { claim_status(node, id).await.status == "global" }).await,
+            "a claim did not reach global after heal"
+        );
+    }
+    for node in &nodes {
+        assert!(
+            eventually(|| async { mode(node).await == "normal" }).await,
+            "mode did not return to normal"
+        );
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
