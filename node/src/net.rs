@@ -45,7 +45,7 @@ pub const SYNC_NOW_MIN_GAP: Duration = Duration::from_secs(1);
 /// Entries asked for per sync page.
 pub const SYNC_PAGE_ENTRIES: u32 = 512;
 /// How often disconnected known peers are redialled.
-pub const REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+pub const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
 /// Ping period; a failed ping closes the connection so it is redialled.
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Largest gossip message on the credential topic: an attestation's 4 KiB of
