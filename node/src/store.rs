@@ -45,6 +45,8 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
     #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    #[error("the store flush task failed: {0}")]
+    FlushTask(String),
 }
 
 /// One entry of the credential log.
@@ -208,7 +210,12 @@ impl Store {
 
     /// Makes everything written so far survive a killed process.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        // sled's own `flush_async` future has been seen never to complete
+        // under load; the blocking flush on the blocking pool always does.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::FlushTask(e.to_string()))??;
         Ok(())
     }
 

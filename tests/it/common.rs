@@ -13,6 +13,10 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 use tonic::transport::Channel;
 
+/// Multi-node tests run one at a time: they share two cores, and several
+/// networks of real nodes at once starve each other past any fair deadline.
+pub static NETWORK_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Generous: these machines are noisy, and a wait only ends early on success.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 

@@ -98,6 +98,7 @@ async fn claim_at_home(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leaves_others_untouched() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
     let regions = ["eu", "us", "ap"];
     let net = TestNet::new(&regions, 4);
     let mut nodes: Vec<RunningNode> = Vec::new();
@@ -316,6 +317,7 @@ async fn claimant_in(node: &RunningNode, distribution: &str, region: &str, start
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_list_partition_keeps_regions_certifying_withholds_global_and_converges_on_heal() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
     let regions = ["eu", "us"];
     let net = TestNet::new(&regions, 2);
     let mut nodes: Vec<RunningNode> = Vec::new();

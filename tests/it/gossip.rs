@@ -24,6 +24,7 @@ async fn all_have(nodes: &[&RunningNode], ids: &[String], status: &str) -> bool 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_propagate_and_late_and_restarted_nodes_catch_up() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
     let net = TestNet::new(&["eu"], 5);
     // Nodes 0..4 start in turn, each dialling those before it: a full mesh.
     let mut nodes: Vec<RunningNode> = Vec::new();
@@ -128,6 +129,7 @@ fn metric(text: &str, needle: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_oversized_gossip_is_refused_and_the_sender_penalised() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
     let net = TestNet::new(&["eu"], 2);
     let a = net.start(0, vec![]).await;
     let b = net.start(1, vec![p2p_addr(&a).await]).await;

@@ -145,6 +145,7 @@ fn process_alive(pid: u32) -> bool {
 
 #[test]
 fn a_partitioned_testnet_keeps_certifying_on_both_sides_and_checks_clean_after_heal() {
+    let _serial = crate::common::NETWORK_TESTS.blocking_lock();
     let net = Testnet::up("eu,us", 3);
 
     let before = net.json(&[
@@ -199,6 +200,7 @@ fn a_partitioned_testnet_keeps_certifying_on_both_sides_and_checks_clean_after_h
 
 #[test]
 fn check_fails_on_a_network_made_inconsistent_on_purpose() {
+    let _serial = crate::common::NETWORK_TESTS.blocking_lock();
     let net = Testnet::up("eu,us", 2);
     let (ok, clean, stderr) = net.run(&["check", "--settle-secs", SETTLE_SECS]);
     assert!(ok, "a fresh network checks clean: {stderr}\n{clean}");
