@@ -48,6 +48,20 @@ async fn until<F: std::future::Future<Output = bool>>(mut check: impl FnMut() ->
     false
 }
 
+/// A base port below the kernel's ephemeral range whose next `count` ports
+/// are all free now.
+fn free_port_range(count: u16) -> u16 {
+    let mut candidate = 20_000 + (std::process::id() % 4_000) as u16 * 3;
+    for _ in 0..200 {
+        let free = (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", candidate + i)).is_ok());
+        if free {
+            return candidate;
+        }
+        candidate = 20_000 + (candidate - 20_000 + 37) % 12_000;
+    }
+    panic!("no run of {count} free ports below 32000");
+}
+
 async fn audit(rpc: &str) -> Option<pb::AuditResponse> {
     let mut c = EscrowClient::connect(rpc.to_string()).await.ok()?;
     c.audit(pb::AuditRequest {}).await.ok().map(|r| r.into_inner())
@@ -56,7 +70,7 @@ async fn audit(rpc: &str) -> Option<pb::AuditResponse> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_validator_never_votes_twice_and_catches_up() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = 30_000 + (std::process::id() % 5_000) as u16 * 3;
+    let base = free_port_range(12);
     let out = Command::new(BIN)
         .args([
             "genesis",
