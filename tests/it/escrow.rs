@@ -211,21 +211,9 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
     let before = region_spent(&nodes[0], &tiny).await;
     let mut eu_results = Vec::new();
     let mut n = 1000u64;
-    while eu_results.len() < 8 && n < 1400 {
-        n += 1;
-        let claimant = SigningKey::from_bytes(&blake3_seed(n));
-        let route = escrow(&nodes[0])
-            .await
-            .route(pb::RouteRequest {
-                distribution_id: tiny.clone(),
-                claimant: hex::encode(claimant.verifying_key().to_bytes()),
-            })
-            .await
-            .expect("route")
-            .into_inner();
-        if route.region != "eu" {
-            continue;
-        }
+    while eu_results.len() < 8 {
+        let (claimant, next) = claimant_in(&nodes[0], &tiny, "eu", n).await;
+        n = next;
         let (at, answer) = claim_at_home(&net, &nodes, &regions, &claimant, &tiny, 10, n).await;
         let final_status = match answer {
             Err(status) => format!("refused: {}", status.message()),

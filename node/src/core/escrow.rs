@@ -16,17 +16,8 @@
 //! `credential` (what the core asks about credentials, and the objective claim rules), `ledger`
 //! (certified state), `voter`, `owner`, `evidence`.
 
-// Input from the network, disk or a user must never panic the node; only tests may.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects,
-        clippy::panic
-    )
-)]
+// The lints that keep input from panicking the node are set once, for the
+// whole core, in `core.rs`.
 
 mod credential;
 mod distribution;
