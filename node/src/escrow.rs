@@ -104,6 +104,19 @@ struct Collecting {
     attestations: Vec<Vec<u8>>,
 }
 
+impl Collecting {
+    /// A signed batch of this node's, with no votes yet.
+    fn new(batch: Batch, envelope: Vec<u8>) -> Self {
+        Collecting {
+            batch,
+            envelope,
+            votes: BTreeMap::new(),
+            asked_at: BTreeMap::new(),
+            attestations: Vec::new(),
+        }
+    }
+}
+
 struct PendingClaim {
     verified: Verified,
     first_tried: Millis,
@@ -364,16 +377,7 @@ impl Escrow {
             if certified.is_some() || self.collecting.contains_key(&batch.id) {
                 continue;
             }
-            self.collecting.insert(
-                batch.id,
-                Collecting {
-                    batch,
-                    envelope,
-                    votes: BTreeMap::new(),
-                    asked_at: BTreeMap::new(),
-                    attestations: Vec::new(),
-                },
-            );
+            self.collecting.insert(batch.id, Collecting::new(batch, envelope));
         }
     }
 
@@ -813,17 +817,7 @@ impl Escrow {
                     effects.locks.push(LockRecord::OwnBatch {
                         envelope: envelope.clone(),
                     });
-                    let attestations = Vec::new();
-                    self.collecting.insert(
-                        batch.id,
-                        Collecting {
-                            batch,
-                            envelope,
-                            votes: BTreeMap::new(),
-                            asked_at: BTreeMap::new(),
-                            attestations,
-                        },
-                    );
+                    self.collecting.insert(batch.id, Collecting::new(batch, envelope));
                 }
                 OwnerOutput::SendBatch(batch) => {
                     self.ledger.note_provisional(&batch);

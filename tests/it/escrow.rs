@@ -38,6 +38,19 @@ fn claim_envelope(
     seal(&net.network_id(), claimant, Kind::Claim, body.encode_to_vec()).0
 }
 
+/// The claimant's home region and owner, as `node` computes them.
+async fn route_of(node: &RunningNode, distribution: &str, claimant: &SigningKey) -> pb::RouteResponse {
+    escrow(node)
+        .await
+        .route(pb::RouteRequest {
+            distribution_id: distribution.into(),
+            claimant: hex::encode(claimant.verifying_key().to_bytes()),
+        })
+        .await
+        .expect("route")
+        .into_inner()
+}
+
 async fn claim_status(node: &RunningNode, id: &str) -> pb::ClaimStatus {
     escrow(node)
         .await
@@ -70,15 +83,7 @@ async fn claim_at_home(
     amount: u64,
     nonce: u64,
 ) -> (usize, Result<pb::ClaimStatus, tonic::Status>) {
-    let route = escrow(&nodes[0])
-        .await
-        .route(pb::RouteRequest {
-            distribution_id: distribution.into(),
-            claimant: hex::encode(claimant.verifying_key().to_bytes()),
-        })
-        .await
-        .expect("route")
-        .into_inner();
+    let route = route_of(&nodes[0], distribution, claimant).await;
     let region = regions.iter().position(|r| *r == route.region).expect("known region");
     let at = region * 4 + (nonce as usize % 4);
     let attestation = submit_attestation(
@@ -288,15 +293,7 @@ async fn claimant_in(node: &RunningNode, distribution: &str, region: &str, start
     loop {
         n += 1;
         let claimant = SigningKey::from_bytes(&blake3_seed(n));
-        let route = escrow(node)
-            .await
-            .route(pb::RouteRequest {
-                distribution_id: distribution.into(),
-                claimant: hex::encode(claimant.verifying_key().to_bytes()),
-            })
-            .await
-            .expect("route")
-            .into_inner();
+        let route = route_of(node, distribution, &claimant).await;
         if route.region == region {
             return (claimant, n);
         }
