@@ -22,8 +22,8 @@ use crate::core::credentials::{CredentialBook, CredentialStatus};
 use crate::core::envelope::{Kind, NetworkId, ObjectId, Verified, seal};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
-    Digest, Distribution, FaultModel, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route, Validator,
-    ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
+    Digest, Distribution, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
+    Validator, ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
 };
 use crate::core::quorum::{self, ArrivalHistory, Member, Mode, RttEstimate, ScopeView};
 use crate::core::wire::{self, WireError};
@@ -36,6 +36,9 @@ pub const LEDGER_WAITING_MAX: usize = 65_536;
 pub const PENDING_CLAIMS_MAX: usize = 100_000;
 /// How long a retryable claim is retried before it is refused.
 pub const PENDING_CLAIM_TTL_MS: Millis = 60_000;
+/// Claims held here while they wait for their owner (durably, in the
+/// store's `held/v1`); beyond this new claims are refused until some certify.
+pub const HELD_CLAIMS_MAX: usize = 200_000;
 /// Most claim timelines kept in memory; the oldest are forgotten first.
 pub const TIMELINES_MAX: usize = 1_000_000;
 
@@ -64,14 +67,21 @@ pub struct Effects {
     pub claims_to_publish: Vec<(String, Vec<u8>)>,
     /// New certificates to store and gossip (encoded `Certificate`).
     pub certificates: Vec<Vec<u8>>,
+    /// Claims to hold durably while they wait: (id, received_at, envelope).
+    pub hold: Vec<(Digest, Millis, Vec<u8>)>,
+    /// Held claims that were certified or refused.
+    pub release: Vec<Digest>,
 }
 
 impl Effects {
-    fn append(&mut self, mut other: Effects) {
+    /// Appends `other`'s effects after these.
+    pub fn append(&mut self, mut other: Effects) {
         self.locks.append(&mut other.locks);
         self.vote_requests.append(&mut other.vote_requests);
         self.claims_to_publish.append(&mut other.claims_to_publish);
         self.certificates.append(&mut other.certificates);
+        self.hold.append(&mut other.hold);
+        self.release.append(&mut other.release);
     }
 }
 
@@ -88,6 +98,8 @@ pub enum EscrowError {
     Certificate(String),
     #[error("no live bucket can fund this claim (every bucket on its path is frozen)")]
     NoLiveBucket,
+    #[error("{HELD_CLAIMS_MAX} claims are already waiting here for their owners; try again later")]
+    TooManyWaiting,
 }
 
 /// The answer to a vote request.
@@ -96,8 +108,10 @@ pub struct VoteAnswer {
     pub response: pb::VoteResponse,
 }
 
+/// A batch (this node's, or a suspected owner's during a takeover) or a
+/// freeze this node is collecting votes for.
 struct Collecting {
-    batch: Batch,
+    object: CertifiedObject,
     envelope: Vec<u8>,
     votes: BTreeMap<Key, (Vote, Vec<u8>)>,
     asked_at: BTreeMap<Key, Millis>,
@@ -105,10 +119,10 @@ struct Collecting {
 }
 
 impl Collecting {
-    /// A signed batch of this node's, with no votes yet.
-    fn new(batch: Batch, envelope: Vec<u8>) -> Self {
+    /// A signed object, with no votes yet.
+    fn new(object: CertifiedObject, envelope: Vec<u8>) -> Self {
         Collecting {
-            batch,
+            object,
             envelope,
             votes: BTreeMap::new(),
             asked_at: BTreeMap::new(),
@@ -173,6 +187,16 @@ pub struct Escrow {
     delay: DelayState,
     /// Own batches from the lock log, resumed after the certificates replay.
     to_resume: Vec<(Batch, Vec<u8>)>,
+    /// Newest batch seen per bucket of this region (from vote requests).
+    seen_batches: HashMap<Digest, (Batch, Vec<u8>)>,
+    /// Buckets frozen since the last tick: their waiting claims move on.
+    frozen: Vec<Digest>,
+    /// Claims held durably here (a subset of `claim_envelopes`).
+    held: std::collections::HashSet<Digest>,
+    /// Held claims certified or refused since the last tick.
+    to_release: Vec<Digest>,
+    /// Held claims restored from the store, submitted again on the first tick.
+    restored: Vec<(Verified, Millis)>,
 }
 
 /// Heartbeats, suspicion and RTTs: the inputs of the delay-aware quorum.
@@ -192,6 +216,9 @@ struct DelayState {
     awaiting_global: BTreeMap<(Digest, u64), Vec<Digest>>,
     /// Validators currently suspected (acted on once per transition).
     suspected: std::collections::BTreeSet<Key>,
+    /// Since when each validator of this region has been suspected (takeover).
+    suspected_since: HashMap<Key, Millis>,
+    takeover_after_ms: Millis,
     /// This node's own load in [0, 1] (Lifeguard scaling).
     load: f64,
     batch_min_ms: Millis,
@@ -319,9 +346,15 @@ impl Escrow {
                 heartbeat_interval_ms: genesis.genesis.params.heartbeat_interval_ms.max(1),
                 phi_threshold: genesis.genesis.params.phi_threshold,
                 batch_min_ms: genesis.genesis.params.batch_min_ms,
+                takeover_after_ms: genesis.genesis.params.takeover_after_ms,
                 ..Default::default()
             },
             to_resume: Vec::new(),
+            seen_batches: HashMap::new(),
+            frozen: Vec::new(),
+            held: Default::default(),
+            to_release: Vec::new(),
+            restored: Vec::new(),
         };
         escrow.adopt_buckets();
         // An owner resumes the last batch it signed, never signs another at its seq.
@@ -377,8 +410,21 @@ impl Escrow {
             if certified.is_some() || self.collecting.contains_key(&batch.id) {
                 continue;
             }
-            self.collecting.insert(batch.id, Collecting::new(batch, envelope));
+            self.collecting
+                .insert(batch.id, Collecting::new(CertifiedObject::Batch(batch), envelope));
         }
+    }
+
+    fn release(&mut self, id: Digest) {
+        if self.held.remove(&id) {
+            self.to_release.push(id);
+        }
+    }
+
+    /// A claim that was held when the node stopped; it waits again from the
+    /// next tick on (whose effects the actor makes durable before sending).
+    pub fn restore_held(&mut self, claim: Verified, received_at: Millis) {
+        self.restored.push((claim, received_at));
     }
 
     /// The ledger (read-only).
@@ -718,12 +764,24 @@ impl Escrow {
         }
         if self.ledger.certified_claim(&claim.id).is_some() {
             // Already certified: submitting it again changes nothing.
+            self.release(claim.id);
             return Ok(effects);
         }
         let home = self
             .route(&claim.distribution_id, &claim.claimant)
             .ok_or(EscrowError::NoLiveBucket)?;
         let fresh = !self.claim_envelopes.contains_key(&claim.id);
+        if fresh {
+            if self.claim_envelopes.len() >= HELD_CLAIMS_MAX {
+                return Err(EscrowError::TooManyWaiting);
+            }
+            // Held durably until certified or refused: a node that restarts,
+            // or a successor taking the bucket over, still has it.
+            let received_at = self.timelines.get(&claim.id).map_or(0, |t| t.received_at);
+            let received_at = if received_at == 0 { now } else { received_at };
+            effects.hold.push((claim.id, received_at, v.raw.clone()));
+            self.held.insert(claim.id);
+        }
         self.claim_envelopes.insert(claim.id, v.raw.clone());
         {
             let t = self.timeline(claim.id);
@@ -796,6 +854,8 @@ impl Escrow {
 
     fn reject(&mut self, id: Digest, reason: &ClaimRefusal, now: Millis) {
         self.ledger.note_rejected(id, reason.clone());
+        self.claim_envelopes.remove(&id);
+        self.release(id);
         let t = self.timeline(id);
         if t.rejected_at == 0 {
             t.rejected_at = now;
@@ -817,7 +877,8 @@ impl Escrow {
                     effects.locks.push(LockRecord::OwnBatch {
                         envelope: envelope.clone(),
                     });
-                    self.collecting.insert(batch.id, Collecting::new(batch, envelope));
+                    self.collecting
+                        .insert(batch.id, Collecting::new(CertifiedObject::Batch(batch), envelope));
                 }
                 OwnerOutput::SendBatch(batch) => {
                     self.ledger.note_provisional(&batch);
@@ -841,9 +902,10 @@ impl Escrow {
     /// The attestation envelopes a batch's claims present, for its voters.
     pub fn attach_attestations(&mut self, book_raw: impl Fn(&Digest) -> Option<Vec<u8>>) {
         for c in self.collecting.values_mut() {
-            if c.attestations.is_empty() {
-                c.attestations = c
-                    .batch
+            if c.attestations.is_empty()
+                && let CertifiedObject::Batch(batch) = &c.object
+            {
+                c.attestations = batch
                     .claims()
                     .filter_map(|claim| book_raw(&claim.attestation_id))
                     .collect();
@@ -855,6 +917,13 @@ impl Escrow {
     /// voters (first ask, or again after [`VOTE_RETRY_MS`]).
     pub fn tick(&mut self, book: &CredentialBook, now: Millis) -> Effects {
         let mut effects = Effects::default();
+        for (claim, received_at) in std::mem::take(&mut self.restored) {
+            self.timeline(claim.id.0).received_at = received_at;
+            match self.on_claim(book, &claim, false, now) {
+                Ok(more) => effects.append(more),
+                Err(e) => tracing::debug!(error = %e, "a held claim no longer waits"),
+            }
+        }
         let pending: Vec<PendingClaim> = self.pending.drain(..).collect();
         for p in pending {
             if now.saturating_sub(p.first_tried) > PENDING_CLAIM_TTL_MS {
@@ -899,9 +968,18 @@ impl Escrow {
                 }
             }
         }
+        self.move_waiting_claims(book, now, &mut effects);
+        effects.release.append(&mut self.to_release);
         let Some(region) = self.region.clone() else {
             return effects;
         };
+        self.takeovers(&region, now);
+        // Objects a different certificate passed by can never certify.
+        let ledger = &self.ledger;
+        self.collecting.retain(|_, c| {
+            let next = ledger.next_seq(&c.object.bucket().digest()).unwrap_or(0);
+            c.object.seq().is_some_and(|seq| seq >= next) && !ledger.is_ended(&c.object.bucket().digest())
+        });
         let members: Vec<Key> = self.ledger.validators().members(&region).to_vec();
         let retry_ms = self.vote_retry_ms(now);
         for c in self.collecting.values_mut() {
@@ -918,10 +996,10 @@ impl Escrow {
                 }
                 c.asked_at.insert(*voter, now);
                 let prev = c
-                    .batch
-                    .seq
-                    .checked_sub(1)
-                    .and_then(|s| self.certificates.get(&(c.batch.bucket.digest(), s)));
+                    .object
+                    .seq()
+                    .and_then(|seq| seq.checked_sub(1))
+                    .and_then(|s| self.certificates.get(&(c.object.bucket().digest(), s)));
                 effects.vote_requests.push((
                     *voter,
                     pb::VoteRequest {
@@ -933,6 +1011,130 @@ impl Escrow {
             }
         }
         effects
+    }
+
+    /// Claims that can no longer be funded where they waited (their bucket
+    /// was frozen or closed, or this node's own chain ended under them) go
+    /// to the bucket that funds them now: this node's own owner if that is
+    /// this node, else the region's topic.
+    fn move_waiting_claims(&mut self, book: &CredentialBook, now: Millis, effects: &mut Effects) {
+        let mut moving: Vec<Digest> = Vec::new();
+        for owner in self.owners.values_mut() {
+            moving.extend(owner.sync(&self.ledger).into_iter().map(|c| c.id));
+        }
+        if !self.frozen.is_empty() {
+            let frozen: std::collections::HashSet<Digest> = self.frozen.drain(..).collect();
+            moving.extend(self.claim_envelopes.keys().copied().filter(|id| {
+                self.timelines
+                    .get(id)
+                    .and_then(|t| t.home.as_ref())
+                    .is_some_and(|home| frozen.contains(&home.digest()))
+            }));
+        }
+        for id in moving {
+            let Some(raw) = self.claim_envelopes.get(&id).cloned() else {
+                continue;
+            };
+            let Ok(verified) = wire::verify_nested(&self.network, &raw, "waiting claim") else {
+                continue;
+            };
+            let Ok(claim) = wire::claim(&verified) else { continue };
+            let Some(home) = self.route(&claim.distribution_id, &claim.claimant) else {
+                self.reject(id, &ClaimRefusal::BucketClosed, now);
+                continue;
+            };
+            let digest = home.digest();
+            tracing::info!(claim = %hex::encode(id), owner = %self.name_of(&home.owner), "claim moves to the bucket that funds it now");
+            self.timeline(id).home = Some(home.clone());
+            if self.owners.contains_key(&digest) {
+                let _ = self.submit_to_owner(book, verified, claim, digest, now, effects);
+            } else if self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me {
+                effects.claims_to_publish.push((home.region.clone(), raw));
+            }
+        }
+    }
+
+    /// Takeover (DESIGN.md "Takeover"): a bucket of this region whose owner
+    /// has been suspected for longer than `takeover_after` is taken over by
+    /// the first unsuspected owner along its successor line. When that is
+    /// this node, it first certifies the owner's last batch if it has seen
+    /// it, then proposes a freeze; the freeze certificate ends the chain and
+    /// its remainder and claims pass to the successor.
+    fn takeovers(&mut self, region: &str, now: Millis) {
+        let members = self.ledger.validators().members(region).to_vec();
+        for key in members {
+            if key != self.me && self.is_suspected(&key, now) {
+                self.delay.suspected_since.entry(key).or_insert(now);
+            } else {
+                self.delay.suspected_since.remove(&key);
+            }
+        }
+        // A node that cannot reach its own region's quorum certifies nothing:
+        // proposing would only churn.
+        if self.delay.suspected_since.is_empty() || self.own_quorum_latency(now).is_none() {
+            return;
+        }
+        let suspected = &self.delay.suspected_since;
+        let mut takeovers = Vec::new();
+        for d in self.ledger.distributions() {
+            for plan in d.buckets() {
+                if plan.id.region != region || plan.id.owner == self.me || self.ledger.is_ended(&plan.digest) {
+                    continue;
+                }
+                let overdue = suspected
+                    .get(&plan.id.owner)
+                    .is_some_and(|since| now.saturating_sub(*since) >= self.delay.takeover_after_ms);
+                if !overdue {
+                    continue;
+                }
+                let mut current = plan.digest;
+                let mut taker = None;
+                for _ in 0..d.region_buckets(region).len() {
+                    let Some(next) = d.successor(&current).and_then(|n| d.bucket(&n)) else {
+                        break;
+                    };
+                    if next.id.owner == self.me || !suspected.contains_key(&next.id.owner) {
+                        taker = Some(next.id.owner);
+                        break;
+                    }
+                    current = next.digest;
+                }
+                if taker == Some(self.me) {
+                    takeovers.push(plan.id.clone());
+                }
+            }
+        }
+        for bucket in takeovers {
+            self.propose_takeover(bucket);
+        }
+    }
+
+    fn propose_takeover(&mut self, bucket: BucketId) {
+        let digest = bucket.digest();
+        let next = self.ledger.next_seq(&digest).unwrap_or(0);
+        let underway = self
+            .collecting
+            .values()
+            .any(|c| c.object.bucket().digest() == digest && c.object.seq() == Some(next));
+        if underway {
+            return;
+        }
+        if let Some((batch, envelope)) = self.seen_batches.get(&digest)
+            && batch.seq == next
+        {
+            tracing::warn!(owner = %self.name_of(&bucket.owner), seq = next, "owner suspected past takeover_after: certifying its last batch before freezing");
+            self.collecting.insert(
+                batch.id,
+                Collecting::new(CertifiedObject::Batch(batch.clone()), envelope.clone()),
+            );
+            return;
+        }
+        let freeze = Freeze::new(self.me, bucket, next.checked_sub(1), None);
+        let body = wire::freeze_body(&freeze, None);
+        let (envelope, _) = seal(&self.network, &self.key, Kind::Freeze, body.encode_to_vec());
+        tracing::warn!(owner = %self.name_of(&freeze.bucket.owner), at_seq = next, "owner suspected past takeover_after: proposing a freeze of its bucket");
+        self.collecting
+            .insert(freeze.id, Collecting::new(CertifiedObject::Freeze(freeze), envelope));
     }
 
     /// A validator of this region asks for this node's vote. Returns the
@@ -956,16 +1158,33 @@ impl Escrow {
             Ok(v) => v,
             Err(e) => return (effects, refuse(e.to_string(), false)),
         };
-        let batch = match wire::batch(&self.network, &object) {
-            Ok((b, _)) => b,
-            Err(e) => return (effects, refuse(e.to_string(), false)),
+        let judged = if object.kind == Kind::Freeze {
+            let freeze = match wire::freeze(&self.network, &object) {
+                Ok(f) => f,
+                Err(e) => return (effects, refuse(e.to_string(), false)),
+            };
+            let Some(voter) = self.voter.as_mut() else {
+                return (effects, refuse("this node is not a validator".into(), false));
+            };
+            let bucket = freeze.bucket.clone();
+            (voter.on_freeze(&self.ledger, &Credentials(book), &freeze, now), bucket)
+        } else {
+            let batch = match wire::batch(&self.network, &object) {
+                Ok((b, _)) => b,
+                Err(e) => return (effects, refuse(e.to_string(), false)),
+            };
+            let Some(voter) = self.voter.as_mut() else {
+                return (effects, refuse("this node is not a validator".into(), false));
+            };
+            let result = voter.on_batch(&self.ledger, &Credentials(book), &batch, now);
+            let bucket = batch.bucket.clone();
+            self.remember_batch(batch, &request.object);
+            (result, bucket)
         };
-        let Some(voter) = self.voter.as_mut() else {
-            return (effects, refuse("this node is not a validator".into(), false));
-        };
-        match voter.on_batch(&self.ledger, &Credentials(book), &batch, now) {
-            Ok(outputs) => {
-                let mut response = refuse(String::new(), true);
+        match judged {
+            (Ok(outputs), bucket) => {
+                let mut vote = None;
+                let mut need = None;
                 for output in outputs {
                     match output {
                         VoterOutput::Persist(lock) => effects.locks.push(LockRecord::Vote {
@@ -973,25 +1192,45 @@ impl Escrow {
                             seq: lock.seq,
                             object_id: lock.object_id,
                         }),
-                        VoterOutput::SendVote(vote) => {
-                            let body = wire::vote_body(&vote, &batch.bucket);
-                            let (raw, _) = seal(&self.network, &self.key, Kind::Vote, body.encode_to_vec());
-                            response = pb::VoteResponse {
-                                vote: raw,
-                                refusal: String::new(),
-                                retry: false,
-                            };
+                        VoterOutput::SendVote(v) => {
+                            let body = wire::vote_body(&v, &bucket);
+                            vote.get_or_insert(seal(&self.network, &self.key, Kind::Vote, body.encode_to_vec()).0);
                         }
-                        VoterOutput::NeedData(missing) => {
-                            response = refuse(format!("need data: {missing:?}"), true);
-                        }
+                        VoterOutput::NeedData(missing) => need = Some(format!("need data: {missing:?}")),
                     }
                 }
+                // A vote that was cast is always sent, even when more data is
+                // needed for the rest (a freeze's pending batch comes first).
+                let response = match (vote, need) {
+                    (Some(raw), need) => pb::VoteResponse {
+                        vote: raw,
+                        refusal: String::new(),
+                        retry: need.is_some(),
+                    },
+                    (None, Some(need)) => refuse(need, true),
+                    (None, None) => refuse(String::new(), true),
+                };
                 (effects, response)
             }
-            Err(refusal) => {
+            (Err(refusal), _) => {
                 let retry = refusal.is_retryable();
                 (effects, refuse(refusal.to_string(), retry))
+            }
+        }
+    }
+
+    /// Keeps the newest batch an owner asked this node to vote for, so that a
+    /// successor taking the bucket over can certify it before freezing.
+    fn remember_batch(&mut self, batch: Batch, envelope: &[u8]) {
+        let digest = batch.bucket.digest();
+        let next = self.ledger.next_seq(&digest).unwrap_or(0);
+        if batch.seq < next || self.ledger.bucket(&digest).is_none() {
+            return;
+        }
+        match self.seen_batches.get(&digest) {
+            Some((known, _)) if known.seq >= batch.seq => {}
+            _ => {
+                self.seen_batches.insert(digest, (batch, envelope.to_vec()));
             }
         }
     }
@@ -1014,7 +1253,7 @@ impl Escrow {
         let Some(c) = self.collecting.get_mut(&object_id) else {
             return effects;
         };
-        if vote.seq != c.batch.seq || vote.bucket != c.batch.bucket.digest() {
+        if Some(vote.seq) != c.object.seq() || vote.bucket != c.object.bucket().digest() {
             return effects;
         }
         c.votes.insert(vote.signer, (vote, response.vote.clone()));
@@ -1023,7 +1262,7 @@ impl Escrow {
             .keys()
             .filter_map(|k| self.ledger.validators().get(k).map(|v| v.weight))
             .sum();
-        if !self.ledger.validators().is_quorum(&c.batch.bucket.region, weight) {
+        if !self.ledger.validators().is_quorum(&c.object.bucket().region, weight) {
             return effects;
         }
         let Some(c) = self.collecting.remove(&object_id) else {
@@ -1037,7 +1276,7 @@ impl Escrow {
         if self
             .apply_certificate(
                 Certificate {
-                    object: CertifiedObject::Batch(c.batch),
+                    object: c.object,
                     votes: c.votes.into_values().map(|(v, _)| v).collect(),
                 },
                 &raw,
@@ -1092,9 +1331,14 @@ impl Escrow {
                         .awaiting_global
                         .insert((bucket, seq), claims.iter().map(|c| c.id).collect());
                 }
+                if self.ledger.is_ended(&bucket) {
+                    // Frozen or closed: the claims waiting for this bucket move on.
+                    self.frozen.push(bucket);
+                }
                 for claim in claims {
                     // Certified: the certificate carries the envelope from now on.
                     self.claim_envelopes.remove(&claim.id);
+                    self.release(claim.id);
                     let t = self.timeline(claim.id);
                     if t.regional_at == 0 {
                         t.regional_at = now;

@@ -644,14 +644,23 @@ fn replay(
         }
     }
     escrow.resume();
+    // Claims that were waiting here when the node stopped wait again.
+    let mut held = 0usize;
+    for item in store.held_claims() {
+        let (received_at, raw) = item?;
+        let claim = envelope::decode(&genesis.network_id, &raw).and_then(envelope::Unverified::verify);
+        match claim {
+            Ok(v) => {
+                held = held.saturating_add(1);
+                escrow.restore_held(v, received_at);
+            }
+            Err(e) => return Err(corrupt(format!("a held claim does not verify: {e}"))),
+        }
+    }
+    if held > 0 {
+        tracing::info!(held, "claims waiting for their owners restored");
+    }
     Ok((book, escrow))
-}
-
-fn effects_append(into: &mut Effects, mut more: Effects) {
-    into.locks.append(&mut more.locks);
-    into.vote_requests.append(&mut more.vote_requests);
-    into.claims_to_publish.append(&mut more.claims_to_publish);
-    into.certificates.append(&mut more.certificates);
 }
 
 struct Actor {
@@ -785,7 +794,7 @@ impl Actor {
                     let result = self.escrow.on_claim(&self.book, &claim, from_client, now);
                     let answer = match result {
                         Ok(more) => {
-                            effects_append(&mut effects, more);
+                            effects.append(more);
                             Ok(())
                         }
                         Err(e) => Err(e.to_string()),
@@ -819,12 +828,12 @@ impl Actor {
                         }
                     }
                     let (more, response) = self.escrow.on_vote_request(&self.book, &request, now);
-                    effects_append(&mut effects, more);
+                    effects.append(more);
                     vote_replies.push((reply, response));
                 }
                 Command::VoteResponse { response } => {
                     let more = self.escrow.on_vote_response(&self.book, &response, now);
-                    effects_append(&mut effects, more);
+                    effects.append(more);
                 }
                 Command::Heartbeat { heartbeat, reply } => {
                     let result = self.escrow.on_heartbeat(&heartbeat, now);
@@ -842,7 +851,7 @@ impl Actor {
             let view = book.credential(&ObjectId(*id), 0);
             view.attestation.map(|a| a.raw)
         });
-        effects_append(&mut effects, self.escrow.tick(&self.book, now));
+        effects.append(self.escrow.tick(&self.book, now));
         let heartbeat = self.escrow.heartbeat_due(now);
         for key in self.escrow.newly_suspected(now) {
             // A silent connection is not trusted: close it; the redial timer reopens it.
@@ -887,10 +896,11 @@ impl Actor {
         if failure.is_none() {
             for response in self_responses {
                 let more = self.escrow.on_vote_response(&self.book, &response, now);
-                effects_append(&mut effects, more);
+                effects.append(more);
             }
         }
-        if failure.is_none() && (!appended.is_empty() || !effects.certificates.is_empty()) {
+        let held_changed = !effects.hold.is_empty() || !effects.release.is_empty();
+        if failure.is_none() && (!appended.is_empty() || !effects.certificates.is_empty() || held_changed) {
             let entries: Vec<(Millis, &[u8])> = appended
                 .iter()
                 .map(|(at, raw, _, _, _)| (*at, raw.as_slice()))
@@ -899,7 +909,15 @@ impl Actor {
             let result = self
                 .store
                 .append_credentials(&entries)
-                .and_then(|_| self.store.append_certificates(&certs));
+                .and_then(|_| self.store.append_certificates(&certs))
+                .and_then(|_| {
+                    let hold: Vec<([u8; 32], Millis, &[u8])> = effects
+                        .hold
+                        .iter()
+                        .map(|(id, at, raw)| (*id, *at, raw.as_slice()))
+                        .collect();
+                    self.store.update_held_claims(&hold, &effects.release)
+                });
             let result = match result {
                 Ok(_) => self.store.flush().await,
                 Err(e) => Err(e),

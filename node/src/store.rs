@@ -25,6 +25,7 @@ pub const SYNC_PAGE_MAX: u32 = 512;
 const META_TREE: &str = "meta/v1";
 const CREDLOG_TREE: &str = "credlog/v1";
 const CERTLOG_TREE: &str = "certlog/v1";
+const HELD_TREE: &str = "held/v1";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 const KEY_NETWORK: &[u8] = b"network_id";
 
@@ -64,6 +65,8 @@ pub struct Store {
     db: sled::Db,
     credlog: sled::Tree,
     certlog: sled::Tree,
+    /// Claims waiting for their owner: claim id → received_at (8 bytes BE) ‖ envelope.
+    held: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -115,11 +118,13 @@ impl Store {
         }
         let credlog = db.open_tree(CREDLOG_TREE)?;
         let certlog = db.open_tree(CERTLOG_TREE)?;
+        let held = db.open_tree(HELD_TREE)?;
         Ok(Store {
             path: path.to_path_buf(),
             db,
             credlog,
             certlog,
+            held,
         })
     }
 
@@ -208,6 +213,43 @@ impl Store {
         self.certlog.iter().map(|item| Ok(item?.1.to_vec()))
     }
 
+    /// Holds claims that wait for their owner (durable with the next flush)
+    /// and forgets those that were certified or refused.
+    pub fn update_held_claims(
+        &self,
+        hold: &[([u8; 32], Millis, &[u8])],
+        release: &[[u8; 32]],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (id, received_at, envelope) in hold {
+            let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
+            value.extend_from_slice(&received_at.to_be_bytes());
+            value.extend_from_slice(envelope);
+            batch.insert(id, value);
+        }
+        for id in release {
+            batch.remove(id);
+        }
+        self.held.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Number of claims held.
+    pub fn held_claims_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Every held claim as (received_at, envelope), for replay on start.
+    pub fn held_claims(&self) -> impl Iterator<Item = Result<(Millis, Vec<u8>), StoreError>> + '_ {
+        self.held.iter().map(|item| {
+            let (_, value) = item?;
+            let (stamp, envelope) = value
+                .split_first_chunk::<8>()
+                .ok_or_else(|| self.corrupt("held claim shorter than its timestamp"))?;
+            Ok((u64::from_be_bytes(*stamp), envelope.to_vec()))
+        })
+    }
+
     /// Makes everything written so far survive a killed process.
     pub async fn flush(&self) -> Result<(), StoreError> {
         // sled's own `flush_async` future has been seen never to complete
@@ -277,5 +319,25 @@ mod tests {
             Store::open(dir.path(), &NetworkId([2; 32])),
             Err(StoreError::WrongNetwork { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn held_claims_survive_reopen_until_released() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let net = NetworkId([1; 32]);
+        {
+            let store = Store::open(dir.path(), &net).unwrap_or_else(|e| panic!("{e}"));
+            let hold: [([u8; 32], Millis, &[u8]); 2] = [([1; 32], 10, b"one"), ([2; 32], 20, b"two")];
+            store.update_held_claims(&hold, &[]).unwrap_or_else(|e| panic!("{e}"));
+            // Held and released in one group: released wins.
+            store
+                .update_held_claims(&[([3; 32], 30, b"three")], &[[1; 32], [3; 32]])
+                .unwrap_or_else(|e| panic!("{e}"));
+            store.flush().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let store = Store::open(dir.path(), &net).unwrap_or_else(|e| panic!("{e}"));
+        let held: Vec<(Millis, Vec<u8>)> = store.held_claims().filter_map(Result::ok).collect();
+        assert_eq!(held, vec![(20, b"two".to_vec())]);
+        assert_eq!(store.held_claims_len(), 1);
     }
 }

@@ -74,6 +74,18 @@ impl TestNet {
         node::start(self.settings(i, peers)).await.expect("node starts")
     }
 
+    /// Starts validators `0..n` in turn, each dialling those before it (a full mesh).
+    pub async fn start_mesh(&self, n: usize) -> Vec<RunningNode> {
+        let mut nodes: Vec<RunningNode> = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..n {
+            let node = self.start(i, addrs.clone()).await;
+            addrs.push(p2p_addr(&node).await);
+            nodes.push(node);
+        }
+        nodes
+    }
+
     /// A signed attestation by the network's issuer.
     pub fn attestation(&self, subject: [u8; 32], data: &str) -> Vec<u8> {
         attestation_by(&self.network_id(), &self.issuer, subject, "demo", data)

@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 use tonic::transport::Channel;
 
-use crate::common::{TestNet, eventually, p2p_addr, submit_attestation};
+use crate::common::{TestNet, eventually, submit_attestation};
 
 async fn escrow(node: &RunningNode) -> EscrowClient<Channel> {
     EscrowClient::connect(format!("http://{}", node.rpc_addr))
@@ -106,13 +106,7 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
     let _serial = crate::common::NETWORK_TESTS.lock().await;
     let regions = ["eu", "us", "ap"];
     let net = TestNet::new(&regions, 4);
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..12 {
-        let node = net.start(i, addrs.clone()).await;
-        addrs.push(p2p_addr(&node).await);
-        nodes.push(node);
-    }
+    let nodes = net.start_mesh(12).await;
     let list = escrow(&nodes[0])
         .await
         .list_distributions(pb::ListDistributionsRequest {})
@@ -287,6 +281,27 @@ async fn digest(node: &RunningNode) -> String {
         .unwrap_or_default()
 }
 
+/// Starts `n` validators, waits until each is in normal mode, and returns
+/// them with the genesis distribution.
+async fn start_normal(net: &TestNet, n: usize) -> (Vec<RunningNode>, pb::DistributionInfo) {
+    let nodes = net.start_mesh(n).await;
+    for node in &nodes {
+        assert!(
+            eventually(|| async { mode(node).await == "normal" }).await,
+            "a node never reached normal mode"
+        );
+    }
+    let dist = escrow(&nodes[0])
+        .await
+        .list_distributions(pb::ListDistributionsRequest {})
+        .await
+        .expect("distributions")
+        .into_inner()
+        .distributions[0]
+        .clone();
+    (nodes, dist)
+}
+
 /// A claimant whose claim is homed in `region`, searching seeds from `start`.
 async fn claimant_in(node: &RunningNode, distribution: &str, region: &str, start: u64) -> (SigningKey, u64) {
     let mut n = start;
@@ -305,27 +320,7 @@ async fn a_block_list_partition_keeps_regions_certifying_withholds_global_and_co
     let _serial = crate::common::NETWORK_TESTS.lock().await;
     let regions = ["eu", "us"];
     let net = TestNet::new(&regions, 2);
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..4 {
-        let node = net.start(i, addrs.clone()).await;
-        addrs.push(p2p_addr(&node).await);
-        nodes.push(node);
-    }
-    for node in &nodes {
-        assert!(
-            eventually(|| async { mode(node).await == "normal" }).await,
-            "a node never reached normal mode"
-        );
-    }
-    let dist = escrow(&nodes[0])
-        .await
-        .list_distributions(pb::ListDistributionsRequest {})
-        .await
-        .expect("distributions")
-        .into_inner()
-        .distributions[0]
-        .clone();
+    let (nodes, dist) = start_normal(&net, 4).await;
 
     // Partition eu (nodes 0, 1) from us (nodes 2, 3) with the admin block-list.
     let peer = |i: usize| nodes[i].handle.info.peer_id.parse::<libp2p::PeerId>().expect("peer id");
@@ -404,6 +399,68 @@ async fn a_block_list_partition_keeps_regions_certifying_withholds_global_and_co
             "mode did not return to normal"
         );
     }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// A claimant whose claim is homed in the bucket of the validator `owner` (hex key).
+async fn claimant_owned_by(node: &RunningNode, distribution: &str, owner: &str, start: u64) -> (SigningKey, u64) {
+    let mut n = start;
+    loop {
+        n += 1;
+        let claimant = SigningKey::from_bytes(&blake3_seed(n));
+        if route_of(node, distribution, &claimant).await.owner == owner {
+            return (claimant, n);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_owner_is_taken_over_and_its_held_claims_are_certified_by_the_successor() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    let net = TestNet::new(&["eu"], 4);
+    let (mut nodes, dist) = start_normal(&net, 4).await;
+    let victim = hex::encode(net.validators[3].verifying_key().to_bytes());
+
+    // The owner goes away; claims homed in its bucket arrive at another node.
+    let down = nodes.pop().expect("four nodes");
+    down.stop().await;
+    let mut claims = Vec::new();
+    let mut seed = 9_000;
+    for _ in 0..3 {
+        let (claimant, n) = claimant_owned_by(&nodes[0], &dist.id, &victim, seed).await;
+        seed = n;
+        let attestation = submit_attestation(&nodes[0], net.attestation(claimant.verifying_key().to_bytes(), "t"))
+            .await
+            .expect("attest");
+        let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n);
+        let status = escrow(&nodes[0])
+            .await
+            .submit_claim(pb::SubmitRequest { envelope })
+            .await
+            .expect("claim accepted while its owner is down")
+            .into_inner();
+        assert_eq!(status.status, "received", "nobody can certify it before the takeover");
+        claims.push((claimant, status.id));
+    }
+
+    // The successor freezes the silent owner's bucket and certifies what waited for it.
+    for (_, id) in &claims {
+        for node in &nodes {
+            assert!(
+                eventually(|| async { certified(&claim_status(node, id).await.status) }).await,
+                "a held claim was not certified after the takeover"
+            );
+        }
+    }
+    for (claimant, _) in &claims {
+        let route = route_of(&nodes[1], &dist.id, claimant).await;
+        assert_ne!(route.owner, victim, "claims still route to the frozen bucket");
+    }
+    // Paid once: each claimant's slot is funded by exactly its one claim.
+    let spent: u64 = region_spent(&nodes[2], &dist.id).await.iter().map(|(_, s, _)| s).sum();
+    assert_eq!(spent, dist.amount_per_claim * claims.len() as u64);
     for node in nodes {
         node.stop().await;
     }
