@@ -153,18 +153,27 @@ pub enum Command {
         /// The recipient's public key (64 hex).
         account: String,
     },
-    /// Ask to move escrow between regions (operator key).
+    /// Move escrow between regions (operator key). The source region's owners
+    /// each move their share of AMOUNT in a transfer entry of their own chain,
+    /// certified by their region alone, so it works during a partition on the
+    /// source side and lands in the destination when the certificate arrives.
+    /// What a bucket cannot cover yet moves when it can. Prints the request id.
     Rebalance {
         #[command(flatten)]
         rpc: RpcArgs,
+        /// The operator's key file.
         #[arg(long)]
         key: PathBuf,
+        /// Distribution id (64 hex).
         #[arg(long)]
         distribution: String,
+        /// Region the escrow leaves.
         #[arg(long)]
         from: String,
+        /// Region the escrow goes to.
         #[arg(long)]
         to: String,
+        /// Amount to move, in the distribution's asset units.
         #[arg(long)]
         amount: u64,
     },

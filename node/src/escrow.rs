@@ -197,6 +197,12 @@ pub struct Escrow {
     to_release: Vec<Digest>,
     /// Held claims restored from the store, submitted again on the first tick.
     restored: Vec<(Verified, Millis)>,
+    /// Operator rebalances known here, by id.
+    rebalances: BTreeMap<Digest, wire::Rebalance>,
+    /// What rebalances ask each (source, destination) bucket pair to move, in total.
+    transfers_owed: BTreeMap<(Digest, Digest), u64>,
+    /// What certified batches moved per (source, destination) bucket pair.
+    transfers_certified: HashMap<(Digest, Digest), u64>,
 }
 
 /// Heartbeats, suspicion and RTTs: the inputs of the delay-aware quorum.
@@ -355,6 +361,9 @@ impl Escrow {
             held: Default::default(),
             to_release: Vec::new(),
             restored: Vec::new(),
+            rebalances: BTreeMap::new(),
+            transfers_owed: BTreeMap::new(),
+            transfers_certified: HashMap::new(),
         };
         escrow.adopt_buckets();
         // An owner resumes the last batch it signed, never signs another at its seq.
@@ -729,6 +738,101 @@ impl Escrow {
         Ok(())
     }
 
+    /// Adds an operator-signed rebalance: the owners of the source region's
+    /// buckets move their parts to the destination region (DESIGN.md
+    /// "Transfers"). Owed amounts accumulate per bucket pair, and an owner
+    /// moves what its own chain has not moved yet, so a request applies once
+    /// however often it is replayed or re-delivered.
+    pub fn add_rebalance(&mut self, v: &Verified, operators: &std::collections::BTreeSet<Key>) -> Result<(), String> {
+        let r = wire::rebalance(v).map_err(|e| e.to_string())?;
+        if !operators.contains(&r.operator) {
+            return Err("the signer is not an operator of this network".into());
+        }
+        let distribution = self
+            .ledger
+            .distribution(&r.distribution_id)
+            .ok_or_else(|| format!("unknown distribution {}", hex::encode(r.distribution_id)))?;
+        if !distribution.regions().any(|region| region == r.to_region) {
+            return Err(format!("distribution has no allocation in region {:?}", r.to_region));
+        }
+        if !distribution.regions().any(|region| region == r.from_region) {
+            return Err(format!("distribution has no allocation in region {:?}", r.from_region));
+        }
+        let parts = distribution
+            .rebalance_split(&r.from_region, &r.to_region, r.amount)
+            .map_err(|e| e.to_string())?;
+        if self.rebalances.contains_key(&r.id) {
+            return Ok(());
+        }
+        for (source, destination, amount) in parts {
+            let owed = self.transfers_owed.entry((source, destination)).or_default();
+            *owed = owed.saturating_add(amount);
+        }
+        self.rebalances.insert(r.id, r);
+        Ok(())
+    }
+
+    /// Whether this rebalance is known here.
+    pub fn has_rebalance(&self, id: &Digest) -> bool {
+        self.rebalances.contains_key(id)
+    }
+
+    /// Queues, in each bucket this node owns, the transfers rebalances ask
+    /// for and its chain has not made (certified, awaiting votes or queued),
+    /// as far as its available escrow allows; the rest follows when it can.
+    fn execute_rebalances(&mut self) {
+        for ((source, destination), owed) in &self.transfers_owed {
+            let Some(owner) = self.owners.get_mut(source) else {
+                continue;
+            };
+            if owner.is_ended() {
+                continue;
+            }
+            let Some((_, target)) = self.ledger.bucket(destination) else {
+                continue;
+            };
+            let certified = self
+                .transfers_certified
+                .get(&(*source, *destination))
+                .copied()
+                .unwrap_or(0);
+            let awaiting: u64 = self
+                .collecting
+                .values()
+                .filter_map(|c| match &c.object {
+                    CertifiedObject::Batch(batch) if batch.bucket.digest() == *source => Some(batch),
+                    _ => None,
+                })
+                .flat_map(|batch| batch.entries.iter())
+                .filter_map(|entry| match entry {
+                    crate::core::escrow::Entry::TransferOut { to, amount } if to.digest() == *destination => {
+                        Some(*amount)
+                    }
+                    _ => None,
+                })
+                .fold(0, u64::saturating_add);
+            let queued: u64 = owner
+                .open_transfers()
+                .filter(|(to, _)| to.digest() == *destination)
+                .map(|(_, amount)| amount)
+                .fold(0, u64::saturating_add);
+            let due = owed.saturating_sub(certified.saturating_add(awaiting).saturating_add(queued));
+            if due == 0 {
+                continue;
+            }
+            let to = target.id.clone();
+            let result = match owner.request_transfer(&self.ledger, to.clone(), due) {
+                Err(crate::core::escrow::OwnerError::Insufficient { available, .. }) if available > 0 => {
+                    owner.request_transfer(&self.ledger, to, available)
+                }
+                other => other,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, due, "rebalance transfer waits");
+            }
+        }
+    }
+
     /// Where a claimant's claim is funded.
     pub fn route(&self, distribution: &Digest, claimant: &Key) -> Option<BucketId> {
         match self.ledger.route(distribution, claimant)? {
@@ -943,6 +1047,7 @@ impl Escrow {
                 back.first_tried = first;
             }
         }
+        self.execute_rebalances();
         // Adaptive batching: an owner closes a batch after
         // max(batch_min, quorum latency / 2), or sooner when it is full.
         let close_every = match self.own_quorum_latency(now) {
@@ -1320,11 +1425,26 @@ impl Escrow {
             CertifiedObject::Batch(b) => b.claims().cloned().collect(),
             CertifiedObject::Freeze(_) => Vec::new(),
         };
+        let transfers: Vec<(Digest, u64)> = match &cert.object {
+            CertifiedObject::Batch(b) => b
+                .entries
+                .iter()
+                .filter_map(|entry| match entry {
+                    crate::core::escrow::Entry::TransferOut { to, amount } => Some((to.digest(), *amount)),
+                    _ => None,
+                })
+                .collect(),
+            CertifiedObject::Freeze(_) => Vec::new(),
+        };
         let region = cert.object.bucket().region.clone();
         match self.ledger.apply(cert) {
             Ok(_) => {
                 self.last_heard.insert(region, now);
                 self.certificates.insert((bucket, seq), (id, raw.to_vec()));
+                for (to, amount) in transfers {
+                    let moved = self.transfers_certified.entry((bucket, to)).or_default();
+                    *moved = moved.saturating_add(amount);
+                }
                 self.collecting.remove(&id);
                 if self.delay.awaiting_global.len() < AWAITING_GLOBAL_MAX {
                     self.delay

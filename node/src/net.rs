@@ -279,7 +279,7 @@ pub fn topic(network: &NetworkId, name: &str) -> IdentTopic {
 pub fn topic_of(network: &NetworkId, kind: Kind) -> IdentTopic {
     let name = match kind {
         Kind::Attestation | Kind::Revocation | Kind::IssuerGrant => "cred",
-        Kind::Distribution => "dist",
+        Kind::Distribution | Kind::Rebalance => "dist",
         Kind::Batch | Kind::Vote | Kind::Freeze => "certs",
         // Claims travel on their home region's topic: see `NetHandle::publish_claim`.
         Kind::Claim => "claims",

@@ -623,6 +623,8 @@ fn replay(
         };
         let result = if verified.kind == Kind::Distribution {
             escrow.add_distribution(&verified, &genesis.operators)
+        } else if verified.kind == Kind::Rebalance {
+            escrow.add_rebalance(&verified, &genesis.operators)
         } else {
             // Replaying at the time each object was learned keeps the skew
             // rule from refusing what was accepted then.
@@ -715,11 +717,21 @@ impl Actor {
         }
     }
 
-    /// Applies a group of commands with one flush. Returns false when the
-    /// store failed and the node must stop.
     /// Applies one object from any source; the verdict and whether to log it.
     fn apply_object(&mut self, now: Millis, object: &Verified, source: Source) -> Verdict {
-        let result = if object.kind == Kind::Distribution {
+        let result = if object.kind == Kind::Rebalance {
+            if self.escrow.has_rebalance(&object.id.0) {
+                Ok(Applied::Duplicate)
+            } else {
+                self.escrow
+                    .add_rebalance(object, &self.operators)
+                    .map(|()| Applied::New)
+                    .map_err(|e| CredentialError::Malformed {
+                        kind: "rebalance",
+                        reason: e,
+                    })
+            }
+        } else if object.kind == Kind::Distribution {
             if self.escrow.ledger().distribution(&object.id.0).is_some() {
                 Ok(Applied::Duplicate)
             } else {

@@ -465,3 +465,113 @@ async fn a_crashed_owner_is_taken_over_and_its_held_claims_are_certified_by_the_
         node.stop().await;
     }
 }
+
+/// (region, available) per region, as `node` sees them.
+async fn region_available(node: &RunningNode, distribution: &str) -> Vec<(String, u64)> {
+    let l = escrow(node)
+        .await
+        .get_liquidity(pb::GetLiquidityRequest {
+            distribution_id: distribution.into(),
+        })
+        .await
+        .expect("liquidity")
+        .into_inner();
+    l.regions.into_iter().map(|r| (r.region, r.available)).collect()
+}
+
+fn rebalance_envelope(
+    net: &TestNet,
+    key: &SigningKey,
+    distribution: &str,
+    from: &str,
+    to: &str,
+    amount: u64,
+) -> Vec<u8> {
+    let body = pb::Rebalance {
+        operator: key.verifying_key().to_bytes().to_vec(),
+        distribution_id: hex::decode(distribution).expect("hex"),
+        from_region: from.into(),
+        to_region: to.into(),
+        amount,
+        nonce: 1,
+    };
+    seal(&net.network_id(), key, Kind::Rebalance, body.encode_to_vec()).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_rebalance_moves_escrow_between_regions_once_and_bad_requests_change_nothing() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    let net = TestNet::new(&["eu", "us"], 2);
+    let (nodes, dist) = start_normal(&net, 4).await;
+    let before = region_available(&nodes[0], &dist.id).await;
+    let of = |v: &[(String, u64)], r: &str| v.iter().find(|(x, _)| x == r).map(|(_, a)| *a).expect("region");
+
+    // Refused with a reason, and nothing moves: not an operator, an unknown region.
+    let mut client = escrow(&nodes[1]).await;
+    let forged = rebalance_envelope(&net, &net.issuer, &dist.id, "eu", "us", 100);
+    let err = client
+        .submit_rebalance(pb::SubmitRequest { envelope: forged })
+        .await
+        .expect_err("a non-operator's rebalance is refused");
+    assert!(err.message().contains("operator"), "{}", err.message());
+    let nowhere = rebalance_envelope(&net, &net.operator, &dist.id, "eu", "mars", 100);
+    let err = client
+        .submit_rebalance(pb::SubmitRequest { envelope: nowhere })
+        .await
+        .expect_err("a rebalance to an unknown region is refused");
+    assert!(err.message().contains("mars"), "{}", err.message());
+
+    // The operator moves 100 from eu to us; submitted twice, it moves once.
+    let envelope = rebalance_envelope(&net, &net.operator, &dist.id, "eu", "us", 100);
+    for _ in 0..2 {
+        client
+            .submit_rebalance(pb::SubmitRequest {
+                envelope: envelope.clone(),
+            })
+            .await
+            .expect("operator rebalance accepted");
+    }
+    for node in &nodes {
+        assert!(
+            eventually(|| async {
+                let now = region_available(node, &dist.id).await;
+                of(&now, "eu") == of(&before, "eu") - 100 && of(&now, "us") == of(&before, "us") + 100
+            })
+            .await,
+            "the rebalance did not land everywhere"
+        );
+    }
+    // Restarting a source owner does not move it again.
+    let mut nodes = nodes;
+    let first = nodes.remove(0);
+    first.stop().await;
+    let back = net.start(0, vec![crate::common::p2p_addr(&nodes[0]).await]).await;
+    let digests_match = eventually(|| async { digest(&back).await == digest(&nodes[0]).await }).await;
+    assert!(digests_match, "the restarted owner did not converge");
+    // A claim the restarted owner certifies after its first tick shows what
+    // that tick moved: nothing more.
+    let owner = hex::encode(net.validators[0].verifying_key().to_bytes());
+    let (claimant, n) = claimant_owned_by(&back, &dist.id, &owner, 20_000).await;
+    let attestation = submit_attestation(&back, net.attestation(claimant.verifying_key().to_bytes(), "r"))
+        .await
+        .expect("attest");
+    let claim = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n);
+    let id = escrow(&back)
+        .await
+        .submit_claim(pb::SubmitRequest { envelope: claim })
+        .await
+        .expect("claim")
+        .into_inner()
+        .id;
+    assert!(
+        eventually(|| async { certified(&claim_status(&back, &id).await.status) }).await,
+        "the restarted owner did not certify a claim"
+    );
+    let after = region_available(&back, &dist.id).await;
+    assert_eq!(of(&after, "eu"), of(&before, "eu") - 100 - dist.amount_per_claim);
+    assert_eq!(of(&after, "us"), of(&before, "us") + 100);
+    back.stop().await;
+    for node in nodes {
+        node.stop().await;
+    }
+}

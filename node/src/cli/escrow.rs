@@ -425,13 +425,17 @@ pub(super) async fn rebalance(rpc: &RpcArgs, key: &Path, body: pb::Rebalance) ->
         operator: key.verifying_key().to_bytes().to_vec(),
         ..body
     };
-    let (envelope, _) = seal(&network, &key, Kind::Distribution, body.encode_to_vec());
+    let (envelope, _) = seal(&network, &key, Kind::Rebalance, body.encode_to_vec());
     let answer = connect(rpc)
         .await?
         .submit_rebalance(pb::SubmitRequest { envelope })
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("{}", answer.id);
+    if rpc.json {
+        println!("{}", json!({ "id": answer.id, "new": answer.new }));
+    } else {
+        println!("{}", answer.id);
+    }
     Ok(())
 }

@@ -81,6 +81,7 @@ pub enum Kind {
     Freeze,
     Heartbeat,
     Evidence,
+    Rebalance,
 }
 
 impl Kind {
@@ -98,6 +99,7 @@ impl Kind {
             pb::Kind::Freeze => Some(Kind::Freeze),
             pb::Kind::Heartbeat => Some(Kind::Heartbeat),
             pb::Kind::Evidence => Some(Kind::Evidence),
+            pb::Kind::Rebalance => Some(Kind::Rebalance),
         }
     }
 
@@ -114,6 +116,7 @@ impl Kind {
             Kind::Freeze => pb::Kind::Freeze,
             Kind::Heartbeat => pb::Kind::Heartbeat,
             Kind::Evidence => pb::Kind::Evidence,
+            Kind::Rebalance => pb::Kind::Rebalance,
         }
     }
 
@@ -130,6 +133,7 @@ impl Kind {
             Kind::Freeze => "freeze",
             Kind::Heartbeat => "heartbeat",
             Kind::Evidence => "evidence",
+            Kind::Rebalance => "rebalance",
         }
     }
 }

@@ -24,7 +24,7 @@ pub const fn body_max_bytes(kind: Kind) -> usize {
     match kind {
         Kind::Attestation => ATTESTATION_DATA_MAX_BYTES + 512,
         Kind::Revocation => REASON_MAX_BYTES + 256,
-        Kind::IssuerGrant => 256,
+        Kind::IssuerGrant | Kind::Rebalance => 256,
         Kind::Distribution => 16 * 1024,
         Kind::Claim => 512,
         Kind::Vote => 256,

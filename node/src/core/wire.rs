@@ -128,6 +128,35 @@ pub fn distribution(v: &Verified) -> Result<Distribution, WireError> {
     })
 }
 
+/// An operator's rebalance request from its verified envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebalance {
+    pub id: Digest,
+    pub operator: Key,
+    pub distribution_id: Digest,
+    pub from_region: String,
+    pub to_region: String,
+    pub amount: u64,
+}
+
+/// A rebalance request from its verified envelope (the operator must be its signer).
+pub fn rebalance(v: &Verified) -> Result<Rebalance, WireError> {
+    expect_kind(v, Kind::Rebalance)?;
+    let body = pb::Rebalance::decode(v.body.as_slice()).map_err(malformed("rebalance"))?;
+    let operator = key32(&body.operator, "operator")?;
+    if operator != v.signer {
+        return Err(WireError::SignerMismatch("operator"));
+    }
+    Ok(Rebalance {
+        id: v.id.0,
+        operator,
+        distribution_id: key32(&body.distribution_id, "distribution_id")?,
+        from_region: body.from_region,
+        to_region: body.to_region,
+        amount: body.amount,
+    })
+}
+
 fn bucket_ref(bucket: &BucketId) -> pb::BucketRef {
     pb::BucketRef {
         distribution_id: bucket.distribution.to_vec(),

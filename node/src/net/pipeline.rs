@@ -135,7 +135,9 @@ impl Pipeline {
             return Some(MessageAcceptance::Reject);
         }
         let (queue, stats) = match unverified.kind {
-            Kind::Revocation | Kind::IssuerGrant | Kind::Distribution => (&self.priority, self.stats.first()),
+            Kind::Revocation | Kind::IssuerGrant | Kind::Distribution | Kind::Rebalance => {
+                (&self.priority, self.stats.first())
+            }
             Kind::Attestation => (&self.bulk, self.stats.get(1)),
             // Kinds this node does not process yet are not relayed.
             _ => return Some(MessageAcceptance::Ignore),

@@ -376,11 +376,19 @@ impl EscrowApi for EscrowService {
         Ok(Response::new(answer))
     }
 
-    async fn submit_rebalance(&self, _: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
-        Err(Status::unimplemented(
-            "cross-region rebalancing is not available on this node version; \
-             escrow moves between buckets only through owners' transfer entries",
-        ))
+    async fn submit_rebalance(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let outcome = self
+            .node
+            .submit(&request.get_ref().envelope, Kind::Rebalance)
+            .await
+            .map_err(submit_status)?;
+        Ok(Response::new(pb::SubmitResponse {
+            id: outcome.id.to_string(),
+            new: outcome.new,
+        }))
     }
 
     async fn audit(&self, _: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {

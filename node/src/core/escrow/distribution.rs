@@ -28,6 +28,8 @@ pub enum DistributionError {
     EmptyWindow { opens_at: Millis, closes_at: Millis },
     #[error("amount_per_claim must be positive")]
     ZeroAmountPerClaim,
+    #[error("a rebalance moves a positive amount between two different regions of the distribution")]
+    InvalidRebalance,
     #[error("arithmetic overflow splitting region {region:?}")]
     Overflow { region: String },
 }
@@ -174,6 +176,58 @@ impl ActiveDistribution {
     /// Buckets of `region`, in owner-key order.
     pub fn region_buckets(&self, region: &str) -> &[Digest] {
         self.regions.get(region).map_or(&[], |plan| plan.buckets.as_slice())
+    }
+
+    /// How an operator's rebalance of `amount` from region `from` to region
+    /// `to` is carried out: (source bucket, destination bucket, amount) per
+    /// source bucket. Each source bucket moves its part in proportion to its
+    /// share (the rounding remainder falls to the first), to the destination
+    /// bucket at the same position in `to` (cycling).
+    pub fn rebalance_split(
+        &self,
+        from: &str,
+        to: &str,
+        amount: u64,
+    ) -> Result<Vec<(Digest, Digest, u64)>, DistributionError> {
+        let (Some(source), Some(target)) = (self.regions.get(from), self.regions.get(to)) else {
+            return Err(DistributionError::InvalidRebalance);
+        };
+        if from == to || amount == 0 || target.buckets.is_empty() {
+            return Err(DistributionError::InvalidRebalance);
+        }
+        let overflow = || DistributionError::Overflow {
+            region: from.to_string(),
+        };
+        let shares: Vec<(Digest, u64)> = source
+            .buckets
+            .iter()
+            .filter_map(|digest| self.buckets.get(digest).map(|plan| (*digest, plan.share)))
+            .collect();
+        let whole: u128 = shares.iter().map(|(_, share)| u128::from(*share)).sum();
+        if whole == 0 {
+            return Err(DistributionError::WeightlessRegion {
+                region: from.to_string(),
+            });
+        }
+        let mut parts = Vec::with_capacity(shares.len());
+        let mut assigned: u64 = 0;
+        for (index, (digest, share)) in shares.iter().enumerate() {
+            let part = u128::from(amount)
+                .checked_mul(u128::from(*share))
+                .and_then(|product| product.checked_div(whole))
+                .and_then(|part| u64::try_from(part).ok())
+                .ok_or_else(overflow)?;
+            assigned = assigned.checked_add(part).ok_or_else(overflow)?;
+            let slot = index.checked_rem(target.buckets.len()).ok_or_else(overflow)?;
+            let destination = target.buckets.get(slot).copied().ok_or_else(overflow)?;
+            parts.push((*digest, destination, part));
+        }
+        let remainder = amount.checked_sub(assigned).ok_or_else(overflow)?;
+        if let Some(first) = parts.first_mut() {
+            first.2 = first.2.checked_add(remainder).ok_or_else(overflow)?;
+        }
+        parts.retain(|(_, _, part)| *part > 0);
+        Ok(parts)
     }
 
     /// The bucket that takes over `bucket` once it is frozen or closed (None: alone in region).

@@ -171,6 +171,14 @@ impl Owner {
         self.in_flight.as_ref()
     }
 
+    /// Transfers queued in the open batch: (destination, amount).
+    pub fn open_transfers(&self) -> impl Iterator<Item = (&BucketId, u64)> {
+        self.open.iter().filter_map(|entry| match entry {
+            Entry::TransferOut { to, amount } => Some((to, *amount)),
+            _ => None,
+        })
+    }
+
     pub fn open_len(&self) -> usize {
         self.open.len()
     }

@@ -1191,3 +1191,61 @@ fn voter_needs_the_distribution_first() {
     fx.ledger.add_distribution(other).unwrap();
     check("known distribution votes", fx.vote(&batch), Expect::Vote);
 }
+
+#[test]
+fn a_rebalance_splits_by_share_across_source_buckets_and_sums_exactly() {
+    let fx = Fx::new();
+    let active = fx.ledger.distribution(&fx.dist.id).unwrap();
+    // eu's 600 is 150 per bucket: 101 splits 25 each, the remainder to the first.
+    let parts = active.rebalance_split("eu", "us", 101).unwrap();
+    assert_eq!(parts.len(), 4);
+    assert_eq!(parts.iter().map(|(_, _, amount)| amount).sum::<u64>(), 101);
+    assert_eq!(parts[0].2, 26);
+    assert!(parts[1..].iter().all(|(_, _, amount)| *amount == 25));
+    let eu = active.region_buckets("eu");
+    let us = active.region_buckets("us");
+    for (i, (source, destination, _)) in parts.iter().enumerate() {
+        assert_eq!(source, &eu[i]);
+        assert_eq!(destination, &us[i % us.len()]);
+    }
+    // Parts that round to zero are left out; nothing moves within a region or nowhere.
+    assert_eq!(active.rebalance_split("eu", "us", 1).unwrap().len(), 1);
+    assert!(active.rebalance_split("eu", "eu", 10).is_err());
+    assert!(active.rebalance_split("eu", "mars", 10).is_err());
+    assert!(active.rebalance_split("eu", "us", 0).is_err());
+}
+
+#[test]
+fn a_transfer_moves_escrow_to_its_destination_once_certified() {
+    let mut fx = Fx::new();
+    let active = fx.ledger.distribution(&fx.dist.id).unwrap().clone();
+    let (source, destination, amount) = active.rebalance_split("eu", "us", 40).unwrap()[0];
+    let source_id = active.bucket(&source).unwrap().id.clone();
+    let destination_id = active.bucket(&destination).unwrap().id.clone();
+    let before = fx.ledger.escrow(&destination).unwrap();
+    let config = OwnerConfig {
+        batch_claims_max: 8,
+        clock_skew_ms: SKEW,
+    };
+    let mut owner = Owner::new(source_id.owner, source_id.clone(), config);
+    owner
+        .request_transfer(&fx.ledger, destination_id.clone(), amount)
+        .unwrap();
+    assert_eq!(
+        owner
+            .open_transfers()
+            .map(|(to, a)| (to.clone(), a))
+            .collect::<Vec<_>>(),
+        vec![(destination_id, amount)]
+    );
+    let outputs = owner.close_batch(&fx.ledger, fx.now).unwrap();
+    let batch = outputs
+        .into_iter()
+        .find_map(|o| match o {
+            OwnerOutput::SendBatch(batch) => Some(batch),
+            _ => None,
+        })
+        .unwrap();
+    fx.certify_batch(&batch);
+    assert_eq!(fx.ledger.escrow(&destination).unwrap(), before + amount);
+}
