@@ -39,6 +39,14 @@ pub const PENDING_CLAIM_TTL_MS: Millis = 60_000;
 /// Claims held here while they wait for their owner (durably, in the
 /// store's `held/v1`); beyond this new claims are refused until some certify.
 pub const HELD_CLAIMS_MAX: usize = 200_000;
+/// Most waiting claims of other owners judged again per tick, each at most
+/// once per [`RECHECK_INTERVAL_MS`] (see `recheck_waiting`).
+pub const RECHECK_PER_TICK: usize = 256;
+pub const RECHECK_INTERVAL_MS: Millis = 1_000;
+/// An entry node gossips a claim still waiting for its owner again after
+/// this long (past gossipsub's 60 s duplicate cache, so peers take it anew):
+/// an owner that was cut off when the claim first went out still gets it.
+pub const CLAIM_REPUBLISH_MS: Millis = 90_000;
 /// Most claim timelines kept in memory; the oldest are forgotten first.
 pub const TIMELINES_MAX: usize = 1_000_000;
 
@@ -54,6 +62,8 @@ pub struct Timeline {
     pub reason: String,
     pub claim: Option<Claim>,
     pub home: Option<BucketId>,
+    /// When this node, as the claim's entry node, last gossiped it (0 = never).
+    pub published_at: Millis,
 }
 
 /// What the actor must do after a call, in this order.
@@ -197,6 +207,8 @@ pub struct Escrow {
     to_release: Vec<Digest>,
     /// Held claims restored from the store, submitted again on the first tick.
     restored: Vec<(Verified, Millis)>,
+    /// Waiting claims of other owners, judged again in turn.
+    recheck: std::collections::VecDeque<(Digest, Millis)>,
     /// Operator rebalances known here, by id.
     rebalances: BTreeMap<Digest, wire::Rebalance>,
     /// What rebalances ask each (source, destination) bucket pair to move, in total.
@@ -361,6 +373,7 @@ impl Escrow {
             held: Default::default(),
             to_release: Vec::new(),
             restored: Vec::new(),
+            recheck: Default::default(),
             rebalances: BTreeMap::new(),
             transfers_owed: BTreeMap::new(),
             transfers_certified: HashMap::new(),
@@ -900,11 +913,15 @@ impl Escrow {
         // is the owner itself.
         if from_client && fresh && (self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me) {
             effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
+            self.timeline(claim.id).published_at = now;
         }
         let digest = home.digest();
         if self.owners.contains_key(&digest) {
             self.submit_to_owner(book, v.clone(), claim, digest, now, &mut effects)?;
         } else {
+            if fresh {
+                self.recheck.push_back((claim.id, now));
+            }
             // Not the owner: judge what every node judges alike (rule,
             // credential, window, slots and escrow as certified) on a scratch
             // owner, so a claim that can never be paid is refused here, with
@@ -1074,6 +1091,7 @@ impl Escrow {
             }
         }
         self.move_waiting_claims(book, now, &mut effects);
+        self.recheck_waiting(book, now, &mut effects);
         effects.release.append(&mut self.to_release);
         let Some(region) = self.region.clone() else {
             return effects;
@@ -1155,6 +1173,49 @@ impl Escrow {
                 let _ = self.submit_to_owner(book, verified, claim, digest, now, effects);
             } else if self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me {
                 effects.claims_to_publish.push((home.region.clone(), raw));
+            }
+        }
+    }
+
+    /// A claim waiting here for another node's owner can become hopeless
+    /// after it was accepted: another claim of its slot was certified, its
+    /// bucket ran dry, its credential was revoked, its window closed. The
+    /// owner refuses it then, but only the owner knows; so each tick this
+    /// node judges a few waiting claims again by the owner's deterministic
+    /// rules (as on entry) and records the refusal, with its reason, here too.
+    fn recheck_waiting(&mut self, book: &CredentialBook, now: Millis, effects: &mut Effects) {
+        for _ in 0..RECHECK_PER_TICK {
+            match self.recheck.front() {
+                Some((_, at)) if now.saturating_sub(*at) >= RECHECK_INTERVAL_MS => {}
+                _ => break,
+            }
+            let Some((id, _)) = self.recheck.pop_front() else { break };
+            if self.ledger.certified_claim(&id).is_some() || !self.claim_envelopes.contains_key(&id) {
+                continue;
+            }
+            let Some((claim, home)) = self
+                .timelines
+                .get(&id)
+                .and_then(|t| Some((t.claim.clone()?, t.home.clone()?)))
+            else {
+                continue;
+            };
+            if self.owners.contains_key(&home.digest()) {
+                continue;
+            }
+            let mut probe = Owner::new(home.owner, home.clone(), self.owner_config);
+            match probe.submit_claim(&self.ledger, &Credentials(book), claim, now) {
+                Err(reason) if !reason.is_retryable() => self.reject(id, &reason, now),
+                _ => {
+                    let timeline = self.timeline(id);
+                    if timeline.published_at != 0 && now.saturating_sub(timeline.published_at) >= CLAIM_REPUBLISH_MS {
+                        timeline.published_at = now;
+                        if let Some(raw) = self.claim_envelopes.get(&id) {
+                            effects.claims_to_publish.push((home.region.clone(), raw.clone()));
+                        }
+                    }
+                    self.recheck.push_back((id, now));
+                }
             }
         }
     }

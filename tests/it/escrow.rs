@@ -575,3 +575,59 @@ async fn an_operator_rebalance_moves_escrow_between_regions_once_and_bad_request
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_claim_entered_at_two_nodes_pays_once_and_the_other_ends_rejected_where_it_was_accepted() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    let net = TestNet::new(&["eu"], 4);
+    let (nodes, dist) = start_normal(&net, 4).await;
+    let owner = hex::encode(net.validators[3].verifying_key().to_bytes());
+    let (claimant, n) = claimant_owned_by(&nodes[0], &dist.id, &owner, 30_000).await;
+    let attestation = submit_attestation(&nodes[0], net.attestation(claimant.verifying_key().to_bytes(), "d"))
+        .await
+        .expect("attest");
+    for node in &nodes[..2] {
+        assert!(
+            eventually(|| async { crate::common::credential_status(node, &attestation).await == "valid" }).await,
+            "the attestation did not propagate"
+        );
+    }
+    // Two claims of one slot (different nonces), entered at the same time at
+    // two nodes that are not its owner.
+    let first = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n);
+    let second = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n + 1);
+    let (mut a, mut b) = (escrow(&nodes[0]).await, escrow(&nodes[1]).await);
+    let (ra, rb) = tokio::join!(
+        a.submit_claim(pb::SubmitRequest { envelope: first }),
+        b.submit_claim(pb::SubmitRequest { envelope: second }),
+    );
+    let mut entered = Vec::new();
+    for (at, answer) in [(0usize, ra), (1usize, rb)] {
+        match answer {
+            Ok(status) => entered.push((at, status.into_inner().id)),
+            Err(status) => assert!(status.message().contains("slot"), "{}", status.message()),
+        }
+    }
+    assert!(!entered.is_empty(), "both claims were refused");
+    // Exactly one is paid; the other ends rejected, with its reason, at the node that accepted it.
+    let settled = eventually(|| async {
+        let mut paid = 0;
+        let mut rejected = 0;
+        for (at, id) in &entered {
+            let status = claim_status(&nodes[*at], id).await;
+            if certified(&status.status) {
+                paid += 1;
+            } else if status.status == "rejected" && status.reason.contains("slot") {
+                rejected += 1;
+            }
+        }
+        paid == 1 && paid + rejected == entered.len()
+    })
+    .await;
+    assert!(settled, "the double claim did not settle as one paid and one rejected");
+    let spent: u64 = region_spent(&nodes[2], &dist.id).await.iter().map(|(_, s, _)| s).sum();
+    assert_eq!(spent, dist.amount_per_claim);
+    for node in nodes {
+        node.stop().await;
+    }
+}
