@@ -776,6 +776,9 @@ impl Actor {
         let mut vote_replies = Vec::new();
         let mut reads = Vec::new();
         let mut effects = Effects::default();
+        // Positions in `effects.certificates` of certificates that arrived
+        // from peers: stored in order with the rest, not published again.
+        let mut received_certificates = std::collections::HashSet::new();
         for command in group.drain(..) {
             match command {
                 Command::Ingest { objects, source, reply } => {
@@ -818,6 +821,9 @@ impl Actor {
                 Command::Certificate { raw, reply } => {
                     let answer = match self.escrow.on_certificate(&self.book, &raw, now) {
                         Ok(true) => {
+                            // Stored, not published again: gossip relays what
+                            // it delivered, and a synced one is old news.
+                            received_certificates.insert(effects.certificates.len());
                             effects.certificates.push(raw);
                             Ok(true)
                         }
@@ -980,7 +986,10 @@ impl Actor {
         for (region, raw) in effects.claims_to_publish {
             self.net.publish_claim(&region, raw);
         }
-        for raw in effects.certificates {
+        for (i, raw) in effects.certificates.into_iter().enumerate() {
+            if received_certificates.contains(&i) {
+                continue;
+            }
             self.net.publish_certificate(raw);
         }
         if let Some(raw) = heartbeat {
