@@ -404,6 +404,22 @@ impl Ledger {
         let (distribution, plan) = self
             .bucket(bucket)
             .ok_or(LedgerError::UnknownBucket { bucket: *bucket })?;
+        let region = distribution.region_buckets(&plan.id.region);
+        if !region
+            .iter()
+            .any(|d| self.chains.get(d).is_some_and(|chain| chain.ended))
+        {
+            // No ended bucket passes anything on in this region (the common
+            // case): the escrow is the share plus transfers in.
+            let chain = self
+                .chains
+                .get(bucket)
+                .ok_or(LedgerError::UnknownBucket { bucket: *bucket })?;
+            return plan
+                .share
+                .checked_add(chain.transferred_in)
+                .ok_or(LedgerError::Overflow);
+        }
         let flows = self.region_flows(distribution, &plan.id.region)?;
         Ok(flows.escrow.get(bucket).copied().unwrap_or(0))
     }

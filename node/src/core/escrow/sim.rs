@@ -993,11 +993,18 @@ impl World {
         );
         for i in std::mem::take(&mut self.dirty) {
             let node = &self.nodes[i];
-            ensure!(
-                self,
-                node.ledger.liquidity(&self.dist.id, &self.creds).is_ok(),
-                "node {i} liquidity inconsistent"
-            );
+            let liquidity = node.ledger.liquidity(&self.dist.id, &self.creds);
+            ensure!(self, liquidity.is_ok(), "node {i} liquidity inconsistent");
+            // The escrow a voter or owner judges by is the one the report derives.
+            for bucket in liquidity.unwrap() {
+                let escrow = node.ledger.escrow(&bucket.bucket).unwrap();
+                ensure!(
+                    self,
+                    escrow == bucket.escrow,
+                    "node {i}: escrow {escrow} but the liquidity report says {}",
+                    bucket.escrow
+                );
+            }
         }
         Ok(())
     }
