@@ -26,7 +26,9 @@ mod tests;
 pub use self::faults::Profile;
 pub use self::invariants::{Registry, Violation, check_liquidity};
 pub use self::report::Summary;
-pub use self::world::{Config, RunOutcome, World};
+pub use self::world::{
+    CertRecord, ClaimTrace, Config, FailureRecord, RunOutcome, RunRecord, Snapshot, TAKEOVER_AFTER_MS, World,
+};
 
 /// Arguments of `credence sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,6 +77,13 @@ pub struct SimArgs {
     /// survive): reproduces a chain stall (see the report of `--faults crashes`).
     #[arg(long)]
     pub volatile_ledger: bool,
+    /// Successors freeze the buckets of owners suspected for 5 s (DESIGN.md's takeover) under the
+    /// random profiles too. Reproduces a bucket stall: a freeze proposed while the owner is cut
+    /// off and the owner's own batch at the same position can split the region's locks 2-2, and
+    /// neither ever reaches a quorum (e.g. `--faults all --seed 7 --duration 8s --takeover`).
+    /// Scenarios always enable takeover.
+    #[arg(long)]
+    pub takeover: bool,
     /// Worker threads for sweeps (default: the machine's parallelism).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -197,6 +206,9 @@ impl SimArgs {
             monotonic_clock: !self.raw_clock,
             durable_ledger: !self.volatile_ledger,
             skip_signature_checks: false,
+            heartbeats: true,
+            takeover: self.takeover,
+            script: None,
         }
     }
 
@@ -212,6 +224,7 @@ impl SimArgs {
             self.rate,
             if self.raw_clock { " --raw-clock" } else { "" },
         ) + if self.volatile_ledger { " --volatile-ledger" } else { "" }
+            + if self.takeover { " --takeover" } else { "" }
     }
 }
 
@@ -225,6 +238,7 @@ pub fn run_one(cfg: Config) -> RunOutcome {
             trace_hash: String::new(),
             failure: Some(error),
             summary: Summary::default(),
+            record: RunRecord::default(),
         },
     }
 }
@@ -393,6 +407,8 @@ fn run_projection(args: &SimArgs) -> anyhow::Result<()> {
             nodes: *nodes,
             regions: 10,
             profile: Profile::None,
+            // Without faults no one is suspected; heartbeat traffic is left out of the figures.
+            heartbeats: false,
             ..args.config(args.seed)
         };
         let started = Instant::now();

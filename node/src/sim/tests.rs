@@ -16,6 +16,9 @@ fn config(seed: u64, profile: Profile, duration_s: u64) -> Config {
         monotonic_clock: true,
         durable_ledger: true,
         skip_signature_checks: false,
+        heartbeats: true,
+        takeover: false,
+        script: None,
     }
 }
 
