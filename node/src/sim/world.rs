@@ -114,9 +114,8 @@ pub struct Config {
     /// leave heartbeat traffic out.
     pub heartbeats: bool,
     /// The successor of an owner suspected for [`TAKEOVER_AFTER_MS`] freezes its bucket (needs
-    /// heartbeats). Under the random profiles this can stall a bucket for good: a freeze and the
-    /// owner's batch at one position can split the region's locks so that neither reaches a
-    /// quorum.
+    /// heartbeats). Off, an owner that fails for good stalls its bucket (safe, not live), as in
+    /// the node today.
     pub takeover: bool,
     /// Exactly these faults instead of the profile's seeded plan (the profile still sets the
     /// links and clocks).
@@ -176,6 +175,8 @@ pub struct ClaimTrace {
     pub provisional_us: Option<Micros>,
     /// Some node held it for an owner it suspected.
     pub held: bool,
+    /// Not certified because another claim of the same claimant was (at most one is paid).
+    pub duplicate: bool,
     /// Where it was certified: index into [`RunRecord::certificates`].
     pub certificate: Option<usize>,
 }
@@ -419,6 +420,9 @@ struct Node {
     seen: BTreeMap<usize, (Rc<Batch>, Digest)>,
     takeover: Option<Takeover>,
     takeover_armed: bool,
+    /// Since when (this node's clock) its region's quorum has been reachable; `None` while
+    /// isolated.
+    quorum_since: Option<Millis>,
     /// Failed for good: never restarted, and left out of liveness and convergence.
     failed: bool,
     /// Fail for good right after the next batch is sent.
@@ -630,6 +634,7 @@ impl World {
                 seen: BTreeMap::new(),
                 takeover: None,
                 takeover_armed: false,
+                quorum_since: None,
                 failed: false,
                 fail_after_batch: false,
             });
@@ -2042,6 +2047,14 @@ impl World {
         if cleared {
             self.release_held(node);
         }
+        let reachable = self.region_quorum_reachable(node);
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.quorum_since = if reachable {
+                Some(n.quorum_since.unwrap_or(now_ms))
+            } else {
+                None
+            };
+        }
         self.consider_takeover(node, now_ms);
     }
 
@@ -2079,10 +2092,11 @@ impl World {
         quorum::mode(&own, &[(own.clone(), view)].into_iter().collect()) != quorum::Mode::Isolated
     }
 
-    /// As the successor of an owner suspected for [`TAKEOVER_AFTER_MS`], proposes a freeze of
-    /// its bucket, unless this node's region quorum is unreachable: a freeze no quorum can
-    /// certify would only lock the position against the owner's own batch, and after the heal
-    /// the two halves' locks could stall the bucket for good.
+    /// As the successor of an owner suspected for [`TAKEOVER_AFTER_MS`] while this node's region
+    /// quorum was reachable throughout, proposes a freeze of its bucket. A freeze proposed while
+    /// isolated (or right after, before the owner is heard again) would lock the position
+    /// against the owner's own batch on the other side, and once healed the two sides' locks
+    /// could leave neither a quorum: the bucket would stall for good.
     fn consider_takeover(&mut self, node: usize, now_ms: Millis) {
         let Some(n) = self.nodes.get(node) else {
             return;
@@ -2090,10 +2104,11 @@ impl World {
         if !self.cfg.takeover || n.takeover.is_some() || n.catching_up {
             return;
         }
+        let long_enough = |since: Millis| now_ms.saturating_sub(since) >= TAKEOVER_AFTER_MS;
         let due: Vec<usize> = n
             .suspected
             .iter()
-            .filter(|(_, since)| now_ms.saturating_sub(**since) >= TAKEOVER_AFTER_MS)
+            .filter(|(_, since)| long_enough(**since))
             .map(|(peer, _)| *peer)
             .filter(|peer| self.successors.get(*peer).copied().flatten() == Some(node))
             .filter(|peer| {
@@ -2105,8 +2120,8 @@ impl World {
         let Some(bucket) = due.first().copied() else {
             return;
         };
-        if !self.region_quorum_reachable(node) {
-            self.count("takeover: withheld, the region's quorum is unreachable");
+        if !n.quorum_since.is_some_and(long_enough) {
+            self.count("takeover: withheld, the region's quorum was not reachable throughout");
             return;
         }
         self.propose_freeze(node, bucket);
@@ -2349,6 +2364,7 @@ impl World {
         n.held.clear();
         n.seen.clear();
         n.takeover = None;
+        n.quorum_since = None;
         n.up = true;
         let in_flight = n.owner.in_flight().is_some();
         self.count("fault: restart");
@@ -2632,6 +2648,7 @@ impl World {
                         .and_then(|home| self.bucket_index.get(&home).copied()),
                     provisional_us: record.provisional_us,
                     held: record.held,
+                    duplicate: certificate.is_none() && self.registry.is_funded(&record.slot),
                     certificate,
                 }
             })
