@@ -363,6 +363,7 @@ fn run_single(args: &SimArgs) -> anyhow::Result<()> {
 
 fn run_sweep(args: &SimArgs, range: SeedRange) -> anyhow::Result<()> {
     let configs: Vec<Config> = (range.first..=range.last).map(|seed| args.config(seed)).collect();
+    let shape = args.config(range.first);
     let mut outcomes = run_many(configs, threads(args));
     for outcome in &mut outcomes {
         args.judge(outcome);
@@ -394,10 +395,10 @@ fn run_sweep(args: &SimArgs, range: SeedRange) -> anyhow::Result<()> {
             "seeds_run": outcomes.len(),
             "failures": failures.iter().map(|o| o.seed).collect::<Vec<_>>(),
             "failure_details": details,
-            "nodes": args.nodes,
-            "regions": args.regions,
+            "nodes": shape.nodes,
+            "regions": shape.regions,
             "faults": args.scenario.map_or(args.faults.name(), Scenario::name),
-            "duration_ms": args.duration.micros / 1_000,
+            "duration_ms": shape.duration_us / 1_000,
             "runs": runs,
         });
         println!(

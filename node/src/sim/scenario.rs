@@ -372,8 +372,10 @@ impl View<'_> {
         }
         Ok(vec![
             format!(
-                "node {FAILED_OWNER} failed at {} ms with {pending_claims} claims in flight at seq {pending_seq}",
-                failure.at_us / 1_000
+                "node {FAILED_OWNER} failed at {} ms with its batch at seq {pending_seq} in flight ({pending_claims} \
+                 claim{})",
+                failure.at_us / 1_000,
+                if pending_claims == 1 { "" } else { "s" }
             ),
             format!(
                 "its successor, node {successor}, certified that batch at {} ms and froze the bucket at {} ms",

@@ -389,3 +389,41 @@ fn crashed_owner_is_frozen_by_its_successor_which_certifies_its_claims() {
     assert!(failure.contains("liveness"), "{failure:?}");
     assert!(failure.contains(&format!("home buckets {FAILED_OWNER}")), "{failure:?}");
 }
+
+#[derive(clap::Parser)]
+struct SimCommand {
+    #[command(flatten)]
+    args: SimArgs,
+}
+
+fn parse(line: &str) -> Result<SimArgs, clap::Error> {
+    use clap::Parser as _;
+    SimCommand::try_parse_from(line.split_whitespace()).map(|command| command.args)
+}
+
+#[test]
+fn scenario_flag_sets_the_script_replays_and_judges() {
+    let args = parse("sim --scenario split-2-2 --seed 4 --tail 20s").expect("parses");
+    let cfg = args.config(4);
+    assert_eq!(cfg.script.as_ref().map(|s| s.name), Some("split-2-2"));
+    assert_eq!((cfg.nodes, cfg.regions, cfg.tail_us), (NODES, REGIONS, 20_000_000));
+    let replay = args.replay(4);
+    let again = parse(replay.trim_start_matches("credence ")).expect("the replay parses");
+    assert_eq!(again.config(4).script, cfg.script);
+
+    // The scenario owns the topology and the faults.
+    for clash in ["--nodes 5", "--faults all", "--duration 3s", "--scale-projection"] {
+        assert!(
+            parse(&format!("sim --scenario owner-crash {clash}")).is_err(),
+            "{clash} accepted"
+        );
+    }
+
+    // A run that does not show what the scenario claims fails, with the reason.
+    let mut outcome = run_one(args.config(4));
+    assert_eq!(args.judge(&mut outcome.clone()).len(), 4);
+    outcome.record.certificates.clear();
+    assert!(args.judge(&mut outcome).is_empty());
+    let failure = outcome.failure.unwrap_or_default();
+    assert!(failure.starts_with("scenario split-2-2:"), "{failure:?}");
+}
