@@ -61,7 +61,7 @@ pub struct SimArgs {
     /// A scripted scenario on 3 regions of 4 validators (14 s of load), checked for what it must
     /// show on top of the invariants and liveness. Sets the topology, duration and faults;
     /// --seed, --seeds, --rate and --tail apply.
-    #[arg(long, value_enum, conflicts_with_all = ["nodes", "regions", "duration", "faults", "scale_projection", "raw_clock", "volatile_ledger"])]
+    #[arg(long, value_enum, conflicts_with_all = ["nodes", "regions", "duration", "faults", "scale_projection", "raw_clock", "volatile_ledger", "takeover"])]
     pub scenario: Option<Scenario>,
     /// Client claims per second of virtual time, across the network.
     #[arg(long, default_value_t = 20.0)]
@@ -84,6 +84,12 @@ pub struct SimArgs {
     /// survive): reproduces a chain stall (see the report of `--faults crashes`).
     #[arg(long)]
     pub volatile_ledger: bool,
+    /// Successors freeze the buckets of owners suspected for 5 s (DESIGN.md's takeover) under the
+    /// random profiles too (scenarios always do). Reproduces a bucket stall: a successor that
+    /// never saw the owner's last batch freezes its position, voters' locks split between the
+    /// two, and neither reaches a quorum (e.g. `--faults all --duration 10s --seed 3 --takeover`).
+    #[arg(long)]
+    pub takeover: bool,
     /// Worker threads for sweeps (default: the machine's parallelism).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -210,7 +216,7 @@ impl SimArgs {
             durable_ledger: !self.volatile_ledger,
             skip_signature_checks: false,
             heartbeats: true,
-            takeover: true,
+            takeover: self.takeover,
             script: None,
         }
     }
@@ -235,6 +241,7 @@ impl SimArgs {
             self.rate,
             if self.raw_clock { " --raw-clock" } else { "" },
         ) + if self.volatile_ledger { " --volatile-ledger" } else { "" }
+            + if self.takeover { " --takeover" } else { "" }
     }
 }
 

@@ -18,7 +18,7 @@ fn config(seed: u64, profile: Profile, duration_s: u64) -> Config {
         durable_ledger: true,
         skip_signature_checks: false,
         heartbeats: true,
-        takeover: true,
+        takeover: false,
         script: None,
     }
 }
@@ -412,7 +412,13 @@ fn scenario_flag_sets_the_script_replays_and_judges() {
     assert_eq!(again.config(4).script, cfg.script);
 
     // The scenario owns the topology and the faults.
-    for clash in ["--nodes 5", "--faults all", "--duration 3s", "--scale-projection"] {
+    for clash in [
+        "--nodes 5",
+        "--faults all",
+        "--duration 3s",
+        "--scale-projection",
+        "--takeover",
+    ] {
         assert!(
             parse(&format!("sim --scenario owner-crash {clash}")).is_err(),
             "{clash} accepted"

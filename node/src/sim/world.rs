@@ -115,7 +115,9 @@ pub struct Config {
     pub heartbeats: bool,
     /// The successor of an owner suspected for [`TAKEOVER_AFTER_MS`] freezes its bucket (needs
     /// heartbeats). Off, an owner that fails for good stalls its bucket (safe, not live), as in
-    /// the node today.
+    /// the node today. On in scenarios; in the random profiles only when asked, because there it
+    /// can stall a bucket for good: a successor that never saw the owner's last batch proposes a
+    /// freeze at its position, and the locks split so that neither reaches a quorum.
     pub takeover: bool,
     /// Exactly these faults instead of the profile's seeded plan (the profile still sets the
     /// links and clocks).
@@ -478,6 +480,7 @@ pub struct World {
     successors: Vec<Option<usize>>,
     snapshots: Vec<Snapshot>,
     failures: Vec<FailureRecord>,
+    freezes_proposed: std::collections::BTreeSet<Digest>,
     honest_votes: HashMap<(usize, usize, u64), Digest>,
     link: LinkModel,
     partition: Option<Partition>,
@@ -679,6 +682,7 @@ impl World {
             successors,
             snapshots: Vec::new(),
             failures: Vec::new(),
+            freezes_proposed: std::collections::BTreeSet::new(),
             honest_votes: HashMap::new(),
             link: cfg.profile.links(),
             partition: None,
@@ -2161,6 +2165,14 @@ impl World {
             });
         }
         self.count("takeover: proposed a freeze");
+        if let Some(id) = self
+            .nodes
+            .get(node)
+            .and_then(|n| n.takeover.as_ref())
+            .map(|t| t.freeze.id)
+        {
+            self.freezes_proposed.insert(id);
+        }
         self.send_freeze(node);
         if let Some(n) = self.nodes.get_mut(node)
             && !n.takeover_armed
@@ -2468,16 +2480,20 @@ impl World {
                 ));
             }
         }
-        let stuck_owners: Vec<String> = self
+        let stuck: Vec<usize> = self
             .claims
             .iter()
             .filter(|c| c.valid && !self.registry.is_funded(&c.slot) && !self.exempt(&c.claim))
             .filter_map(|c| match self.oracle.route(&self.dist.id, &c.claim.claimant) {
-                Some(Route::Live { bucket, .. }) => self.bucket_index.get(&bucket).map(|i| i.to_string()),
+                Some(Route::Live { bucket, .. }) => self.bucket_index.get(&bucket).copied(),
                 _ => None,
             })
-            .take(5)
             .collect();
+        let stuck_owners: Vec<String> = stuck.iter().take(5).map(usize::to_string).collect();
+        let mut split: Vec<usize> = stuck.clone();
+        split.sort_unstable();
+        split.dedup();
+        detail.extend(split.into_iter().filter_map(|bucket| self.lock_split(bucket)));
         format!(
             "not converged {:.1} s after faults stopped: {} valid claims not certified (home buckets {}), {} nodes \
              behind the certified state [{}]",
@@ -2487,6 +2503,51 @@ impl World {
             self.lagging_nodes(),
             detail.join("; ")
         )
+    }
+
+    /// Whether the honest validators' locks at a bucket's next position are split so that no
+    /// object can reach a quorum any more: a freeze raced the owner's batch, and the bucket is
+    /// stalled for good.
+    fn lock_split(&self, bucket: usize) -> Option<String> {
+        let digest = self.buckets.get(bucket)?.digest();
+        let seq = self.global_frontier.get(bucket).copied()?;
+        let region = self.nodes.get(bucket)?.region;
+        let members = self.region_members.get(region)?;
+        let mut locks: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut free = 0u64;
+        for member in members {
+            let node = self.nodes.get(*member)?;
+            let lock = node
+                .durable_locks
+                .iter()
+                .find(|lock| lock.bucket == digest && lock.seq == seq);
+            match lock {
+                Some(lock) if !node.byzantine => *locks.entry(lock.object_id).or_default() += 1,
+                Some(_) => {}
+                None => free += 1,
+            }
+        }
+        let region_name = &self.buckets.get(bucket)?.region;
+        let reachable = |count: u64| self.validators.is_quorum(region_name, count.saturating_add(free));
+        if locks.len() < 2 || locks.values().any(|count| reachable(*count)) {
+            return None;
+        }
+        let parts: Vec<String> = locks
+            .iter()
+            .map(|(id, count)| {
+                let kind = if self.freezes_proposed.contains(id) {
+                    "a freeze"
+                } else {
+                    "a batch"
+                };
+                format!("{count} for {kind}")
+            })
+            .collect();
+        Some(format!(
+            "bucket {bucket}: locks at seq {seq} split ({}, {free} free), no quorum possible: a takeover raced the \
+             owner's batch",
+            parts.join(", ")
+        ))
     }
 
     fn final_checks(&mut self) {
