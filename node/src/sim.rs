@@ -3,9 +3,10 @@
 //! `credence sim`.
 //!
 //! Files: `net` (seeded randomness, event queue, links, partitions, the cloud latency matrix),
-//! `faults` (profiles and their schedules), `world` (the nodes and their shell), `invariants`
-//! (the safety checks, pure), `report` (summaries). A run is a pure function of its flags: the
-//! same seed gives the same trace hash, and a failure prints the command that replays it.
+//! `faults` (profiles, their schedules and fixed scripts), `world` (the nodes and their shell),
+//! `invariants` (the safety checks, pure), `scenario` (named scripts and what each must show),
+//! `report` (summaries). A run is a pure function of its flags: the same seed gives the same
+//! trace hash, and a failure prints the command that replays it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
