@@ -236,6 +236,8 @@ struct DelayState {
     suspected: std::collections::BTreeSet<Key>,
     /// Since when each validator of this region has been suspected (takeover).
     suspected_since: HashMap<Key, Millis>,
+    /// Since when this node's own region's quorum has been reachable without a break.
+    quorum_since: Option<Millis>,
     takeover_after_ms: Millis,
     /// This node's own load in [0, 1] (Lifeguard scaling).
     load: f64,
@@ -1235,9 +1237,21 @@ impl Escrow {
                 self.delay.suspected_since.remove(&key);
             }
         }
-        // A node that cannot reach its own region's quorum certifies nothing:
-        // proposing would only churn.
-        if self.delay.suspected_since.is_empty() || self.own_quorum_latency(now).is_none() {
+        // Propose only after this region's quorum has been reachable for the
+        // whole of `takeover_after`: a freeze proposed from one side of a split
+        // (or just after a heal, before the owner is heard again) can lock some
+        // voters while others hold the owner's batch, and then neither reaches
+        // a quorum.
+        self.delay.quorum_since = match (self.own_quorum_latency(now), self.delay.quorum_since) {
+            (None, _) => None,
+            (Some(_), None) => Some(now),
+            (Some(_), since) => since,
+        };
+        let settled = self
+            .delay
+            .quorum_since
+            .is_some_and(|since| now.saturating_sub(since) >= self.delay.takeover_after_ms);
+        if self.delay.suspected_since.is_empty() || !settled {
             return;
         }
         let suspected = &self.delay.suspected_since;

@@ -3,9 +3,10 @@
 //! `credence sim`.
 //!
 //! Files: `net` (seeded randomness, event queue, links, partitions, the cloud latency matrix),
-//! `faults` (profiles and their schedules), `world` (the nodes and their shell), `invariants`
-//! (the safety checks, pure), `report` (summaries). A run is a pure function of its flags: the
-//! same seed gives the same trace hash, and a failure prints the command that replays it.
+//! `faults` (profiles, their schedules and fixed scripts), `world` (the nodes and their shell),
+//! `invariants` (the safety checks, pure), `scenario` (named scripts and what each must show),
+//! `report` (summaries). A run is a pure function of its flags: the same seed gives the same
+//! trace hash, and a failure prints the command that replays it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ mod faults;
 mod invariants;
 mod net;
 mod report;
+mod scenario;
 mod world;
 
 #[cfg(test)]
@@ -26,7 +28,10 @@ mod tests;
 pub use self::faults::Profile;
 pub use self::invariants::{Registry, Violation, check_liquidity};
 pub use self::report::Summary;
-pub use self::world::{Config, RunOutcome, World};
+pub use self::scenario::Scenario;
+pub use self::world::{
+    CertRecord, ClaimTrace, Config, FailureRecord, RunOutcome, RunRecord, Snapshot, TAKEOVER_AFTER_MS, World,
+};
 
 /// Arguments of `credence sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,6 +59,11 @@ pub struct SimArgs {
     /// Fault profile.
     #[arg(long, value_enum, default_value_t = Profile::None)]
     pub faults: Profile,
+    /// A scripted scenario on 3 regions of 4 validators (14 s of load), checked for what it must
+    /// show on top of the invariants and liveness. Sets the topology, duration and faults;
+    /// --seed, --seeds, --rate and --tail apply.
+    #[arg(long, value_enum, conflicts_with_all = ["nodes", "regions", "duration", "faults", "scale_projection", "raw_clock", "volatile_ledger", "takeover"])]
+    pub scenario: Option<Scenario>,
     /// Client claims per second of virtual time, across the network.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
@@ -75,6 +85,12 @@ pub struct SimArgs {
     /// survive): reproduces a chain stall (see the report of `--faults crashes`).
     #[arg(long)]
     pub volatile_ledger: bool,
+    /// Successors freeze the buckets of owners suspected for 5 s (DESIGN.md's takeover) under the
+    /// random profiles too (scenarios always do). Reproduces a bucket stall: a successor that
+    /// never saw the owner's last batch freezes its position, voters' locks split between the
+    /// two, and neither reaches a quorum (e.g. `--faults all --duration 10s --seed 3 --takeover`).
+    #[arg(long)]
+    pub takeover: bool,
     /// Worker threads for sweeps (default: the machine's parallelism).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -186,6 +202,9 @@ impl SimArgs {
     }
 
     fn config(&self, seed: u64) -> Config {
+        if let Some(scenario) = self.scenario {
+            return scenario.config(seed, self.rate, self.tail.micros);
+        }
         Config {
             seed,
             nodes: self.nodes,
@@ -197,11 +216,22 @@ impl SimArgs {
             monotonic_clock: !self.raw_clock,
             durable_ledger: !self.volatile_ledger,
             skip_signature_checks: false,
+            heartbeats: true,
+            takeover: self.takeover,
+            script: None,
         }
     }
 
     /// The exact command that replays `seed`.
     fn replay(&self, seed: u64) -> String {
+        if let Some(scenario) = self.scenario {
+            return format!(
+                "credence sim --scenario {} --seed {seed} --tail {} --rate {}",
+                scenario.name(),
+                self.tail.text,
+                self.rate
+            );
+        }
         format!(
             "credence sim --seed {seed} --nodes {} --regions {} --duration {} --tail {} --faults {} --rate {}{}",
             self.nodes,
@@ -212,6 +242,26 @@ impl SimArgs {
             self.rate,
             if self.raw_clock { " --raw-clock" } else { "" },
         ) + if self.volatile_ledger { " --volatile-ledger" } else { "" }
+            + if self.takeover { " --takeover" } else { "" }
+    }
+}
+
+impl SimArgs {
+    /// For a scenario, checks what it must show: returns what was shown, or turns the outcome
+    /// into a failure.
+    fn judge(&self, outcome: &mut RunOutcome) -> Vec<String> {
+        let Some(scenario) = self.scenario else {
+            return Vec::new();
+        };
+        match scenario.check(outcome) {
+            Ok(shown) => shown,
+            Err(error) => {
+                if outcome.failure.is_none() {
+                    outcome.failure = Some(format!("scenario {}: {error}", scenario.name()));
+                }
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -225,6 +275,7 @@ pub fn run_one(cfg: Config) -> RunOutcome {
             trace_hash: String::new(),
             failure: Some(error),
             summary: Summary::default(),
+            record: RunRecord::default(),
         },
     }
 }
@@ -273,7 +324,8 @@ pub fn run_cli(args: SimArgs) -> anyhow::Result<()> {
 }
 
 fn run_single(args: &SimArgs) -> anyhow::Result<()> {
-    let outcome = run_one(args.config(args.seed));
+    let mut outcome = run_one(args.config(args.seed));
+    let shown = args.judge(&mut outcome);
     let replay = args.replay(args.seed);
     if args.json {
         let mut value = serde_json::to_value(&outcome.summary).context("encoding the summary")?;
@@ -286,6 +338,10 @@ fn run_single(args: &SimArgs) -> anyhow::Result<()> {
             map.insert("ok".into(), json!(outcome.failure.is_none()));
             map.insert("error".into(), json!(outcome.failure));
             map.insert("replay".into(), json!(replay));
+            if let Some(scenario) = args.scenario {
+                map.insert("scenario".into(), json!(scenario.name()));
+                map.insert("shown".into(), json!(shown));
+            }
         }
         println!(
             "{}",
@@ -294,6 +350,9 @@ fn run_single(args: &SimArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report::human(&outcome.summary));
         println!("trace hash: {}", outcome.trace_hash);
+        for line in &shown {
+            println!("shown: {line}");
+        }
     }
     match outcome.failure {
         None => {
@@ -312,7 +371,11 @@ fn run_single(args: &SimArgs) -> anyhow::Result<()> {
 
 fn run_sweep(args: &SimArgs, range: SeedRange) -> anyhow::Result<()> {
     let configs: Vec<Config> = (range.first..=range.last).map(|seed| args.config(seed)).collect();
-    let outcomes = run_many(configs, threads(args));
+    let shape = args.config(range.first);
+    let mut outcomes = run_many(configs, threads(args));
+    for outcome in &mut outcomes {
+        args.judge(outcome);
+    }
     let failures: Vec<&RunOutcome> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
     if args.json {
         let runs: Vec<Value> = outcomes
@@ -340,10 +403,10 @@ fn run_sweep(args: &SimArgs, range: SeedRange) -> anyhow::Result<()> {
             "seeds_run": outcomes.len(),
             "failures": failures.iter().map(|o| o.seed).collect::<Vec<_>>(),
             "failure_details": details,
-            "nodes": args.nodes,
-            "regions": args.regions,
-            "faults": args.faults.name(),
-            "duration_ms": args.duration.micros / 1_000,
+            "nodes": shape.nodes,
+            "regions": shape.regions,
+            "faults": args.scenario.map_or(args.faults.name(), Scenario::name),
+            "duration_ms": shape.duration_us / 1_000,
             "runs": runs,
         });
         println!(
@@ -393,6 +456,8 @@ fn run_projection(args: &SimArgs) -> anyhow::Result<()> {
             nodes: *nodes,
             regions: 10,
             profile: Profile::None,
+            // Without faults no one is suspected; heartbeat traffic is left out of the figures.
+            heartbeats: false,
             ..args.config(args.seed)
         };
         let started = Instant::now();

@@ -1,8 +1,10 @@
 //! Fault profiles and the seeded fault schedule they expand to: partitions, crashes and restarts,
-//! clock skew and jumps, a rough network, and which validator (if any) is Byzantine.
+//! clock skew and jumps, a rough network, and which validator (if any) is Byzantine; and scripts,
+//! fixed schedules that replace a profile's plan (the scenarios of `scenario.rs`).
 //!
-//! The world asks [`Profile::plan`] once per run for a time-ordered list of [`FaultEvent`]s inside
-//! the fault period; at its end every fault is lifted (the tail in which liveness is checked).
+//! The world asks [`Profile::plan`] (or takes the [`Script`]) once per run for a time-ordered list
+//! of [`FaultEvent`]s inside the fault period; at its end every fault is lifted (the tail in which
+//! liveness is checked), except that a node failed for good stays down.
 
 use super::net::{LinkModel, Micros, Partition, Rng};
 
@@ -108,6 +110,13 @@ impl Profile {
     }
 }
 
+/// A fixed fault schedule: exactly these faults at these times (virtual microseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub name: &'static str,
+    pub events: Vec<(Micros, FaultEvent)>,
+}
+
 /// One scheduled fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultEvent {
@@ -115,9 +124,30 @@ pub enum FaultEvent {
     HealPartition,
     Crash(usize),
     Restart(usize),
+    /// The node fails for good (a lost machine): it is not restarted when the faults stop, and
+    /// liveness and convergence are judged without it.
+    Fail(usize),
+    /// As `Fail`, right after the node's owner next sends a batch to its voters: the batch is
+    /// durable and its vote requests are on the wire, none of it certified yet.
+    FailAfterNextBatch(usize),
     /// Sets the node's extra clock offset (0 puts it back on its persistent skew).
     ClockJump {
         node: usize,
         jump_ms: i64,
     },
+}
+
+impl FaultEvent {
+    /// A short description, for the record.
+    pub fn name(&self) -> String {
+        match self {
+            FaultEvent::Partition(partition) => format!("partition {}", partition.name()),
+            FaultEvent::HealPartition => "heal partition".into(),
+            FaultEvent::Crash(node) => format!("crash {node}"),
+            FaultEvent::Restart(node) => format!("restart {node}"),
+            FaultEvent::Fail(node) => format!("fail {node}"),
+            FaultEvent::FailAfterNextBatch(node) => format!("fail {node} after its next batch"),
+            FaultEvent::ClockJump { node, jump_ms } => format!("clock jump {node} {jump_ms} ms"),
+        }
+    }
 }

@@ -231,6 +231,8 @@ pub enum Partition {
     Bridge { side: Vec<bool>, bridge: usize },
     /// Messages from the `side[i] == true` group to the others are dropped; the reverse flows.
     OneWay(Vec<bool>),
+    /// Nodes in different groups cannot talk; a node in no group (`None`) talks to everyone.
+    Groups(Vec<Option<usize>>),
 }
 
 impl Partition {
@@ -241,7 +243,26 @@ impl Partition {
             Partition::Ring(_) => "ring",
             Partition::Bridge { .. } => "bridge",
             Partition::OneWay(_) => "one-way",
+            Partition::Groups(_) => "groups",
         }
+    }
+
+    /// Every region on its own: nodes talk only within their region (`regions[i]` is node i's).
+    pub fn by_region(regions: &[usize]) -> Partition {
+        Partition::Groups(regions.iter().map(|region| Some(*region)).collect())
+    }
+
+    /// `one` and `other` cannot talk to each other; every other node of the `n` talks to both.
+    pub fn split(n: usize, one: &[usize], other: &[usize]) -> Partition {
+        let mut groups = vec![None; n];
+        for (group, members) in [(0, one), (1, other)] {
+            for node in members {
+                if let Some(slot) = groups.get_mut(*node) {
+                    *slot = Some(group);
+                }
+            }
+        }
+        Partition::Groups(groups)
     }
 
     /// Whether the directed link `from -> to` is cut.
@@ -267,6 +288,10 @@ impl Partition {
                 from != *bridge && to != *bridge && side(sides, from) != side(sides, to)
             }
             Partition::OneWay(sides) => side(sides, from) && !side(sides, to),
+            Partition::Groups(groups) => {
+                let group = |i: usize| groups.get(i).copied().flatten();
+                matches!((group(from), group(to)), (Some(a), Some(b)) if a != b)
+            }
         }
     }
 
@@ -349,6 +374,13 @@ mod tests {
         assert!(bridge.blocks(0, 2) && !bridge.blocks(0, 3) && !bridge.blocks(3, 1) && !bridge.blocks(0, 1));
         let split = Partition::MajorityMinority(vec![true, false, false]);
         assert!(split.blocks(0, 1) && split.blocks(2, 0) && !split.blocks(1, 2));
+        // Six nodes round-robin over three regions: 0 and 3 share a region.
+        let regions = Partition::by_region(&[0, 1, 2, 0, 1, 2]);
+        assert!(!regions.blocks(0, 3) && !regions.blocks(4, 1) && regions.blocks(0, 1) && regions.blocks(5, 3));
+        // 0|3 split, everyone else talks to both halves.
+        let halves = Partition::split(6, &[0], &[3]);
+        assert!(halves.blocks(0, 3) && halves.blocks(3, 0));
+        assert!(!halves.blocks(0, 1) && !halves.blocks(1, 3) && !halves.blocks(2, 4));
     }
 
     #[test]

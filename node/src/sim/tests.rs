@@ -1,6 +1,7 @@
 //! Tests of the simulator itself: determinism, a sweep over every fault profile, and checks that
 //! broken states and a broken shell are caught.
 
+use super::scenario::{FAILED_OWNER, FAULT_AT_US, HEAL_AT_US, NODES, REGIONS, SPLIT_REGION};
 use super::*;
 use crate::core::escrow::{BucketLiquidity, LiquidityReport, LiquidityTotals};
 
@@ -16,6 +17,9 @@ fn config(seed: u64, profile: Profile, duration_s: u64) -> Config {
         monotonic_clock: true,
         durable_ledger: true,
         skip_signature_checks: false,
+        heartbeats: true,
+        takeover: false,
+        script: None,
     }
 }
 
@@ -72,6 +76,9 @@ fn sweep_of_every_profile_keeps_invariants_and_converges() {
     };
     assert!(counter("partitions", "net: cut by partition") > 0);
     assert!(counter("crashes", "fault: crash") > 0);
+    // Crashed validators fall silent: their region peers' phi-accrual must notice.
+    assert!(counter("crashes", "suspicion: suspected a region peer") > 0);
+    assert!(counter("crashes", "claim: held for a suspected owner") > 0);
     assert!(counter("byzantine", "shell: forged certificate refused") > 0);
     assert!(counter("byzantine", "shell: forged vote refused") > 0);
     assert!(counter("byzantine", "byzantine: equivocated") > 0);
@@ -192,4 +199,237 @@ fn user_input_is_refused_with_clear_errors() {
         ..config(1, Profile::None, 1)
     });
     assert!(world.is_err());
+}
+
+const SCENARIO_SEEDS: std::ops::RangeInclusive<u64> = 1..=3;
+const SCENARIO_TAIL_US: u64 = 30_000_000;
+
+fn scenario_run(scenario: Scenario, seed: u64) -> RunOutcome {
+    run_one(scenario.config(seed, 20.0, SCENARIO_TAIL_US))
+}
+
+fn counter(outcome: &RunOutcome, name: &str) -> u64 {
+    outcome.summary.counters.get(name).copied().unwrap_or(0)
+}
+
+fn checked(scenario: Scenario, outcome: &RunOutcome) -> Vec<String> {
+    match scenario.check(outcome) {
+        Ok(shown) => shown,
+        Err(error) => panic!("{} seed {}: {error}", scenario.name(), outcome.seed),
+    }
+}
+
+fn refused(scenario: Scenario, outcome: &RunOutcome, expected: &str) {
+    match scenario.check(outcome) {
+        Ok(shown) => panic!(
+            "{} accepted a run it must refuse ({expected}): {shown:?}",
+            scenario.name()
+        ),
+        Err(error) => assert!(
+            error.contains(expected),
+            "{}: {error:?} lacks {expected:?}",
+            scenario.name()
+        ),
+    }
+}
+
+#[test]
+fn region_partition_certifies_inside_each_region_and_reaches_global_only_after_the_heal() {
+    let scenario = Scenario::RegionPartition;
+    for seed in SCENARIO_SEEDS {
+        let outcome = scenario_run(scenario, seed);
+        checked(scenario, &outcome);
+        assert!(
+            counter(&outcome, "net: cut by partition") > 0,
+            "seed {seed}: nothing was cut"
+        );
+        assert_eq!(outcome.summary.faults, "region-partition");
+    }
+
+    // The check refuses runs that break what the scenario claims.
+    let outcome = scenario_run(scenario, 1);
+    let during = |at: u64| (FAULT_AT_US..HEAL_AT_US).contains(&at);
+    let mut early_global = outcome.clone();
+    let cut_off = early_global
+        .record
+        .certificates
+        .iter_mut()
+        .find(|cert| during(cert.formed_us))
+        .map(|cert| cert.global_us = Some(HEAL_AT_US - 1));
+    assert!(cut_off.is_some(), "no certificate formed while cut off");
+    refused(scenario, &early_global, "before the heal");
+
+    let mut no_divergence = outcome.clone();
+    for snapshot in &mut no_divergence.record.snapshots {
+        snapshot.digests.fill(Some([7; 32]));
+    }
+    refused(scenario, &no_divergence, "did not diverge");
+
+    let mut not_converged = outcome.clone();
+    if let Some(last) = not_converged.record.final_digests.last_mut() {
+        *last = Some([7; 32]);
+    }
+    refused(scenario, &not_converged, "different state digests");
+
+    let mut one_region_idle = outcome;
+    one_region_idle
+        .record
+        .certificates
+        .iter_mut()
+        .filter(|cert| cert.bucket % REGIONS == 2 && during(cert.formed_us))
+        .for_each(|cert| cert.formed_us = HEAL_AT_US);
+    refused(scenario, &one_region_idle, "region 2 certified no claim");
+}
+
+#[test]
+fn split_2_2_region_stays_provisional_while_split_and_certifies_after_the_heal() {
+    let scenario = Scenario::Split22;
+    let mut withheld = 0;
+    for seed in SCENARIO_SEEDS {
+        let outcome = scenario_run(scenario, seed);
+        checked(scenario, &outcome);
+        assert_eq!(counter(&outcome, "takeover: proposed a freeze"), 0, "seed {seed}");
+        assert!(
+            counter(&outcome, "claim: held for a suspected owner") > 0,
+            "seed {seed}"
+        );
+        withheld += counter(
+            &outcome,
+            "takeover: withheld, the region's quorum was not reachable throughout",
+        );
+    }
+    // Some owner's successor sat on the other half and suspected it past takeover_after.
+    assert!(withheld > 0, "no takeover was ever withheld");
+
+    let outcome = scenario_run(scenario, 1);
+    let mut certified_while_split = outcome.clone();
+    let moved = certified_while_split
+        .record
+        .certificates
+        .iter_mut()
+        .find(|cert| cert.bucket % REGIONS == SPLIT_REGION && cert.formed_us >= HEAL_AT_US)
+        .map(|cert| cert.formed_us = FAULT_AT_US + 1);
+    assert!(moved.is_some(), "the split region certified nothing after the heal");
+    refused(scenario, &certified_while_split, "while split 2|2");
+
+    let mut never_provisional = outcome;
+    for claim in &mut never_provisional.record.claims {
+        claim.provisional_us = None;
+    }
+    refused(scenario, &never_provisional, "sequenced no claim");
+}
+
+#[test]
+fn crashed_owner_is_frozen_by_its_successor_which_certifies_its_claims() {
+    let scenario = Scenario::OwnerCrash;
+    let mut held = 0;
+    for seed in SCENARIO_SEEDS {
+        let outcome = scenario_run(scenario, seed);
+        checked(scenario, &outcome);
+        assert_eq!(counter(&outcome, "takeover: freeze certified"), 1, "seed {seed}");
+        assert_eq!(
+            counter(&outcome, "fault: restart"),
+            0,
+            "seed {seed}: the owner came back"
+        );
+        let failed_at = outcome.record.failures[0].at_us;
+        held += outcome
+            .record
+            .claims
+            .iter()
+            .filter(|claim| claim.held && claim.home == Some(FAILED_OWNER) && claim.created_us > failed_at)
+            .count();
+    }
+    // Region peers held claims for the suspected owner; the check saw each certified by the
+    // successor.
+    assert!(held > 0, "no claim was held for the failed owner");
+
+    let outcome = scenario_run(scenario, 1);
+    let successor = outcome.record.successors[FAILED_OWNER].expect("a successor");
+    let freeze_at = |outcome: &RunOutcome| {
+        outcome
+            .record
+            .certificates
+            .iter()
+            .position(|cert| cert.bucket == FAILED_OWNER && cert.freeze)
+            .expect("a freeze")
+    };
+    let mut wrong_proposer = outcome.clone();
+    let index = freeze_at(&wrong_proposer);
+    wrong_proposer.record.certificates[index].proposer = (successor + REGIONS) % NODES;
+    refused(scenario, &wrong_proposer, "not by the successor");
+
+    let mut early = outcome.clone();
+    let index = freeze_at(&early);
+    early.record.certificates[index].formed_us = early.record.failures[0].at_us + 1;
+    refused(scenario, &early, "before the owner had been suspected");
+
+    let mut paid_by_owner = outcome.clone();
+    let pending = paid_by_owner.record.certificates[freeze_at(&paid_by_owner)].seq - 1;
+    let owner_cert = paid_by_owner
+        .record
+        .certificates
+        .iter()
+        .position(|cert| cert.bucket == FAILED_OWNER && cert.seq == pending);
+    let failed_at = paid_by_owner.record.failures[0].at_us;
+    let later =
+        paid_by_owner.record.claims.iter_mut().find(|claim| {
+            claim.home == Some(FAILED_OWNER) && claim.created_us > failed_at && claim.certificate.is_some()
+        });
+    later
+        .expect("a claim homed at the failed owner after it failed")
+        .certificate = owner_cert;
+    refused(scenario, &paid_by_owner, "not certified by the successor");
+
+    // Without takeover the failed owner's bucket stalls: its claims are never certified.
+    let mut cfg = scenario.config(1, 20.0, 10_000_000);
+    cfg.takeover = false;
+    let stalled = run_one(cfg);
+    let failure = stalled.failure.unwrap_or_default();
+    assert!(failure.contains("liveness"), "{failure:?}");
+    assert!(failure.contains(&format!("home buckets {FAILED_OWNER}")), "{failure:?}");
+}
+
+#[derive(clap::Parser)]
+struct SimCommand {
+    #[command(flatten)]
+    args: SimArgs,
+}
+
+fn parse(line: &str) -> Result<SimArgs, clap::Error> {
+    use clap::Parser as _;
+    SimCommand::try_parse_from(line.split_whitespace()).map(|command| command.args)
+}
+
+#[test]
+fn scenario_flag_sets_the_script_replays_and_judges() {
+    let args = parse("sim --scenario split-2-2 --seed 4 --tail 20s").expect("parses");
+    let cfg = args.config(4);
+    assert_eq!(cfg.script.as_ref().map(|s| s.name), Some("split-2-2"));
+    assert_eq!((cfg.nodes, cfg.regions, cfg.tail_us), (NODES, REGIONS, 20_000_000));
+    let replay = args.replay(4);
+    let again = parse(replay.trim_start_matches("credence ")).expect("the replay parses");
+    assert_eq!(again.config(4).script, cfg.script);
+
+    // The scenario owns the topology and the faults.
+    for clash in [
+        "--nodes 5",
+        "--faults all",
+        "--duration 3s",
+        "--scale-projection",
+        "--takeover",
+    ] {
+        assert!(
+            parse(&format!("sim --scenario owner-crash {clash}")).is_err(),
+            "{clash} accepted"
+        );
+    }
+
+    // A run that does not show what the scenario claims fails, with the reason.
+    let mut outcome = run_one(args.config(4));
+    assert_eq!(args.judge(&mut outcome.clone()).len(), 4);
+    outcome.record.certificates.clear();
+    assert!(args.judge(&mut outcome).is_empty());
+    let failure = outcome.failure.unwrap_or_default();
+    assert!(failure.starts_with("scenario split-2-2:"), "{failure:?}");
 }

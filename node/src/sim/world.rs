@@ -5,7 +5,13 @@
 //!
 //! One event is one step; after every step the invariants of `invariants.rs` are checked. The
 //! run is a pure function of its [`Config`]: the ordered event trace is hashed into
-//! [`RunOutcome::trace_hash`].
+//! [`RunOutcome::trace_hash`], and what happened when is kept in [`RunOutcome::record`].
+//!
+//! Failure suspicion is the node's: validators send heartbeats to their region, and each keeps
+//! phi-accrual arrival histories (`core::quorum`). A node holds claims for an owner it suspects.
+//! With [`Config::takeover`], the successor of an owner suspected for [`TAKEOVER_AFTER_MS`]
+//! proposes a `Freeze` of its bucket (carrying the owner's last batch it saw), unless its own
+//! region's quorum is unreachable.
 //!
 //! Signatures are modelled by keyed blake3 MACs (one secret per validator): the shell checks them
 //! as the real shell checks ed25519 before anything reaches the core, which is what lets a
@@ -17,11 +23,13 @@ use std::rc::Rc;
 
 use crate::core::escrow::{
     ApplyOutcome, AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, CredentialView, Digest,
-    Distribution, Entry, FaultModel, Key, Ledger, LedgerError, Lock, Millis, Missing, Owner, OwnerConfig, OwnerOutput,
-    Route, Validator, ValidatorSet, Vote, VoteRefusal, Voter, VoterConfig, VoterOutput, digest_parts, slot_of,
+    Distribution, Entry, FaultModel, Freeze, Key, Ledger, LedgerError, Lock, Millis, Missing, Owner, OwnerConfig,
+    OwnerOutput, Route, Validator, ValidatorSet, Vote, VoteRefusal, Voter, VoterConfig, VoterOutput, digest_parts,
+    slot_of,
 };
+use crate::core::quorum::{self, ArrivalHistory, Member};
 
-use super::faults::{FaultEvent, Profile};
+use super::faults::{FaultEvent, Profile, Script};
 use super::invariants::{Registry, Violation, check_liquidity};
 use super::net::{EventQueue, LinkModel, Micros, Partition, Rng, base_one_way_us, region_name};
 use super::report::{Summary, percentile};
@@ -51,6 +59,15 @@ const CLIENT_RETRY_FIRST_US: Micros = 1_000_000;
 const CLIENT_RETRY_MAX_US: Micros = 4_000_000;
 /// Liveness is checked this often during the tail.
 const CHECK_INTERVAL_US: Micros = 250_000;
+/// Heartbeat period and the phi above which a silent validator is suspected (the genesis
+/// defaults `heartbeat_interval` and `phi_threshold`).
+const HEARTBEAT_INTERVAL_MS: Millis = 250;
+const PHI_THRESHOLD: f64 = 8.0;
+/// How long an owner must be suspected before its successor proposes a freeze (the genesis
+/// default `takeover_after`).
+pub const TAKEOVER_AFTER_MS: Millis = 5_000;
+/// Claims one node holds for owners it suspects; beyond this the client's retry stands in.
+const HELD_CLAIMS_MAX: usize = 1_024;
 /// Nodes beyond which per-node full liquidity checks after each step are replaced by
 /// per-bucket checks (the oracle's full check still runs after every new certificate).
 const FULL_NODE_CHECKS_MAX: usize = 64;
@@ -61,6 +78,10 @@ const ENVELOPE_BYTES: u64 = 110;
 const CLAIM_BODY_BYTES: u64 = 170;
 const BATCH_HEADER_BYTES: u64 = 120;
 const VOTE_BODY_BYTES: u64 = 100;
+/// Validator, sent_at, seq and state digest (the sim's frontier exchange is the sync request).
+const HEARTBEAT_BODY_BYTES: u64 = 80;
+/// Signer, bucket, last_seq; the pending batch comes on top.
+const FREEZE_BODY_BYTES: u64 = 120;
 /// A vote inside a certificate: signer and signature (the body is implied by the object).
 const CERT_VOTE_BYTES: u64 = 96;
 
@@ -88,6 +109,19 @@ pub struct Config {
     pub durable_ledger: bool,
     /// Test hook: a shell that forgets to check signatures (the invariants must catch it).
     pub skip_signature_checks: bool,
+    /// Validators send heartbeats to their region and suspect silent peers (phi-accrual), which
+    /// drives holding claims and takeover. Off only for the scale projection, whose figures
+    /// leave heartbeat traffic out.
+    pub heartbeats: bool,
+    /// The successor of an owner suspected for [`TAKEOVER_AFTER_MS`] freezes its bucket (needs
+    /// heartbeats). Off, an owner that fails for good stalls its bucket (safe, not live), as in
+    /// the node today. On in scenarios; in the random profiles only when asked, because there it
+    /// can stall a bucket for good: a successor that never saw the owner's last batch proposes a
+    /// freeze at its position, and the locks split so that neither reaches a quorum.
+    pub takeover: bool,
+    /// Exactly these faults instead of the profile's seeded plan (the profile still sets the
+    /// links and clocks).
+    pub script: Option<Script>,
 }
 
 /// The result of one run.
@@ -97,12 +131,79 @@ pub struct RunOutcome {
     pub trace_hash: String,
     pub failure: Option<String>,
     pub summary: Summary,
+    pub record: RunRecord,
+}
+
+/// What happened when, in virtual time: enough to check a scenario's claims after the run.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecord {
+    /// Per node: its region and the node whose bucket succeeds its bucket (node i owns bucket i).
+    pub regions: Vec<usize>,
+    pub successors: Vec<Option<usize>>,
+    pub certificates: Vec<CertRecord>,
+    pub claims: Vec<ClaimTrace>,
+    /// Every node's state digest (`Ledger::state_digest`, what heartbeats carry) just before
+    /// each fault was applied; `None` for a node that was down.
+    pub snapshots: Vec<Snapshot>,
+    /// Every node's state digest when the run ended.
+    pub final_digests: Vec<Option<Digest>>,
+    /// Nodes that failed for good.
+    pub failures: Vec<FailureRecord>,
+}
+
+/// One certificate formed in the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    pub bucket: usize,
+    pub seq: u64,
+    /// A freeze (takeover) rather than a batch.
+    pub freeze: bool,
+    /// Who proposed it (the owner for a batch, the successor for a freeze) and who collected
+    /// its votes.
+    pub proposer: usize,
+    pub collector: usize,
+    pub formed_us: Micros,
+    pub global_us: Option<Micros>,
+}
+
+/// One client claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimTrace {
+    pub created_us: Micros,
+    pub valid: bool,
+    /// Its home bucket by HRW, ignoring freezes.
+    pub home: Option<usize>,
+    /// First sent to voters in a batch (provisional).
+    pub provisional_us: Option<Micros>,
+    /// Some node held it for an owner it suspected.
+    pub held: bool,
+    /// Not certified because another claim of the same claimant was (at most one is paid).
+    pub duplicate: bool,
+    /// Where it was certified: index into [`RunRecord::certificates`].
+    pub certificate: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub at_us: Micros,
+    pub fault: String,
+    pub digests: Vec<Option<Digest>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRecord {
+    pub node: usize,
+    pub at_us: Micros,
+    /// The batch in flight when it failed: its seq and how many claims it carried.
+    pub in_flight: Option<(u64, usize)>,
 }
 
 /// A certificate as it travels: the core's certificate plus the signatures the shell checks.
 pub(crate) struct SimCert {
     cert: Certificate,
-    batch_sig: Digest,
+    /// The proposer's signature of the object (the owner's of a batch, the successor's of a
+    /// freeze).
+    object_sig: Digest,
     vote_sigs: Vec<Digest>,
     bucket: usize,
     seq: u64,
@@ -111,6 +212,7 @@ pub(crate) struct SimCert {
     verified: Cell<Option<bool>>,
 }
 
+#[derive(Clone)]
 enum Msg {
     Claim {
         claim: Rc<Claim>,
@@ -130,6 +232,14 @@ enum Msg {
         catching_up: bool,
     },
     SyncResponse(Vec<Rc<SimCert>>),
+    FreezeRequest {
+        freeze: Rc<Freeze>,
+        sig: Digest,
+        /// The owner's signature of the pending batch the freeze carries.
+        pending_sig: Option<Digest>,
+        prev: Option<Rc<SimCert>>,
+    },
+    Heartbeat,
 }
 
 impl Msg {
@@ -141,6 +251,8 @@ impl Msg {
             Msg::Cert(_) => 4,
             Msg::SyncRequest { .. } => 5,
             Msg::SyncResponse(_) => 6,
+            Msg::FreezeRequest { .. } => 7,
+            Msg::Heartbeat => 8,
         }
     }
 
@@ -150,7 +262,9 @@ impl Msg {
             Msg::Claim { claim } => &claim.id,
             Msg::VoteRequest { batch, .. } => &batch.id,
             Msg::Vote { vote, .. } => &vote.object_id,
-            Msg::Cert(cert) => &cert.batch_sig,
+            Msg::Cert(cert) => &cert.object_sig,
+            Msg::FreezeRequest { freeze, .. } => &freeze.id,
+            Msg::Heartbeat => return [0; 8],
             Msg::SyncRequest { frontier, .. } => {
                 let sum: u64 = frontier.iter().fold(0u64, |a, b| a.wrapping_add(*b));
                 return sum.to_le_bytes();
@@ -172,6 +286,8 @@ impl Msg {
             Msg::Cert(cert) => cert.bytes,
             Msg::SyncRequest { frontier, .. } => 48 + 8 * frontier.len() as u64,
             Msg::SyncResponse(certs) => 16 + certs.iter().map(|c| c.bytes).sum::<u64>(),
+            Msg::FreezeRequest { freeze, prev, .. } => freeze_bytes(freeze) + prev.as_ref().map_or(0, |c| c.bytes),
+            Msg::Heartbeat => ENVELOPE_BYTES + HEARTBEAT_BODY_BYTES,
         }
     }
 }
@@ -180,11 +296,33 @@ fn batch_bytes(batch: &Batch) -> u64 {
     ENVELOPE_BYTES + BATCH_HEADER_BYTES + batch.entries.len() as u64 * (ENVELOPE_BYTES + CLAIM_BODY_BYTES)
 }
 
+fn freeze_bytes(freeze: &Freeze) -> u64 {
+    ENVELOPE_BYTES + FREEZE_BODY_BYTES + freeze.pending.as_deref().map_or(0, batch_bytes)
+}
+
+fn object_bytes(object: &CertifiedObject) -> u64 {
+    match object {
+        CertifiedObject::Batch(batch) => batch_bytes(batch),
+        CertifiedObject::Freeze(freeze) => freeze_bytes(freeze),
+    }
+}
+
+/// Who signed a certified object, and the id the signature covers.
+fn proposal(object: &CertifiedObject) -> (Key, Digest) {
+    match object {
+        CertifiedObject::Batch(batch) => (batch.signer, batch.id),
+        CertifiedObject::Freeze(freeze) => (freeze.signer, freeze.id),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Timer {
     CloseBatch,
     Resend,
     Sync,
+    Heartbeat,
+    /// Re-send the freeze this node proposes to voters that have not voted for it.
+    Takeover,
 }
 
 enum Event {
@@ -213,11 +351,28 @@ impl CredentialView for Credentials {
     }
 }
 
-/// Votes an owner collects for one of its batches.
+/// Votes a node collects for an object it asked its region to vote on: its own batch, or as a
+/// successor a freeze and the pending batch the freeze carries.
 struct Collecting {
-    batch: Rc<Batch>,
-    batch_sig: Digest,
+    object: CertifiedObject,
+    /// The proposer's signature of the object.
+    sig: Digest,
+    bucket: usize,
+    bucket_digest: Digest,
+    seq: u64,
     votes: BTreeMap<Key, (Vote, Digest)>,
+}
+
+/// A freeze this node proposes as the successor of a suspected owner.
+struct Takeover {
+    bucket: usize,
+    freeze: Rc<Freeze>,
+    sig: Digest,
+    pending_sig: Option<Digest>,
+    /// The frozen chain's next seq here when the request last went out: once the pending batch
+    /// is certified, the freeze is asked for again at once.
+    sent_at_next: u64,
+    backoff_us: Micros,
 }
 
 struct Node {
@@ -255,6 +410,25 @@ struct Node {
     recv_bytes: u64,
     /// Genuine votes a Byzantine node has seen, to replay elsewhere.
     replay_bank: Vec<(Vote, Digest)>,
+    /// Heartbeat arrivals per region peer, in this node's clock (phi-accrual).
+    arrivals: BTreeMap<usize, ArrivalHistory>,
+    /// Region peers suspected now, with when (this node's clock) the suspicion began.
+    suspected: BTreeMap<usize, Millis>,
+    /// Claims for owners this node suspects, forwarded once their route leads elsewhere or the
+    /// owner is heard again.
+    held: Vec<Rc<Claim>>,
+    /// Newest batch seen per bucket of this region with its owner's signature: a freeze carries
+    /// it as pending.
+    seen: BTreeMap<usize, (Rc<Batch>, Digest)>,
+    takeover: Option<Takeover>,
+    takeover_armed: bool,
+    /// Since when (this node's clock) its region's quorum has been reachable; `None` while
+    /// isolated.
+    quorum_since: Option<Millis>,
+    /// Failed for good: never restarted, and left out of liveness and convergence.
+    failed: bool,
+    /// Fail for good right after the next batch is sent.
+    fail_after_batch: bool,
 }
 
 struct ClaimRecord {
@@ -264,12 +438,17 @@ struct ClaimRecord {
     region: usize,
     created_us: Micros,
     retries: u32,
+    provisional_us: Option<Micros>,
+    held: bool,
 }
 
 struct CertMeta {
     formed_us: Micros,
     applied_per_region: Vec<u32>,
     global_us: Option<Micros>,
+    freeze: bool,
+    proposer: usize,
+    collector: usize,
 }
 
 /// The whole simulated network.
@@ -295,7 +474,13 @@ pub struct World {
     oracle: Ledger,
     oracle_dirty: bool,
     claims: Vec<ClaimRecord>,
+    claim_index: HashMap<Digest, usize>,
     claimants: Vec<(Key, Digest)>,
+    /// Per bucket, the node whose bucket succeeds it (a freeze passes the remainder there).
+    successors: Vec<Option<usize>>,
+    snapshots: Vec<Snapshot>,
+    failures: Vec<FailureRecord>,
+    freezes_proposed: std::collections::BTreeSet<Digest>,
     honest_votes: HashMap<(usize, usize, u64), Digest>,
     link: LinkModel,
     partition: Option<Partition>,
@@ -446,6 +631,15 @@ impl World {
                 recv_msgs: 0,
                 recv_bytes: 0,
                 replay_bank: Vec::new(),
+                arrivals: BTreeMap::new(),
+                suspected: BTreeMap::new(),
+                held: Vec::new(),
+                seen: BTreeMap::new(),
+                takeover: None,
+                takeover_armed: false,
+                quorum_since: None,
+                failed: false,
+                fail_after_batch: false,
             });
         }
         // Every bucket must be owned by the node of the same index.
@@ -453,6 +647,15 @@ impl World {
         if planned != cfg.nodes {
             return Err(format!("distribution has {planned} buckets for {} nodes", cfg.nodes));
         }
+        let successors: Vec<Option<usize>> = buckets
+            .iter()
+            .map(|bucket| {
+                oracle
+                    .distribution(&dist.id)
+                    .and_then(|d| d.successor(&bucket.digest()))
+                    .and_then(|next| bucket_index.get(&next).copied())
+            })
+            .collect();
 
         let mut world = Self {
             rng,
@@ -474,7 +677,12 @@ impl World {
             oracle,
             oracle_dirty: false,
             claims: Vec::new(),
+            claim_index: HashMap::new(),
             claimants: Vec::new(),
+            successors,
+            snapshots: Vec::new(),
+            failures: Vec::new(),
+            freezes_proposed: std::collections::BTreeSet::new(),
             honest_votes: HashMap::new(),
             link: cfg.profile.links(),
             partition: None,
@@ -489,10 +697,13 @@ impl World {
         };
         world.trace.update(b"credence/sim/v1");
         world.trace.update(&world.cfg.seed.to_le_bytes());
-        let plan = world
-            .cfg
-            .profile
-            .plan(&mut world.rng, world.cfg.nodes, world.cfg.duration_us);
+        let plan = match &world.cfg.script {
+            Some(script) => script.events.clone(),
+            None => world
+                .cfg
+                .profile
+                .plan(&mut world.rng, world.cfg.nodes, world.cfg.duration_us),
+        };
         for (at, fault) in plan {
             world.queue.push(at, Event::Fault(fault));
         }
@@ -507,6 +718,17 @@ impl World {
                     timer: Timer::Sync,
                 },
             );
+            if world.cfg.heartbeats {
+                let first_beat = world.rng.below(HEARTBEAT_INTERVAL_MS * 1_000);
+                world.queue.push(
+                    first_beat,
+                    Event::Timer {
+                        node,
+                        epoch: 0,
+                        timer: Timer::Heartbeat,
+                    },
+                );
+            }
         }
         if world.cfg.rate_per_s > 0.0 {
             world.queue.push(0, Event::NewClaim);
@@ -617,26 +839,14 @@ impl World {
             && let Some(again) = self.link.delay(&mut self.rng, base)
         {
             self.count("net: duplicated");
-            let copy = match &msg {
-                Msg::Claim { claim } => Msg::Claim { claim: claim.clone() },
-                Msg::VoteRequest { batch, batch_sig, prev } => Msg::VoteRequest {
-                    batch: batch.clone(),
-                    batch_sig: *batch_sig,
-                    prev: prev.clone(),
+            self.queue.push(
+                self.now.saturating_add(again),
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: msg.clone(),
                 },
-                Msg::Vote { vote, sig } => Msg::Vote {
-                    vote: vote.clone(),
-                    sig: *sig,
-                },
-                Msg::Cert(cert) => Msg::Cert(cert.clone()),
-                Msg::SyncRequest { frontier, catching_up } => Msg::SyncRequest {
-                    frontier: frontier.clone(),
-                    catching_up: *catching_up,
-                },
-                Msg::SyncResponse(certs) => Msg::SyncResponse(certs.clone()),
-            };
-            self.queue
-                .push(self.now.saturating_add(again), Event::Deliver { from, to, msg: copy });
+            );
         }
         self.queue
             .push(self.now.saturating_add(delay), Event::Deliver { from, to, msg });
@@ -662,6 +872,8 @@ impl World {
                         Timer::CloseBatch => self.on_close_timer(node),
                         Timer::Resend => self.on_resend_timer(node),
                         Timer::Sync => self.on_sync_timer(node),
+                        Timer::Heartbeat => self.on_heartbeat_timer(node),
+                        Timer::Takeover => self.on_takeover_timer(node),
                     }
                 }
             }
@@ -712,6 +924,13 @@ impl World {
                     self.after_ledger_change(to);
                 }
             }
+            Msg::FreezeRequest {
+                freeze,
+                sig,
+                pending_sig,
+                prev,
+            } => self.on_freeze_request(to, from, &freeze, sig, pending_sig, prev),
+            Msg::Heartbeat => self.on_heartbeat(to, from),
         }
     }
 
@@ -772,6 +991,7 @@ impl World {
             created_at: created_ms,
         };
         let index = self.claims.len();
+        self.claim_index.insert(id, index);
         self.claims.push(ClaimRecord {
             slot: slot_of(&self.dist.id, &claimant),
             claim: Rc::new(claim),
@@ -779,6 +999,8 @@ impl World {
             region,
             created_us: self.now,
             retries: 0,
+            provisional_us: None,
+            held: false,
         });
         self.queue.push(self.now, Event::Submit { claim: index });
         let gap_us = self.rng.exponential(1e6 / self.cfg.rate_per_s.max(1e-3)).max(1.0) as Micros;
@@ -831,7 +1053,11 @@ impl World {
             return;
         };
         if owner != to {
-            self.send(to, owner, Msg::Claim { claim });
+            if node.suspected.contains_key(&owner) {
+                self.hold(to, claim);
+            } else {
+                self.send(to, owner, Msg::Claim { claim });
+            }
             return;
         }
         if node.catching_up {
@@ -855,6 +1081,35 @@ impl World {
                 let name = format!("owner refused: {}", variant(&refusal));
                 self.count(&name);
             }
+        }
+    }
+
+    /// Keeps a claim whose owner this node suspects, instead of sending it into silence.
+    fn hold(&mut self, node: usize, claim: Rc<Claim>) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if n.held.len() >= HELD_CLAIMS_MAX || n.held.iter().any(|held| held.id == claim.id) {
+            return;
+        }
+        let record = self.claim_index.get(&claim.id).and_then(|i| self.claims.get_mut(*i));
+        let first_time = record.is_some_and(|record| !std::mem::replace(&mut record.held, true));
+        n.held.push(claim);
+        if first_time {
+            self.count("claim: held for a suspected owner");
+        }
+    }
+
+    /// Routes the held claims again: to their owner if it is heard again, to its successor once
+    /// a freeze moved their route, or back into the hold.
+    fn release_held(&mut self, node: usize) {
+        let held = self
+            .nodes
+            .get_mut(node)
+            .map(|n| std::mem::take(&mut n.held))
+            .unwrap_or_default();
+        for claim in held {
+            self.on_claim(node, claim);
         }
     }
 
@@ -925,7 +1180,12 @@ impl World {
             .and_then(|seq| self.certs.get(&(bucket, seq)).cloned());
         let batch_sig = sign(&secret, &batch.id);
         let batch = Rc::new(batch);
-        self.start_collecting(node, &batch, batch_sig);
+        self.start_collecting(node, CertifiedObject::Batch((*batch).clone()), batch_sig);
+        for claim in batch.claims() {
+            if let Some(record) = self.claim_index.get(&claim.id).and_then(|i| self.claims.get_mut(*i)) {
+                record.provisional_us.get_or_insert(self.now);
+            }
+        }
         let claims = batch.claims().count();
         if byzantine && self.faults_active && claims > 0 && self.rng.below(2) == 0 {
             // Equivocate: a second batch at the same seq, split across the voters.
@@ -946,7 +1206,7 @@ impl World {
                 total_after,
             ));
             let other_sig = sign(&secret, &other.id);
-            self.start_collecting(node, &other, other_sig);
+            self.start_collecting(node, CertifiedObject::Batch((*other).clone()), other_sig);
             self.count("byzantine: equivocated");
             let members = self.region_members.get(region).cloned().unwrap_or_default();
             for (i, to) in members.into_iter().enumerate() {
@@ -984,13 +1244,27 @@ impl World {
             });
         }
         self.arm_resend(node);
+        if self.nodes.get(node).is_some_and(|n| n.fail_after_batch) {
+            self.fail_for_good(node);
+        }
     }
 
-    fn start_collecting(&mut self, node: usize, batch: &Rc<Batch>, batch_sig: Digest) {
+    fn start_collecting(&mut self, node: usize, object: CertifiedObject, sig: Digest) {
+        let (_, id) = proposal(&object);
+        let bucket_digest = object.bucket().digest();
+        let Some(bucket) = self.bucket_index.get(&bucket_digest).copied() else {
+            return;
+        };
+        let Some(seq) = object.seq() else {
+            return;
+        };
         if let Some(n) = self.nodes.get_mut(node) {
-            n.collecting.entry(batch.id).or_insert_with(|| Collecting {
-                batch: batch.clone(),
-                batch_sig,
+            n.collecting.entry(id).or_insert_with(|| Collecting {
+                object,
+                sig,
+                bucket,
+                bucket_digest,
+                seq,
                 votes: BTreeMap::new(),
             });
         }
@@ -1024,7 +1298,7 @@ impl World {
         let secret = self.secrets.get(node).copied().unwrap_or_default();
         let batch_sig = sign(&secret, &batch.id);
         let batch = Rc::new(batch);
-        self.start_collecting(node, &batch, batch_sig);
+        self.start_collecting(node, CertifiedObject::Batch((*batch).clone()), batch_sig);
         let voted: Vec<Key> = self
             .nodes
             .get(node)
@@ -1082,37 +1356,54 @@ impl World {
         if let Some(prev) = prev {
             self.accept_cert(to, from, &prev, false);
         }
+        let bucket = self.bucket_index.get(&batch.bucket.digest()).copied().unwrap_or(0);
+        self.note_seen(to, bucket, &batch, batch_sig);
         let now_ms = self.local_ms(to);
         let Some(node) = self.nodes.get_mut(to) else {
             return;
         };
         if node.byzantine {
-            self.byzantine_vote(to, from, &batch);
+            self.byzantine_vote(to, from, batch.id, &batch.bucket, batch.seq);
             return;
         }
         let result = node.voter.on_batch(&node.ledger, &self.creds, &batch, now_ms);
-        let outputs = match result {
-            Ok(outputs) => outputs,
-            Err(refusal) => {
-                let name = match &refusal {
-                    VoteRefusal::InvalidClaim { defect, .. } => {
-                        format!("voter refused: InvalidClaim {}", variant(defect))
-                    }
-                    other => format!("voter refused: {}", variant(other)),
-                };
-                self.count(&name);
-                if let VoteRefusal::AlreadyCertified { seq } = refusal {
-                    // The owner is behind on its own chain (a restart): hand it what we have.
-                    let bucket = self.bucket_index.get(&batch.bucket.digest()).copied().unwrap_or(0);
-                    let certs = self.certs_from(to, bucket, seq);
-                    if !certs.is_empty() {
-                        self.send(to, from, Msg::SyncResponse(certs));
-                    }
-                }
-                return;
-            }
+        match result {
+            Ok(outputs) => self.voter_outputs(to, from, bucket, outputs),
+            Err(refusal) => self.voter_refused(to, from, bucket, &refusal),
+        }
+    }
+
+    /// Remembers the newest batch of a bucket of this node's region, which a freeze of that
+    /// bucket must carry so that the batch is certified first.
+    fn note_seen(&mut self, node: usize, bucket: usize, batch: &Rc<Batch>, sig: Digest) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
         };
-        let bucket = self.bucket_index.get(&batch.bucket.digest()).copied().unwrap_or(0);
+        if n.seen.get(&bucket).is_none_or(|(known, _)| known.seq < batch.seq) {
+            n.seen.insert(bucket, (batch.clone(), sig));
+        }
+    }
+
+    fn voter_refused(&mut self, to: usize, from: usize, bucket: usize, refusal: &VoteRefusal) {
+        let name = match refusal {
+            VoteRefusal::InvalidClaim { defect, .. } => {
+                format!("voter refused: InvalidClaim {}", variant(defect))
+            }
+            other => format!("voter refused: {}", variant(other)),
+        };
+        self.count(&name);
+        if let VoteRefusal::AlreadyCertified { seq } = refusal {
+            // The proposer is behind on the chain (a restart, a lagging successor): hand it what
+            // we have.
+            let certs = self.certs_from(to, bucket, *seq);
+            if !certs.is_empty() {
+                self.send(to, from, Msg::SyncResponse(certs));
+            }
+        }
+    }
+
+    /// Carries out a voter's outputs in order: the lock is durable before its vote leaves.
+    fn voter_outputs(&mut self, to: usize, from: usize, bucket: usize, outputs: Vec<VoterOutput>) {
         for output in outputs {
             match output {
                 VoterOutput::Persist(lock) => {
@@ -1160,7 +1451,7 @@ impl World {
                 VoterOutput::NeedData(missing) => {
                     let name = format!("voter needs: {}", variant(&missing));
                     self.count(&name);
-                    if matches!(missing, Missing::Certificate { .. }) {
+                    if matches!(missing, Missing::Certificate { .. } | Missing::FreezeOf { .. }) {
                         self.request_sync(to, from);
                     }
                 }
@@ -1168,19 +1459,67 @@ impl World {
         }
     }
 
+    /// A successor asks this node to vote on a freeze of a bucket of its region.
+    fn on_freeze_request(
+        &mut self,
+        to: usize,
+        from: usize,
+        freeze: &Freeze,
+        sig: Digest,
+        pending_sig: Option<Digest>,
+        prev: Option<Rc<SimCert>>,
+    ) {
+        if !self.verify(&freeze.signer, &freeze.id, &sig) {
+            self.count("shell: forged freeze refused");
+            return;
+        }
+        let bucket = self.bucket_index.get(&freeze.bucket.digest()).copied().unwrap_or(0);
+        if let Some(pending) = &freeze.pending {
+            let signed = pending_sig.is_some_and(|s| self.verify(&pending.signer, &pending.id, &s));
+            if !signed {
+                self.count("shell: freeze with a forged pending batch refused");
+                return;
+            }
+            if let Some(s) = pending_sig {
+                self.note_seen(to, bucket, &Rc::new((**pending).clone()), s);
+            }
+        }
+        if let Some(prev) = prev {
+            self.accept_cert(to, from, &prev, false);
+        }
+        let now_ms = self.local_ms(to);
+        let Some(node) = self.nodes.get_mut(to) else {
+            return;
+        };
+        if node.byzantine {
+            if let Some(pending) = &freeze.pending {
+                self.byzantine_vote(to, from, pending.id, &pending.bucket, pending.seq);
+            }
+            if let Some(position) = freeze.position() {
+                self.byzantine_vote(to, from, freeze.id, &freeze.bucket, position);
+            }
+            return;
+        }
+        let result = node.voter.on_freeze(&node.ledger, &self.creds, freeze, now_ms);
+        match result {
+            Ok(outputs) => self.voter_outputs(to, from, bucket, outputs),
+            Err(refusal) => self.voter_refused(to, from, bucket, &refusal),
+        }
+    }
+
     /// A Byzantine voter: signs anything without locks, forges votes in other validators' names
     /// and replays genuine votes it has collected.
-    fn byzantine_vote(&mut self, me: usize, owner: usize, batch: &Batch) {
+    fn byzantine_vote(&mut self, me: usize, owner: usize, object_id: Digest, bucket: &BucketId, seq: u64) {
         let Some(node) = self.nodes.get(me) else {
             return;
         };
         let (key, region) = (node.key, node.region);
         let vote = Vote {
             signer: key,
-            object_id: batch.id,
-            bucket: batch.bucket.digest(),
-            seq: batch.seq,
-            region: batch.bucket.region.clone(),
+            object_id,
+            bucket: bucket.digest(),
+            seq,
+            region: bucket.region.clone(),
         };
         let secret = self.secrets.get(me).copied().unwrap_or_default();
         let sig = sign(&secret, &vote_digest(&vote));
@@ -1246,16 +1585,9 @@ impl World {
             self.count("owner: vote for nothing collected (late or replayed)");
             return;
         };
-        let batch = &collecting.batch;
-        let member = self
-            .validators
-            .get(&vote.signer)
-            .is_some_and(|v| v.region == batch.bucket.region);
-        if vote.bucket != batch.bucket.digest()
-            || vote.seq != batch.seq
-            || vote.region != batch.bucket.region
-            || !member
-        {
+        let region = &collecting.object.bucket().region;
+        let member = self.validators.get(&vote.signer).is_some_and(|v| v.region == *region);
+        if vote.bucket != collecting.bucket_digest || vote.seq != collecting.seq || vote.region != *region || !member {
             self.count("owner: vote for another position refused");
             return;
         }
@@ -1266,34 +1598,28 @@ impl World {
             .filter_map(|key| self.validators.get(key))
             .map(|v| v.weight)
             .sum();
-        if !self.validators.is_quorum(&collecting.batch.bucket.region, weight) {
+        if !self.validators.is_quorum(&collecting.object.bucket().region, weight) {
             return;
         }
-        let id = collecting.batch.id;
+        let (_, id) = proposal(&collecting.object);
         let Some(collecting) = node.collecting.remove(&id) else {
             return;
         };
         let (votes, vote_sigs): (Vec<Vote>, Vec<Digest>) = collecting.votes.into_values().unzip();
-        let bucket = self
-            .bucket_index
-            .get(&collecting.batch.bucket.digest())
-            .copied()
-            .unwrap_or(0);
-        let seq = collecting.batch.seq;
-        let bytes = batch_bytes(&collecting.batch) + CERT_VOTE_BYTES * votes.len() as u64;
+        let bytes = object_bytes(&collecting.object) + CERT_VOTE_BYTES * votes.len() as u64;
         let cert = Rc::new(SimCert {
             cert: Certificate {
-                object: CertifiedObject::Batch((*collecting.batch).clone()),
+                object: collecting.object,
                 votes,
             },
-            batch_sig: collecting.batch_sig,
+            object_sig: collecting.sig,
             vote_sigs,
-            bucket,
-            seq,
+            bucket: collecting.bucket,
+            seq: collecting.seq,
             bytes,
             verified: Cell::new(None),
         });
-        self.register_cert(&cert);
+        self.register_cert(&cert, to);
         if self.violation.is_some() {
             return;
         }
@@ -1307,7 +1633,7 @@ impl World {
 
     /// A certificate formed somewhere: the checks that need every certificate ever made, and the
     /// oracle ledger that holds them all.
-    fn register_cert(&mut self, cert: &Rc<SimCert>) {
+    fn register_cert(&mut self, cert: &Rc<SimCert>, collector: usize) {
         if let Err(error) = cert.cert.check(&self.validators) {
             self.fail(Violation::NodeState {
                 node: cert.bucket,
@@ -1326,6 +1652,11 @@ impl World {
             Err(violation) => self.fail(violation),
             Ok(false) => {}
             Ok(true) => {
+                let (proposer, _) = proposal(&cert.cert.object);
+                let freeze = matches!(cert.cert.object, CertifiedObject::Freeze(_));
+                if freeze {
+                    self.count("takeover: freeze certified");
+                }
                 self.certs.insert((cert.bucket, cert.seq), cert.clone());
                 self.cert_meta.insert(
                     (cert.bucket, cert.seq),
@@ -1333,6 +1664,9 @@ impl World {
                         formed_us: self.now,
                         applied_per_region: vec![0; self.cfg.regions],
                         global_us: None,
+                        freeze,
+                        proposer: self.key_index.get(&proposer).copied().unwrap_or(usize::MAX),
+                        collector,
                     },
                 );
                 if let Some(frontier) = self.global_frontier.get_mut(cert.bucket) {
@@ -1353,11 +1687,9 @@ impl World {
         if let Some(known) = cert.verified.get() {
             return known;
         }
-        let CertifiedObject::Batch(batch) = &cert.cert.object else {
-            return false;
-        };
+        let (signer, id) = proposal(&cert.cert.object);
         let ok = cert.vote_sigs.len() == cert.cert.votes.len()
-            && self.verify(&batch.signer, &batch.id, &cert.batch_sig)
+            && self.verify(&signer, &id, &cert.object_sig)
             && cert
                 .cert
                 .votes
@@ -1456,13 +1788,21 @@ impl World {
             return;
         };
         let orphans = n.owner.sync(&n.ledger);
-        let own = n.owner.digest();
-        let next = n.ledger.next_seq(&own).unwrap_or(0);
-        n.collecting.retain(|_, c| c.batch.seq >= next);
+        let ledger = &n.ledger;
+        n.collecting
+            .retain(|_, c| ledger.next_seq(&c.bucket_digest).is_some_and(|next| c.seq >= next));
+        let has_held = !n.held.is_empty();
         if !orphans.is_empty() {
-            // Their clients re-submit; the next batch judges them again.
+            // Frozen under them: route them again, to the successor.
             self.count("owner: orphaned claims");
+            for claim in orphans {
+                self.on_claim(node, Rc::new(claim));
+            }
         }
+        if has_held {
+            self.release_held(node);
+        }
+        self.advance_takeover(node);
         let ready = self
             .nodes
             .get(node)
@@ -1636,7 +1976,7 @@ impl World {
                 object: CertifiedObject::Batch(batch),
                 votes,
             },
-            batch_sig: digest_parts("sim/forged", &[&self.rng.next_u64().to_le_bytes()]),
+            object_sig: digest_parts("sim/forged", &[&self.rng.next_u64().to_le_bytes()]),
             vote_sigs,
             bucket: victim,
             seq,
@@ -1651,10 +1991,291 @@ impl World {
         }
     }
 
+    // ---------------------------------------------------------------- suspicion and takeover
+
+    fn on_heartbeat_timer(&mut self, node: usize) {
+        let region = self.nodes.get(node).map_or(0, |n| n.region);
+        let members = self.region_members.get(region).cloned().unwrap_or_default();
+        for to in members {
+            if to != node {
+                self.send(node, to, Msg::Heartbeat);
+            }
+        }
+        self.judge_peers(node);
+        self.schedule_timer(node, HEARTBEAT_INTERVAL_MS * 1_000, Timer::Heartbeat);
+    }
+
+    fn on_heartbeat(&mut self, to: usize, from: usize) {
+        let now_ms = self.local_ms(to);
+        let Some(n) = self.nodes.get_mut(to) else {
+            return;
+        };
+        n.arrivals.entry(from).or_default().heartbeat(now_ms);
+        if n.suspected.remove(&from).is_some() {
+            self.count("suspicion: a suspected peer was heard again");
+            self.release_held(to);
+        }
+    }
+
+    /// Phi-accrual over each region peer's heartbeat arrivals (a peer never heard from is
+    /// suspected), then takeover of any owner suspected for long enough.
+    fn judge_peers(&mut self, node: usize) {
+        let now_ms = self.local_ms(node);
+        let region = self.nodes.get(node).map_or(0, |n| n.region);
+        let members = self.region_members.get(region).cloned().unwrap_or_default();
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let mut fresh = 0;
+        let mut cleared = false;
+        for peer in members {
+            if peer == node {
+                continue;
+            }
+            let phi = n
+                .arrivals
+                .get(&peer)
+                .map_or(quorum::PHI_NEVER_HEARD, |a| a.phi(now_ms, HEARTBEAT_INTERVAL_MS));
+            if phi > PHI_THRESHOLD {
+                if let std::collections::btree_map::Entry::Vacant(slot) = n.suspected.entry(peer) {
+                    slot.insert(now_ms);
+                    fresh += 1;
+                }
+            } else if n.suspected.remove(&peer).is_some() {
+                cleared = true;
+            }
+        }
+        for _ in 0..fresh {
+            self.count("suspicion: suspected a region peer");
+        }
+        if cleared {
+            self.release_held(node);
+        }
+        let reachable = self.region_quorum_reachable(node);
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.quorum_since = if reachable {
+                Some(n.quorum_since.unwrap_or(now_ms))
+            } else {
+                None
+            };
+        }
+        self.consider_takeover(node, now_ms);
+    }
+
+    /// Whether validators above the threshold of this node's region are unsuspected here
+    /// (`core::quorum`; RTT is not modelled, only reachability decides). Without them nothing
+    /// can be certified, so the node is `isolated`: provisional only.
+    fn region_quorum_reachable(&self, node: usize) -> bool {
+        let Some(n) = self.nodes.get(node) else {
+            return false;
+        };
+        let members: Vec<Member> = self
+            .region_members
+            .get(n.region)
+            .map(|members| {
+                members
+                    .iter()
+                    .map(|m| Member {
+                        weight: self
+                            .nodes
+                            .get(*m)
+                            .and_then(|peer| self.validators.get(&peer.key))
+                            .map_or(0, |v| v.weight),
+                        reachable: *m == node || !n.suspected.contains_key(m),
+                        rtt_ms: 0.0,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (num, den) = match self.validators.fault_model() {
+            FaultModel::Byzantine => (2, 3),
+            FaultModel::Crash => (1, 2),
+        };
+        let own = region_name(n.region);
+        let view = quorum::scope_view(&members, num, den);
+        quorum::mode(&own, &[(own.clone(), view)].into_iter().collect()) != quorum::Mode::Isolated
+    }
+
+    /// As the successor of an owner suspected for [`TAKEOVER_AFTER_MS`] while this node's region
+    /// quorum was reachable throughout, proposes a freeze of its bucket. A freeze proposed while
+    /// isolated (or right after, before the owner is heard again) would lock the position
+    /// against the owner's own batch on the other side, and once healed the two sides' locks
+    /// could leave neither a quorum: the bucket would stall for good.
+    fn consider_takeover(&mut self, node: usize, now_ms: Millis) {
+        let Some(n) = self.nodes.get(node) else {
+            return;
+        };
+        if !self.cfg.takeover || n.takeover.is_some() || n.catching_up {
+            return;
+        }
+        let long_enough = |since: Millis| now_ms.saturating_sub(since) >= TAKEOVER_AFTER_MS;
+        let due: Vec<usize> = n
+            .suspected
+            .iter()
+            .filter(|(_, since)| long_enough(**since))
+            .map(|(peer, _)| *peer)
+            .filter(|peer| self.successors.get(*peer).copied().flatten() == Some(node))
+            .filter(|peer| {
+                self.buckets
+                    .get(*peer)
+                    .is_some_and(|bucket| !n.ledger.is_ended(&bucket.digest()))
+            })
+            .collect();
+        let Some(bucket) = due.first().copied() else {
+            return;
+        };
+        if !n.quorum_since.is_some_and(long_enough) {
+            self.count("takeover: withheld, the region's quorum was not reachable throughout");
+            return;
+        }
+        self.propose_freeze(node, bucket);
+    }
+
+    fn propose_freeze(&mut self, node: usize, bucket: usize) {
+        let (Some(n), Some(bucket_id)) = (self.nodes.get(node), self.buckets.get(bucket).cloned()) else {
+            return;
+        };
+        let next = n.ledger.next_seq(&bucket_id.digest()).unwrap_or(0);
+        let pending = n.seen.get(&bucket).filter(|(batch, _)| batch.seq == next).cloned();
+        let last_seq = match &pending {
+            Some((batch, _)) => Some(batch.seq),
+            None => next.checked_sub(1),
+        };
+        let freeze = Rc::new(Freeze::new(
+            n.key,
+            bucket_id,
+            last_seq,
+            pending.as_ref().map(|(batch, _)| (**batch).clone()),
+        ));
+        let secret = self.secrets.get(node).copied().unwrap_or_default();
+        let sig = sign(&secret, &freeze.id);
+        let pending_sig = pending.as_ref().map(|(_, s)| *s);
+        if let Some((batch, batch_sig)) = pending {
+            self.start_collecting(node, CertifiedObject::Batch((*batch).clone()), batch_sig);
+        }
+        self.start_collecting(node, CertifiedObject::Freeze((*freeze).clone()), sig);
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.takeover = Some(Takeover {
+                bucket,
+                freeze,
+                sig,
+                pending_sig,
+                sent_at_next: next,
+                backoff_us: RESEND_FIRST_US,
+            });
+        }
+        self.count("takeover: proposed a freeze");
+        if let Some(id) = self
+            .nodes
+            .get(node)
+            .and_then(|n| n.takeover.as_ref())
+            .map(|t| t.freeze.id)
+        {
+            self.freezes_proposed.insert(id);
+        }
+        self.send_freeze(node);
+        if let Some(n) = self.nodes.get_mut(node)
+            && !n.takeover_armed
+        {
+            n.takeover_armed = true;
+            self.schedule_timer(node, RESEND_FIRST_US, Timer::Takeover);
+        }
+    }
+
+    /// Sends the freeze to every voter of the region that has not voted for it, with the
+    /// certificate before its position when this node holds it.
+    fn send_freeze(&mut self, node: usize) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let Some(takeover) = &mut n.takeover else {
+            return;
+        };
+        let bucket = takeover.bucket;
+        let next = n.frontier.get(bucket).copied().unwrap_or(0);
+        takeover.sent_at_next = next;
+        let (freeze, sig, pending_sig) = (takeover.freeze.clone(), takeover.sig, takeover.pending_sig);
+        let voted: Vec<Key> = n
+            .collecting
+            .get(&freeze.id)
+            .map(|c| c.votes.keys().copied().collect())
+            .unwrap_or_default();
+        // The newest certificate of the chain held here: the one before the pending batch, or
+        // before the freeze once the pending batch is certified.
+        let prev = next
+            .checked_sub(1)
+            .and_then(|seq| self.certs.get(&(bucket, seq)).cloned());
+        let members = self.region_members.get(n.region).cloned().unwrap_or_default();
+        for to in members {
+            let key = self.nodes.get(to).map(|m| m.key).unwrap_or_default();
+            if !voted.contains(&key) {
+                self.send(
+                    node,
+                    to,
+                    Msg::FreezeRequest {
+                        freeze: freeze.clone(),
+                        sig,
+                        pending_sig,
+                        prev: prev.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_takeover_timer(&mut self, node: usize) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.takeover_armed = false;
+        }
+        self.advance_takeover(node);
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        n.takeover_armed = n.takeover.is_some();
+        let Some(takeover) = n.takeover.as_mut() else {
+            return;
+        };
+        let backoff = takeover.backoff_us;
+        takeover.backoff_us = backoff.saturating_mul(2).min(RESEND_MAX_US);
+        self.count("takeover: re-sent a freeze");
+        self.send_freeze(node);
+        self.schedule_timer(node, backoff, Timer::Takeover);
+    }
+
+    /// Ends this node's takeover once the bucket is frozen here or its chain moved past the
+    /// freeze (the owner was not gone after all); asks again at once when the pending batch
+    /// the freeze carries has just been certified.
+    fn advance_takeover(&mut self, node: usize) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let Some(takeover) = &n.takeover else {
+            return;
+        };
+        let next = n.frontier.get(takeover.bucket).copied().unwrap_or(0);
+        let digest = takeover.freeze.bucket.digest();
+        let position = takeover.freeze.position().unwrap_or(u64::MAX);
+        if n.ledger.is_ended(&digest) {
+            n.takeover = None;
+            self.count("takeover: bucket frozen");
+        } else if position < next {
+            n.takeover = None;
+            self.count("takeover: abandoned, the chain moved past the freeze");
+        } else if next != takeover.sent_at_next {
+            self.send_freeze(node);
+        }
+    }
+
     // ---------------------------------------------------------------- faults
 
     fn apply_fault(&mut self, fault: FaultEvent) {
         self.trace_event(40, 0, 0, [0; 8]);
+        let digests = self.digests();
+        self.snapshots.push(Snapshot {
+            at_us: self.now,
+            fault: fault.name(),
+            digests,
+        });
         match fault {
             FaultEvent::Partition(partition) => {
                 let name = format!("fault: partition {}", partition.name());
@@ -1664,6 +2285,12 @@ impl World {
             FaultEvent::HealPartition => self.partition = None,
             FaultEvent::Crash(node) => self.crash(node),
             FaultEvent::Restart(node) => self.restart(node),
+            FaultEvent::Fail(node) => self.fail_for_good(node),
+            FaultEvent::FailAfterNextBatch(node) => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.fail_after_batch = true;
+                }
+            }
             FaultEvent::ClockJump { node, jump_ms } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.jump_ms = jump_ms;
@@ -1687,6 +2314,31 @@ impl World {
         self.count("fault: crash");
     }
 
+    /// A lost machine: down for the rest of the run.
+    fn fail_for_good(&mut self, node: usize) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        n.failed = true;
+        n.fail_after_batch = false;
+        let in_flight = n.owner.in_flight().map(|batch| (batch.seq, batch.claims().count()));
+        self.failures.push(FailureRecord {
+            node,
+            at_us: self.now,
+            in_flight,
+        });
+        self.count("fault: failed for good");
+        self.crash(node);
+    }
+
+    /// Every node's state digest (what its heartbeats carry); `None` for a node that is down.
+    fn digests(&self) -> Vec<Option<Digest>> {
+        self.nodes
+            .iter()
+            .map(|n| n.up.then(|| n.ledger.state_digest()))
+            .collect()
+    }
+
     /// Restart from durable records only: locks and the owner's last batch. The ledger starts
     /// empty and catches up by sync.
     fn restart(&mut self, node: usize) {
@@ -1696,7 +2348,7 @@ impl World {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
-        if n.up {
+        if n.up || n.failed {
             return;
         }
         let mut ledger = Ledger::new(validators, LEDGER_WAITING_MAX);
@@ -1718,6 +2370,13 @@ impl World {
         n.clock_floor_ms = 0;
         n.close_armed = false;
         n.resend_armed = false;
+        n.takeover_armed = false;
+        n.arrivals.clear();
+        n.suspected.clear();
+        n.held.clear();
+        n.seen.clear();
+        n.takeover = None;
+        n.quorum_since = None;
         n.up = true;
         let in_flight = n.owner.in_flight().is_some();
         self.count("fault: restart");
@@ -1726,6 +2385,9 @@ impl World {
         }
         self.after_ledger_change(node);
         self.schedule_timer(node, 0, Timer::Sync);
+        if self.cfg.heartbeats {
+            self.schedule_timer(node, 0, Timer::Heartbeat);
+        }
         if in_flight {
             self.arm_resend(node);
         }
@@ -1786,7 +2448,7 @@ impl World {
     fn lagging_nodes(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| !n.up || n.frontier != self.global_frontier)
+            .filter(|n| !n.failed && (!n.up || n.frontier != self.global_frontier))
             .count()
     }
 
@@ -1805,6 +2467,7 @@ impl World {
             let lowest = self
                 .nodes
                 .iter()
+                .filter(|n| !n.failed)
                 .filter_map(|n| n.frontier.get(bucket))
                 .min()
                 .copied()
@@ -1817,16 +2480,20 @@ impl World {
                 ));
             }
         }
-        let stuck_owners: Vec<String> = self
+        let stuck: Vec<usize> = self
             .claims
             .iter()
             .filter(|c| c.valid && !self.registry.is_funded(&c.slot) && !self.exempt(&c.claim))
             .filter_map(|c| match self.oracle.route(&self.dist.id, &c.claim.claimant) {
-                Some(Route::Live { bucket, .. }) => self.bucket_index.get(&bucket).map(|i| i.to_string()),
+                Some(Route::Live { bucket, .. }) => self.bucket_index.get(&bucket).copied(),
                 _ => None,
             })
-            .take(5)
             .collect();
+        let stuck_owners: Vec<String> = stuck.iter().take(5).map(usize::to_string).collect();
+        let mut split: Vec<usize> = stuck.clone();
+        split.sort_unstable();
+        split.dedup();
+        detail.extend(split.into_iter().filter_map(|bucket| self.lock_split(bucket)));
         format!(
             "not converged {:.1} s after faults stopped: {} valid claims not certified (home buckets {}), {} nodes \
              behind the certified state [{}]",
@@ -1838,9 +2505,54 @@ impl World {
         )
     }
 
+    /// Whether the honest validators' locks at a bucket's next position are split so that no
+    /// object can reach a quorum any more: a freeze raced the owner's batch, and the bucket is
+    /// stalled for good.
+    fn lock_split(&self, bucket: usize) -> Option<String> {
+        let digest = self.buckets.get(bucket)?.digest();
+        let seq = self.global_frontier.get(bucket).copied()?;
+        let region = self.nodes.get(bucket)?.region;
+        let members = self.region_members.get(region)?;
+        let mut locks: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut free = 0u64;
+        for member in members {
+            let node = self.nodes.get(*member)?;
+            let lock = node
+                .durable_locks
+                .iter()
+                .find(|lock| lock.bucket == digest && lock.seq == seq);
+            match lock {
+                Some(lock) if !node.byzantine => *locks.entry(lock.object_id).or_default() += 1,
+                Some(_) => {}
+                None => free += 1,
+            }
+        }
+        let region_name = &self.buckets.get(bucket)?.region;
+        let reachable = |count: u64| self.validators.is_quorum(region_name, count.saturating_add(free));
+        if locks.len() < 2 || locks.values().any(|count| reachable(*count)) {
+            return None;
+        }
+        let parts: Vec<String> = locks
+            .iter()
+            .map(|(id, count)| {
+                let kind = if self.freezes_proposed.contains(id) {
+                    "a freeze"
+                } else {
+                    "a batch"
+                };
+                format!("{count} for {kind}")
+            })
+            .collect();
+        Some(format!(
+            "bucket {bucket}: locks at seq {seq} split ({}, {free} free), no quorum possible: a takeover raced the \
+             owner's batch",
+            parts.join(", ")
+        ))
+    }
+
     fn final_checks(&mut self) {
         let expected = self.oracle.state_digest();
-        for (index, node) in self.nodes.iter().enumerate() {
+        for (index, node) in self.nodes.iter().enumerate().filter(|(_, n)| !n.failed) {
             if node.ledger.state_digest() != expected {
                 self.fail(Violation::NodeState {
                     node: index,
@@ -1914,10 +2626,16 @@ impl World {
         let sent_bytes: u64 = self.nodes.iter().map(|n| n.sent_bytes).sum();
         let recv_msgs: u64 = self.nodes.iter().map(|n| n.recv_msgs).sum();
         let recv_bytes: u64 = self.nodes.iter().map(|n| n.recv_bytes).sum();
+        let record = self.record();
         let summary = Summary {
             nodes: self.cfg.nodes,
             regions: self.cfg.regions,
-            faults: self.cfg.profile.name().to_owned(),
+            faults: self
+                .cfg
+                .script
+                .as_ref()
+                .map_or(self.cfg.profile.name(), |script| script.name)
+                .to_owned(),
             duration_ms: self.cfg.duration_us / 1_000,
             virtual_end_ms: end_us / 1_000,
             converged_after_faults_ms: self
@@ -1951,6 +2669,59 @@ impl World {
             trace_hash,
             failure: self.violation.map(|v| v.to_string()),
             summary,
+            record,
+        }
+    }
+
+    fn record(&self) -> RunRecord {
+        let mut position = BTreeMap::new();
+        let certificates: Vec<CertRecord> = self
+            .cert_meta
+            .iter()
+            .enumerate()
+            .map(|(index, ((bucket, seq), meta))| {
+                position.insert((*bucket, *seq), index);
+                CertRecord {
+                    bucket: *bucket,
+                    seq: *seq,
+                    freeze: meta.freeze,
+                    proposer: meta.proposer,
+                    collector: meta.collector,
+                    formed_us: meta.formed_us,
+                    global_us: meta.global_us,
+                }
+            })
+            .collect();
+        let distribution = self.oracle.distribution(&self.dist.id);
+        let claims = self
+            .claims
+            .iter()
+            .map(|record| {
+                let certificate = self.oracle.certified_claim(&record.claim.id).and_then(|certified| {
+                    let bucket = self.bucket_index.get(&certified.bucket)?;
+                    position.get(&(*bucket, certified.seq)).copied()
+                });
+                ClaimTrace {
+                    created_us: record.created_us,
+                    valid: record.valid,
+                    home: distribution
+                        .and_then(|d| d.home_bucket(&record.claim.claimant))
+                        .and_then(|home| self.bucket_index.get(&home).copied()),
+                    provisional_us: record.provisional_us,
+                    held: record.held,
+                    duplicate: certificate.is_none() && self.registry.is_funded(&record.slot),
+                    certificate,
+                }
+            })
+            .collect();
+        RunRecord {
+            regions: self.nodes.iter().map(|n| n.region).collect(),
+            successors: self.successors.clone(),
+            certificates,
+            claims,
+            snapshots: self.snapshots.clone(),
+            final_digests: self.digests(),
+            failures: self.failures.clone(),
         }
     }
 }
