@@ -44,9 +44,10 @@ pub const HELD_CLAIMS_MAX: usize = 200_000;
 pub const RECHECK_PER_TICK: usize = 256;
 pub const RECHECK_INTERVAL_MS: Millis = 1_000;
 /// An entry node gossips a claim still waiting for its owner again after
-/// this long (past gossipsub's 60 s duplicate cache, so peers take it anew):
-/// an owner that was cut off when the claim first went out still gets it.
-pub const CLAIM_REPUBLISH_MS: Millis = 90_000;
+/// this long (past gossip's duplicate cache, `net::DUPLICATE_CACHE_TIME`, so
+/// peers take it anew): an owner that was cut off or too slow when the claim
+/// first went out still gets it.
+pub const CLAIM_REPUBLISH_MS: Millis = 30_000;
 /// Most claim timelines kept in memory; the oldest are forgotten first.
 pub const TIMELINES_MAX: usize = 1_000_000;
 

@@ -46,6 +46,11 @@ pub const SYNC_NOW_MIN_GAP: Duration = Duration::from_secs(1);
 pub const SYNC_PAGE_ENTRIES: u32 = 512;
 /// How often disconnected known peers are redialled.
 pub const REDIAL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long gossipsub remembers a message id (and refuses to publish or
+/// accept it again). Far above a message's propagation time; short enough
+/// that a claim still waiting for its owner can be gossiped again
+/// (`escrow::CLAIM_REPUBLISH_MS`) to an owner that missed it.
+pub const DUPLICATE_CACHE_TIME: Duration = Duration::from_secs(20);
 /// Ping period; a failed ping closes the connection so it is redialled.
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Largest gossip message on the credential topic: an attestation's 4 KiB of
@@ -345,6 +350,7 @@ pub async fn spawn(
         .max_transmit_size(GOSSIP_MAX_BYTES)
         .max_transmit_size_for_topic(CRED_TOPIC_MAX_BYTES, cred_topic)
         .heartbeat_interval(Duration::from_millis(500))
+        .duplicate_cache_time(DUPLICATE_CACHE_TIME)
         .build()
         .map_err(|e| NetError::Build(e.to_string()))?;
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
@@ -809,6 +815,14 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
+        if let gossipsub::Event::SlowPeer {
+            peer_id,
+            failed_messages,
+        } = &event
+        {
+            warn!(peer = %peer_id, ?failed_messages, "gossip to a slow peer is being dropped; catch-up and re-gossip repair it");
+            return;
+        }
         if let gossipsub::Event::Message {
             propagation_source,
             message_id,
