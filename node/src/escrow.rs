@@ -19,7 +19,7 @@ use prost::Message;
 use crate::config::LoadedGenesis;
 use crate::core::Millis;
 use crate::core::credentials::{CredentialBook, CredentialStatus};
-use crate::core::envelope::{Kind, NetworkId, ObjectId, Verified, seal};
+use crate::core::envelope::{Kind, KnownSignatures, NetworkId, ObjectId, Verified, seal};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
     Digest, Distribution, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
@@ -48,6 +48,9 @@ pub const RECHECK_INTERVAL_MS: Millis = 1_000;
 /// peers take it anew): an owner that was cut off or too slow when the claim
 /// first went out still gets it.
 pub const CLAIM_REPUBLISH_MS: Millis = 30_000;
+/// Envelopes remembered as verified (claims, batches, votes), so one met
+/// again inside a vote request or certificate is not checked again.
+pub const KNOWN_SIGNATURES_MAX: usize = 131_072;
 /// Most claim timelines kept in memory; the oldest are forgotten first.
 pub const TIMELINES_MAX: usize = 1_000_000;
 
@@ -210,6 +213,8 @@ pub struct Escrow {
     restored: Vec<(Verified, Millis)>,
     /// Waiting claims of other owners, judged again in turn.
     recheck: std::collections::VecDeque<(Digest, Millis)>,
+    /// Envelopes whose signature verified here (each checked once).
+    known: KnownSignatures,
     /// Operator rebalances known here, by id.
     rebalances: BTreeMap<Digest, wire::Rebalance>,
     /// What rebalances ask each (source, destination) bucket pair to move, in total.
@@ -377,6 +382,7 @@ impl Escrow {
             to_release: Vec::new(),
             restored: Vec::new(),
             recheck: Default::default(),
+            known: KnownSignatures::new(KNOWN_SIGNATURES_MAX),
             rebalances: BTreeMap::new(),
             transfers_owed: BTreeMap::new(),
             transfers_certified: HashMap::new(),
@@ -386,8 +392,8 @@ impl Escrow {
         let mut last_batches: HashMap<Digest, (Batch, Vec<u8>)> = HashMap::new();
         for r in locks {
             if let LockRecord::OwnBatch { envelope } = r
-                && let Ok(v) = wire::verify_nested(&network, envelope, "own batch")
-                && let Ok((batch, claims)) = wire::batch(&network, &v)
+                && let Ok(v) = wire::verify_nested(&network, envelope, "own batch", &mut escrow.known)
+                && let Ok((batch, claims)) = wire::batch(&network, &v, &mut escrow.known)
             {
                 for c in claims {
                     escrow.claim_envelopes.insert(c.id.0, c.raw);
@@ -878,6 +884,7 @@ impl Escrow {
         now: Millis,
     ) -> Result<Effects, EscrowError> {
         let claim = wire::claim(v)?;
+        self.known.remember(v);
         let mut effects = Effects::default();
         if self.ledger.distribution(&claim.distribution_id).is_none() {
             return Err(EscrowError::UnknownDistribution(hex::encode(claim.distribution_id)));
@@ -1161,7 +1168,7 @@ impl Escrow {
             let Some(raw) = self.claim_envelopes.get(&id).cloned() else {
                 continue;
             };
-            let Ok(verified) = wire::verify_nested(&self.network, &raw, "waiting claim") else {
+            let Ok(verified) = wire::verify_nested(&self.network, &raw, "waiting claim", &mut self.known) else {
                 continue;
             };
             let Ok(claim) = wire::claim(&verified) else { continue };
@@ -1335,12 +1342,12 @@ impl Escrow {
             refusal,
             retry,
         };
-        let object = match wire::verify_nested(&self.network, &request.object, "vote request object") {
+        let object = match wire::verify_nested(&self.network, &request.object, "vote request object", &mut self.known) {
             Ok(v) => v,
             Err(e) => return (effects, refuse(e.to_string(), false)),
         };
         let judged = if object.kind == Kind::Freeze {
-            let freeze = match wire::freeze(&self.network, &object) {
+            let freeze = match wire::freeze(&self.network, &object, &mut self.known) {
                 Ok(f) => f,
                 Err(e) => return (effects, refuse(e.to_string(), false)),
             };
@@ -1350,7 +1357,7 @@ impl Escrow {
             let bucket = freeze.bucket.clone();
             (voter.on_freeze(&self.ledger, &Credentials(book), &freeze, now), bucket)
         } else {
-            let batch = match wire::batch(&self.network, &object) {
+            let batch = match wire::batch(&self.network, &object, &mut self.known) {
                 Ok((b, _)) => b,
                 Err(e) => return (effects, refuse(e.to_string(), false)),
             };
@@ -1426,7 +1433,7 @@ impl Escrow {
             }
             return effects;
         }
-        let Ok(v) = wire::verify_nested(&self.network, &response.vote, "vote") else {
+        let Ok(v) = wire::verify_nested(&self.network, &response.vote, "vote", &mut self.known) else {
             return effects;
         };
         let Ok(vote) = wire::vote(&v) else { return effects };
@@ -1474,7 +1481,7 @@ impl Escrow {
     /// was new here (store and relay it), `Ok(false)` for a duplicate.
     pub fn on_certificate(&mut self, book: &CredentialBook, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
         let _ = book;
-        let (cert, claims) = wire::certificate(&self.network, raw)?;
+        let (cert, claims) = wire::certificate(&self.network, raw, &mut self.known)?;
         for c in claims {
             self.claim_envelopes.entry(c.id.0).or_insert(c.raw);
         }

@@ -299,6 +299,17 @@ impl Unverified {
         Ok(self.into_verified())
     }
 
+    /// Verifies the signature unless these exact bytes verified before.
+    pub fn verify_with(self, known: &mut KnownSignatures) -> Result<Verified, EnvelopeError> {
+        let fingerprint = *blake3::hash(&self.raw).as_bytes();
+        if known.set.contains(&fingerprint) {
+            return Ok(self.into_verified());
+        }
+        let verified = self.verify()?;
+        known.insert(fingerprint);
+        Ok(verified)
+    }
+
     fn into_verified(self) -> Verified {
         Verified {
             kind: self.kind,
@@ -306,6 +317,46 @@ impl Unverified {
             signer: self.signer.to_bytes(),
             id: self.id,
             raw: self.raw,
+        }
+    }
+}
+
+/// Fingerprints (blake3 of the exact bytes) of envelopes whose signature
+/// verified here. The same bytes verify the same way, so an envelope met
+/// again — a claim gossiped, then inside a vote request, then inside its
+/// certificate — is checked once; a variant with any other byte (a forged
+/// signature) has another fingerprint and is verified as usual. Bounded: the
+/// oldest are forgotten first.
+#[derive(Debug, Default)]
+pub struct KnownSignatures {
+    set: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+    capacity: usize,
+}
+
+impl KnownSignatures {
+    /// Remembers at most `capacity` envelopes (0: none).
+    pub fn new(capacity: usize) -> Self {
+        KnownSignatures {
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    /// Remembers an envelope that verified.
+    pub fn remember(&mut self, verified: &Verified) {
+        self.insert(*blake3::hash(&verified.raw).as_bytes());
+    }
+
+    fn insert(&mut self, fingerprint: [u8; 32]) {
+        if self.capacity == 0 || !self.set.insert(fingerprint) {
+            return;
+        }
+        self.order.push_back(fingerprint);
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
         }
     }
 }

@@ -10,7 +10,7 @@
 use credence_proto::v1 as pb;
 use prost::Message;
 
-use super::envelope::{self, EnvelopeError, Kind, NetworkId, Unverified, Verified};
+use super::envelope::{self, EnvelopeError, Kind, KnownSignatures, NetworkId, Verified};
 use super::escrow::{
     Batch, BucketId, Certificate, CertifiedObject, Claim, Digest, Distribution, Entry, Freeze, Key, Vote, digest_parts,
 };
@@ -59,10 +59,16 @@ fn malformed(kind: &'static str) -> impl Fn(prost::DecodeError) -> WireError {
     }
 }
 
-/// Decodes and strictly verifies a nested envelope.
-pub fn verify_nested(network: &NetworkId, raw: &[u8], what: &'static str) -> Result<Verified, WireError> {
+/// Decodes and strictly verifies a nested envelope (unless these exact bytes
+/// verified before: see [`KnownSignatures`]).
+pub fn verify_nested(
+    network: &NetworkId,
+    raw: &[u8],
+    what: &'static str,
+    known: &mut KnownSignatures,
+) -> Result<Verified, WireError> {
     envelope::decode(network, raw)
-        .and_then(Unverified::verify)
+        .and_then(|u| u.verify_with(known))
         .map_err(|error| WireError::Nested { what, error })
 }
 
@@ -200,13 +206,22 @@ pub fn batch_body(batch: &Batch, claim_envelope: impl Fn(&Digest) -> Option<Vec<
 }
 
 /// A batch from its verified envelope, with its claims' verified envelopes.
-pub fn batch(network: &NetworkId, v: &Verified) -> Result<(Batch, Vec<Verified>), WireError> {
+pub fn batch(
+    network: &NetworkId,
+    v: &Verified,
+    known: &mut KnownSignatures,
+) -> Result<(Batch, Vec<Verified>), WireError> {
     expect_kind(v, Kind::Batch)?;
     let body = pb::Batch::decode(v.body.as_slice()).map_err(malformed("batch"))?;
-    batch_from_body(network, v.signer, body)
+    batch_from_body(network, v.signer, body, known)
 }
 
-fn batch_from_body(network: &NetworkId, signer: Key, body: pb::Batch) -> Result<(Batch, Vec<Verified>), WireError> {
+fn batch_from_body(
+    network: &NetworkId,
+    signer: Key,
+    body: pb::Batch,
+    known: &mut KnownSignatures,
+) -> Result<(Batch, Vec<Verified>), WireError> {
     if body.entries.len() > BATCH_ENTRIES_MAX {
         return Err(WireError::TooManyEntries { max: BATCH_ENTRIES_MAX });
     }
@@ -215,7 +230,7 @@ fn batch_from_body(network: &NetworkId, signer: Key, body: pb::Batch) -> Result<
     for e in body.entries {
         match e.entry.ok_or(WireError::Missing("batch entry"))? {
             pb::batch_entry::Entry::Claim(raw) => {
-                let v = verify_nested(network, &raw, "claim")?;
+                let v = verify_nested(network, &raw, "claim", known)?;
                 entries.push(Entry::Claim(claim(&v)?));
                 claims.push(v);
             }
@@ -249,7 +264,7 @@ pub fn freeze_body(freeze: &Freeze, pending_envelope: Option<Vec<u8>>) -> pb::Fr
 }
 
 /// A freeze from its verified envelope (the pending batch, if any, is verified too).
-pub fn freeze(network: &NetworkId, v: &Verified) -> Result<Freeze, WireError> {
+pub fn freeze(network: &NetworkId, v: &Verified, known: &mut KnownSignatures) -> Result<Freeze, WireError> {
     expect_kind(v, Kind::Freeze)?;
     let body = pb::Freeze::decode(v.body.as_slice()).map_err(malformed("freeze"))?;
     if key32(&body.proposer, "proposer")? != v.signer {
@@ -258,8 +273,8 @@ pub fn freeze(network: &NetworkId, v: &Verified) -> Result<Freeze, WireError> {
     let pending = if body.pending.is_empty() {
         None
     } else {
-        let p = verify_nested(network, &body.pending, "pending batch")?;
-        Some(batch(network, &p)?.0)
+        let p = verify_nested(network, &body.pending, "pending batch", known)?;
+        Some(batch(network, &p, known)?.0)
     };
     Ok(Freeze::new(v.signer, bucket_id(body.bucket)?, body.last_seq, pending))
 }
@@ -293,15 +308,19 @@ pub fn vote(v: &Verified) -> Result<Vote, WireError> {
 
 /// A certificate from its encoding: the object's and every vote's signature
 /// are verified here. The quorum itself is checked by the ledger.
-pub fn certificate(network: &NetworkId, raw: &[u8]) -> Result<(Certificate, Vec<Verified>), WireError> {
+pub fn certificate(
+    network: &NetworkId,
+    raw: &[u8],
+    known: &mut KnownSignatures,
+) -> Result<(Certificate, Vec<Verified>), WireError> {
     let cert = pb::Certificate::decode(raw).map_err(malformed("certificate"))?;
-    let object = verify_nested(network, &cert.object, "certified object")?;
+    let object = verify_nested(network, &cert.object, "certified object", known)?;
     let (object, claims) = match object.kind {
         Kind::Batch => {
-            let (b, claims) = batch(network, &object)?;
+            let (b, claims) = batch(network, &object, known)?;
             (CertifiedObject::Batch(b), claims)
         }
-        Kind::Freeze => (CertifiedObject::Freeze(freeze(network, &object)?), Vec::new()),
+        Kind::Freeze => (CertifiedObject::Freeze(freeze(network, &object, known)?), Vec::new()),
         other => {
             return Err(WireError::WrongKind {
                 expected: "batch or freeze",
@@ -312,7 +331,7 @@ pub fn certificate(network: &NetworkId, raw: &[u8]) -> Result<(Certificate, Vec<
     let votes = cert
         .votes
         .iter()
-        .map(|raw| verify_nested(network, raw, "vote").and_then(|v| vote(&v)))
+        .map(|raw| verify_nested(network, raw, "vote", known).and_then(|v| vote(&v)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((Certificate { object, votes }, claims))
 }
@@ -320,7 +339,7 @@ pub fn certificate(network: &NetworkId, raw: &[u8]) -> Result<(Certificate, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::envelope::seal;
+    use crate::core::envelope::{Unverified, seal};
     use ed25519_dalek::SigningKey;
 
     const NET: NetworkId = NetworkId([3; 32]);
@@ -356,15 +375,25 @@ mod tests {
         let b = Batch::new(bucket.owner, bucket, 0, [0; 32], 9, vec![Entry::Claim(c.clone())], 10);
         let body = batch_body(&b, |id| (id == &c.id).then(|| claim_raw.clone())).unwrap_or_default();
         let (raw, _) = seal(&NET, &owner, Kind::Batch, body.encode_to_vec());
-        let (back, claims) = batch(&NET, &verified(&raw)).unwrap_or_else(|e| panic!("{e}"));
+        let mut known = KnownSignatures::new(16);
+        let (back, claims) = batch(&NET, &verified(&raw), &mut known).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, b);
         assert_eq!(claims.len(), 1);
-        // A tampered nested claim is refused.
+        // Met again, the claim is known: the same bytes pass without a check.
+        assert!(batch(&NET, &verified(&raw), &mut known).is_ok());
+        // A tampered nested claim is refused, whatever is known.
         let mut tampered = claim_raw.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         let body = batch_body(&b, |_| Some(tampered.clone())).unwrap_or_default();
         let (raw, _) = seal(&NET, &owner, Kind::Batch, body.encode_to_vec());
-        assert!(matches!(batch(&NET, &verified(&raw)), Err(WireError::Nested { .. })));
+        assert!(matches!(
+            batch(&NET, &verified(&raw), &mut known),
+            Err(WireError::Nested { .. })
+        ));
+        assert!(matches!(
+            batch(&NET, &verified(&raw), &mut KnownSignatures::new(0)),
+            Err(WireError::Nested { .. })
+        ));
     }
 }
