@@ -90,6 +90,7 @@ struct Progress {
     finished: u64,
     counts: BTreeMap<String, u64>,
     latencies_ms: Vec<u64>,
+    global_ms: Vec<u64>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -97,6 +98,8 @@ struct Progress {
 struct Outcome {
     status: String,
     latency_ms: Option<u64>,
+    /// Submission to `global` at the entry node, when followed that far.
+    global_ms: Option<u64>,
     error: Option<String>,
 }
 
@@ -198,6 +201,9 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
             if let Some(l) = outcome.latency_ms {
                 p.latencies_ms.push(l);
             }
+            if let Some(g) = outcome.global_ms {
+                p.global_ms.push(g);
+            }
             if let Some(e) = outcome.error
                 && (p.errors.len() < ERRORS_KEPT || p.errors.contains_key(&e))
             {
@@ -216,6 +222,8 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
     let p = lock(&progress);
     let mut latencies = p.latencies_ms.clone();
     latencies.sort_unstable();
+    let mut global = p.global_ms.clone();
+    global.sort_unstable();
     let answered = p.finished.saturating_sub(p.counts.get("error").copied().unwrap_or(0));
     if answered == 0 {
         let first = p.errors.keys().next().cloned().unwrap_or_default();
@@ -230,6 +238,12 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
             "p50": percentile(&latencies, 0.50),
             "p99": percentile(&latencies, 0.99),
             "max": latencies.last(),
+        },
+        "latency_to_global_ms": {
+            "count": global.len(),
+            "p50": percentile(&global, 0.50),
+            "p99": percentile(&global, 0.99),
+            "max": global.last(),
         },
         "p50_ms": percentile(&latencies, 0.50),
         "p99_ms": percentile(&latencies, 0.99),
@@ -290,6 +304,7 @@ fn failed(error: String) -> Outcome {
     Outcome {
         status: "error".into(),
         latency_ms: None,
+        global_ms: None,
         error: Some(error),
     }
 }
@@ -392,6 +407,7 @@ async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
                     current.status.clone()
                 },
                 latency_ms: None,
+                global_ms: None,
                 error: None,
             });
         }
@@ -418,6 +434,7 @@ fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64) -> Option<Outcome
     Some(Outcome {
         status: c.status.clone(),
         latency_ms: (reached > 0 && c.status != "rejected").then(|| reached.saturating_sub(submitted_at)),
+        global_ms: (wait == Wait::Global && c.global_at > 0).then(|| c.global_at.saturating_sub(submitted_at)),
         error: (c.status == "rejected").then(|| format!("rejected: {}", c.reason)),
     })
 }
