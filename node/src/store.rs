@@ -11,6 +11,7 @@
 pub mod locks;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::core::Millis;
 use crate::core::envelope::NetworkId;
@@ -64,6 +65,15 @@ pub struct Store {
     db: sled::Db,
     credlog: sled::Tree,
     certlog: sled::Tree,
+    /// Both logs' lengths, kept here because sled's `last()` is slow under
+    /// write load; the lock also keeps appends in order.
+    lens: Arc<Mutex<LogLens>>,
+}
+
+#[derive(Debug, Default)]
+struct LogLens {
+    credentials: u64,
+    certificates: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -115,26 +125,44 @@ impl Store {
         }
         let credlog = db.open_tree(CREDLOG_TREE)?;
         let certlog = db.open_tree(CERTLOG_TREE)?;
-        Ok(Store {
+        let mut store = Store {
             path: path.to_path_buf(),
             db,
             credlog,
             certlog,
-        })
+            lens: Arc::default(),
+        };
+        let lens = LogLens {
+            credentials: store.next_position(&store.credlog)?,
+            certificates: store.next_position(&store.certlog)?,
+        };
+        store.lens = Arc::new(Mutex::new(lens));
+        Ok(store)
     }
 
-    /// Number of entries in the credential log (= the next position).
-    pub fn credential_log_len(&self) -> Result<u64, StoreError> {
-        match self.credlog.last()? {
+    fn next_position(&self, tree: &sled::Tree) -> Result<u64, StoreError> {
+        match tree.last()? {
             None => Ok(0),
             Some((key, _)) => self.position_of(&key).map(|p| p.saturating_add(1)),
         }
     }
 
+    fn lens(&self) -> MutexGuard<'_, LogLens> {
+        // The lengths are updated after their batch applied; a panic in
+        // between cannot leave them ahead of the tree.
+        self.lens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of entries in the credential log (= the next position).
+    pub fn credential_log_len(&self) -> Result<u64, StoreError> {
+        Ok(self.lens().credentials)
+    }
+
     /// Appends accepted envelopes; returns the position of the first. Not
     /// durable until [`Store::flush`] returns.
     pub fn append_credentials(&self, entries: &[(Millis, &[u8])]) -> Result<u64, StoreError> {
-        let first = self.credential_log_len()?;
+        let mut lens = self.lens();
+        let first = lens.credentials;
         let mut batch = sled::Batch::default();
         let mut position = first;
         for (learned_at, envelope) in entries {
@@ -145,6 +173,7 @@ impl Store {
             position = position.saturating_add(1);
         }
         self.credlog.apply_batch(batch)?;
+        lens.credentials = position;
         Ok(first)
     }
 
@@ -171,15 +200,13 @@ impl Store {
 
     /// Number of certificates in the certificate log.
     pub fn certificate_log_len(&self) -> Result<u64, StoreError> {
-        match self.certlog.last()? {
-            None => Ok(0),
-            Some((key, _)) => self.position_of(&key).map(|p| p.saturating_add(1)),
-        }
+        Ok(self.lens().certificates)
     }
 
     /// Appends encoded certificates (in the order this node applied them).
     pub fn append_certificates(&self, certificates: &[&[u8]]) -> Result<u64, StoreError> {
-        let first = self.certificate_log_len()?;
+        let mut lens = self.lens();
+        let first = lens.certificates;
         let mut batch = sled::Batch::default();
         let mut position = first;
         for c in certificates {
@@ -187,6 +214,7 @@ impl Store {
             position = position.saturating_add(1);
         }
         self.certlog.apply_batch(batch)?;
+        lens.certificates = position;
         Ok(first)
     }
 
@@ -217,6 +245,29 @@ impl Store {
             .await
             .map_err(|e| StoreError::FlushTask(e.to_string()))??;
         Ok(())
+    }
+
+    /// Appends to both logs and flushes, on the blocking pool; the task
+    /// resolves when the entries survive a killed process. Only one may run
+    /// at a time: positions follow the order of the writes.
+    pub fn write_task(
+        &self,
+        entries: Vec<(Millis, Vec<u8>)>,
+        certificates: Vec<Vec<u8>>,
+    ) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries: Vec<(Millis, &[u8])> = entries.iter().map(|(at, raw)| (*at, raw.as_slice())).collect();
+            let certificates: Vec<&[u8]> = certificates.iter().map(Vec::as_slice).collect();
+            if !entries.is_empty() {
+                store.append_credentials(&entries)?;
+            }
+            if !certificates.is_empty() {
+                store.append_certificates(&certificates)?;
+            }
+            store.db.flush()?;
+            Ok(())
+        })
     }
 
     /// The directory this store lives in.
