@@ -186,9 +186,7 @@ impl NetHandle {
         if self.tx.try_send(Command::Publish { kind, raw }).is_err() {
             self.metrics
                 .queue_dropped
-                .get_or_create(&crate::metrics::QueueLabels {
-                    queue: "publish".into(),
-                })
+                .get_or_create(&crate::metrics::QueueLabels { queue: "publish" })
                 .inc();
         }
     }
@@ -222,11 +220,11 @@ impl NetHandle {
         self.try_command(Command::PublishRaw { topic, raw }, "publish");
     }
 
-    fn try_command(&self, command: Command, queue: &str) {
+    fn try_command(&self, command: Command, queue: &'static str) {
         if self.tx.try_send(command).is_err() {
             self.metrics
                 .queue_dropped
-                .get_or_create(&crate::metrics::QueueLabels { queue: queue.into() })
+                .get_or_create(&crate::metrics::QueueLabels { queue })
                 .inc();
         }
     }
