@@ -1101,23 +1101,26 @@ impl Actor {
             } => {
                 // Only the durable prefix is served: a position a peer has
                 // seen is never reassigned, even if this node crashes. The
-                // certificate log is flushed in the same group commits.
-                let durable = self.durable_len;
-                let page = self.store.credential_log_page(cursor, limit).and_then(|page| {
-                    let entries = page.into_iter().filter(|e| e.position < durable).collect();
-                    Ok(SyncPage {
-                        entries,
-                        log_len: durable,
-                        certificates: self
-                            .store
-                            .certificate_log_page(cert_cursor, limit)?
-                            .into_iter()
-                            .filter(|(position, _)| *position < self.durable_cert_len)
-                            .collect(),
-                        cert_log_len: self.durable_cert_len,
-                    })
+                // certificate log is flushed in the same group commits. A
+                // page is hundreds of entries: it is read off the actor.
+                let (durable, durable_certs) = (self.durable_len, self.durable_cert_len);
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let page = store.credential_log_page(cursor, limit).and_then(|page| {
+                        let entries = page.into_iter().filter(|e| e.position < durable).collect();
+                        Ok(SyncPage {
+                            entries,
+                            log_len: durable,
+                            certificates: store
+                                .certificate_log_page(cert_cursor, limit)?
+                                .into_iter()
+                                .filter(|(position, _)| *position < durable_certs)
+                                .collect(),
+                            cert_log_len: durable_certs,
+                        })
+                    });
+                    let _ = reply.send(page);
                 });
-                let _ = reply.send(page);
             }
             _ => {}
         }
