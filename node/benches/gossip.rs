@@ -3,13 +3,17 @@
 //! payloads (no validation, no storage) over the same topology, in one run.
 //!
 //! `cargo bench -p credence --bench gossip`. Both systems get the same paced
-//! offered load at each rate in `RATES` (submissions spread round-robin over
-//! the three nodes, `PHASE_SECS` seconds each). Reported per rate: delivered
-//! throughput (objects that reached every other node, per second of the
-//! phase), and p50/p99 latency from submission at one node to the object being
-//! durable (ours) or delivered (plain) at each of the other two.
+//! offered load at each rate (`GOSSIP_BENCH_RATES=1000,5000`, default
+//! [`RATES`]; submissions spread round-robin over the three nodes,
+//! `PHASE_SECS` seconds each). Reported per rate: delivered throughput
+//! (objects that reached every other node, per second from the first
+//! submission to the last arrival), p50/p99 latency from submission at one
+//! node to the object being applied (ours) or delivered (plain) at each of
+//! the other two, and the CPU the whole process used meanwhile, in cores
+//! (Linux; the machine may be shared, so compare the two sides of one run).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +33,41 @@ const DRAIN: Duration = Duration::from_secs(15);
 
 /// An envelope and the id it is tracked by.
 type Payload = (Vec<u8>, [u8; 32]);
-type Arrivals = Arc<Mutex<HashMap<[u8; 32], Vec<Instant>>>>;
+
+/// When each object reached each node, and how many arrivals there were in
+/// all (so waiting for a phase to drain does not lock the map to count).
+#[derive(Default)]
+struct Arrivals {
+    at: Mutex<HashMap<[u8; 32], Vec<Instant>>>,
+    count: AtomicUsize,
+}
+
+impl Arrivals {
+    fn record(&self, id: [u8; 32]) {
+        let now = Instant::now();
+        self.at.lock().expect("lock").entry(id).or_default().push(now);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn rates() -> Vec<u64> {
+    match std::env::var("GOSSIP_BENCH_RATES") {
+        Ok(list) => list
+            .split(',')
+            .map(|r| r.trim().parse().expect("GOSSIP_BENCH_RATES: comma-separated rates"))
+            .collect(),
+        Err(_) => RATES.to_vec(),
+    }
+}
+
+/// CPU time (user + system) this process has used, from /proc/self/stat.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -45,6 +83,7 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     lost: usize,
+    cpu_cores: f64,
 }
 
 /// Sends `set` paced at `rate`/s through `send(i, raw)`, then waits for the
@@ -58,6 +97,8 @@ async fn phase<F: FnMut(usize, Vec<u8>)>(
     let sent = Mutex::new(HashMap::new());
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let cpu_start = cpu_seconds();
+    let arrived_before = arrivals.count.load(Ordering::Relaxed);
     let start = Instant::now();
     for (i, (raw, id)) in set.iter().enumerate() {
         tick.tick().await;
@@ -67,17 +108,25 @@ async fn phase<F: FnMut(usize, Vec<u8>)>(
     let everywhere = (NODES - 1) * set.len();
     let deadline = Instant::now() + DRAIN;
     while Instant::now() < deadline {
-        let reached: usize = {
-            let a = arrivals.lock().expect("lock");
-            set.iter().map(|(_, id)| a.get(id).map_or(0, Vec::len)).sum()
-        };
-        if reached >= everywhere {
-            break;
+        // Count under the lock only once the running total says all arrived.
+        if arrivals.count.load(Ordering::Relaxed) - arrived_before >= everywhere {
+            let reached: usize = {
+                let a = arrivals.at.lock().expect("lock");
+                set.iter().map(|(_, id)| a.get(id).map_or(0, Vec::len)).sum()
+            };
+            if reached >= everywhere {
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu_cores = match (cpu_start, cpu_seconds()) {
+        (Some(a), Some(b)) => (b - a) / wall,
+        _ => f64::NAN,
+    };
     let (all, last) = {
-        let a = arrivals.lock().expect("lock");
+        let a = arrivals.at.lock().expect("lock");
         let complete = set
             .iter()
             .filter(|(_, id)| a.get(id).map_or(0, Vec::len) >= NODES - 1)
@@ -95,6 +144,7 @@ async fn phase<F: FnMut(usize, Vec<u8>)>(
         p50_ms: percentile(&lat, 0.5),
         p99_ms: percentile(&lat, 0.99),
         lost: everywhere - lat.len(),
+        cpu_cores,
     }
 }
 
@@ -109,7 +159,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn run() {
     let local = local_network(&["eu"], NODES, 11, 1_000, 10).expect("network");
     let network_id = local.genesis.network_id;
-    let total: u64 = RATES.iter().map(|r| r * PHASE_SECS).sum();
+    let rates = rates();
+    let total: u64 = rates.iter().map(|r| r * PHASE_SECS).sum();
     let payloads: Vec<(Vec<u8>, [u8; 32])> = (0..total)
         .map(|i| {
             let body = pb::Attestation {
@@ -127,7 +178,7 @@ async fn run() {
         .collect();
     let mut sets = Vec::new();
     let mut rest = payloads.as_slice();
-    for rate in RATES {
+    for rate in rates {
         let (set, tail) = rest.split_at((rate * PHASE_SECS) as usize);
         sets.push((rate, set));
         rest = tail;
@@ -162,21 +213,14 @@ async fn run() {
         }
     }
     tokio::time::sleep(Duration::from_secs(3)).await; // let the gossip mesh form
-    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let arrivals = Arc::new(Arrivals::default());
     for node in &nodes {
         let mut events = node.handle.subscribe_applied();
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) if event.source != Source::Rpc => {
-                        arrivals
-                            .lock()
-                            .expect("lock")
-                            .entry(event.id.0)
-                            .or_default()
-                            .push(Instant::now());
-                    }
+                    Ok(event) if event.source != Source::Rpc => arrivals.record(event.id.0),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => break,
                 }
@@ -204,8 +248,8 @@ async fn run() {
 
     println!("3 nodes on loopback; offered load paced over the 3 nodes for {PHASE_SECS} s per rate");
     println!(
-        "{:<10} {:<36} {:>12} {:>9} {:>9} {:>7}",
-        "offered/s", "", "delivered/s", "p50 ms", "p99 ms", "lost"
+        "{:<10} {:<38} {:>12} {:>9} {:>9} {:>7} {:>10}",
+        "offered/s", "", "delivered/s", "p50 ms", "p99 ms", "lost", "cpu cores"
     );
     for ((rate, _), (o, p)) in sets.iter().zip(ours.iter().zip(plain.iter())) {
         for (name, f) in [
@@ -213,8 +257,8 @@ async fn run() {
             ("plain gossipsub (relay only)", p),
         ] {
             println!(
-                "{:<10} {:<36} {:>12.0} {:>9.2} {:>9.2} {:>7}",
-                rate, name, f.delivered_per_s, f.p50_ms, f.p99_ms, f.lost
+                "{:<10} {:<38} {:>12.0} {:>9.2} {:>9.2} {:>7} {:>10.2}",
+                rate, name, f.delivered_per_s, f.p50_ms, f.p99_ms, f.lost, f.cpu_cores
             );
         }
         println!("{:<10} p99 ratio credence / plain: {:.2}", rate, o.p99_ms / p.p99_ms);
@@ -223,7 +267,7 @@ async fn run() {
 
 fn latencies(set: &[(Vec<u8>, [u8; 32])], sent: &Mutex<HashMap<[u8; 32], Instant>>, arrivals: &Arrivals) -> Vec<f64> {
     let sent = sent.lock().expect("lock");
-    let arrivals = arrivals.lock().expect("lock");
+    let arrivals = arrivals.at.lock().expect("lock");
     let mut out: Vec<f64> = set
         .iter()
         .filter_map(|(_, id)| Some((sent.get(id)?, arrivals.get(id)?)))
@@ -256,7 +300,7 @@ fn plain_swarm() -> libp2p::Swarm<gossipsub::Behaviour> {
 
 async fn plain(sets: &[(u64, &[Payload])]) -> Vec<Figures> {
     let topic = gossipsub::IdentTopic::new("/plain/1");
-    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let arrivals = Arc::new(Arrivals::default());
     let mut senders = Vec::new();
     let mut addrs: Vec<libp2p::Multiaddr> = Vec::new();
     for _ in 0..NODES {
@@ -283,8 +327,7 @@ async fn plain(sets: &[(u64, &[Payload])]) -> Vec<Figures> {
                     Some(data) = rx.recv() => { let _ = swarm.behaviour_mut().publish(topic.clone(), data); }
                     event = swarm.select_next_some() => {
                         if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) = event {
-                            let id = *blake3::hash(&message.data).as_bytes();
-                            arrivals.lock().expect("lock").entry(id).or_default().push(Instant::now());
+                            arrivals.record(*blake3::hash(&message.data).as_bytes());
                         }
                     }
                 }

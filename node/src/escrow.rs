@@ -27,6 +27,7 @@ use crate::core::escrow::{
 };
 use crate::core::quorum::{self, ArrivalHistory, Member, Mode, RttEstimate, ScopeView};
 use crate::core::wire::{self, WireError};
+use crate::store::HeldChange;
 use crate::store::locks::LockRecord;
 
 /// Certificates the ledger holds while waiting for what they depend on.
@@ -81,10 +82,9 @@ pub struct Effects {
     pub claims_to_publish: Vec<(String, Vec<u8>)>,
     /// New certificates to store and gossip (encoded `Certificate`).
     pub certificates: Vec<Vec<u8>>,
-    /// Claims to hold durably while they wait: (id, received_at, envelope).
-    pub hold: Vec<(Digest, Millis, Vec<u8>)>,
-    /// Held claims that were certified or refused.
-    pub release: Vec<Digest>,
+    /// Claims to hold durably while they wait, and held ones that were
+    /// certified or refused, in the order they happened.
+    pub held: Vec<HeldChange>,
 }
 
 impl Effects {
@@ -94,8 +94,7 @@ impl Effects {
         self.vote_requests.append(&mut other.vote_requests);
         self.claims_to_publish.append(&mut other.claims_to_publish);
         self.certificates.append(&mut other.certificates);
-        self.hold.append(&mut other.hold);
-        self.release.append(&mut other.release);
+        self.held.append(&mut other.held);
     }
 }
 
@@ -207,8 +206,8 @@ pub struct Escrow {
     frozen: Vec<Digest>,
     /// Claims held durably here (a subset of `claim_envelopes`).
     held: std::collections::HashSet<Digest>,
-    /// Held claims certified or refused since the last tick.
-    to_release: Vec<Digest>,
+    /// Claims held, certified or refused since the last tick, in order.
+    held_changes: Vec<HeldChange>,
     /// Held claims restored from the store, submitted again on the first tick.
     restored: Vec<(Verified, Millis)>,
     /// Waiting claims of other owners, judged again in turn.
@@ -379,7 +378,7 @@ impl Escrow {
             seen_batches: HashMap::new(),
             frozen: Vec::new(),
             held: Default::default(),
-            to_release: Vec::new(),
+            held_changes: Vec::new(),
             restored: Vec::new(),
             recheck: Default::default(),
             known: KnownSignatures::new(KNOWN_SIGNATURES_MAX),
@@ -448,7 +447,7 @@ impl Escrow {
 
     fn release(&mut self, id: Digest) {
         if self.held.remove(&id) {
-            self.to_release.push(id);
+            self.held_changes.push(HeldChange::Release(id));
         }
     }
 
@@ -906,7 +905,11 @@ impl Escrow {
             // or a successor taking the bucket over, still has it.
             let received_at = self.timelines.get(&claim.id).map_or(0, |t| t.received_at);
             let received_at = if received_at == 0 { now } else { received_at };
-            effects.hold.push((claim.id, received_at, v.raw.clone()));
+            self.held_changes.push(HeldChange::Hold {
+                id: claim.id,
+                received_at,
+                envelope: v.raw.clone(),
+            });
             self.held.insert(claim.id);
         }
         self.claim_envelopes.insert(claim.id, v.raw.clone());
@@ -1102,7 +1105,7 @@ impl Escrow {
         }
         self.move_waiting_claims(book, now, &mut effects);
         self.recheck_waiting(book, now, &mut effects);
-        effects.release.append(&mut self.to_release);
+        effects.held.append(&mut self.held_changes);
         let Some(region) = self.region.clone() else {
             return effects;
         };

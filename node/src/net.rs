@@ -191,9 +191,7 @@ impl NetHandle {
         if self.tx.try_send(Command::Publish { kind, raw }).is_err() {
             self.metrics
                 .queue_dropped
-                .get_or_create(&crate::metrics::QueueLabels {
-                    queue: "publish".into(),
-                })
+                .get_or_create(&crate::metrics::QueueLabels { queue: "publish" })
                 .inc();
         }
     }
@@ -227,11 +225,11 @@ impl NetHandle {
         self.try_command(Command::PublishRaw { topic, raw }, "publish");
     }
 
-    fn try_command(&self, command: Command, queue: &str) {
+    fn try_command(&self, command: Command, queue: &'static str) {
         if self.tx.try_send(command).is_err() {
             self.metrics
                 .queue_dropped
-                .get_or_create(&crate::metrics::QueueLabels { queue: queue.into() })
+                .get_or_create(&crate::metrics::QueueLabels { queue })
                 .inc();
         }
     }
@@ -461,7 +459,7 @@ pub async fn spawn(
         }
     }
     let (internal_tx, internal_rx) = mpsc::channel(pipeline::RESULTS_CAPACITY);
-    let pipeline = Pipeline::start(network_id, node.clone(), internal_tx.clone(), shutdown.clone());
+    let pipeline = Pipeline::start(node.clone(), internal_tx.clone(), shutdown.clone());
     let mut event_loop = EventLoop {
         swarm,
         network_id,
@@ -575,6 +573,8 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Publish { kind, raw } => {
+                // The actor publishes only what it holds.
+                self.pipeline.note_held(&raw);
                 let topic = topic_of(&self.network_id, kind);
                 match self.swarm.behaviour_mut().gossipsub.publish(topic, raw) {
                     Ok(_) => {}
@@ -907,9 +907,10 @@ impl EventLoop {
                     let node = self.node.clone();
                     let tx = self.internal_tx.clone();
                     let network = self.network_id;
+                    let seen = self.pipeline.seen();
                     tokio::spawn(async move {
                         let (next_cursor, next_cert_cursor, more) =
-                            pipeline::apply_sync_page(&network, &node, peer, response).await;
+                            pipeline::apply_sync_page(&network, &node, &seen, peer, response).await;
                         let _ = tx
                             .send(Internal::SyncApplied {
                                 peer,

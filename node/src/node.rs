@@ -3,9 +3,10 @@
 //! The actor is the single owner of the protocol state (`CredentialBook`)
 //! and the only writer of the store. RPC handlers and the network send it
 //! `Command`s over a bounded channel and wait on a `oneshot` reply. It drains
-//! commands in groups, applies them, appends what is new to the store, flushes
-//! once for the whole group (group commit), and only then replies and
-//! publishes: an acknowledged object is durable.
+//! commands in groups, applies them, appends what is new to the store and
+//! flushes once for every group written since the last flush (group commit).
+//! The flush runs while the actor goes on applying; client acknowledgements,
+//! votes and escrow messages wait for it: an acknowledged object is durable.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +35,12 @@ use crate::store::{LogEntry, Store, StoreError};
 pub const ACTOR_QUEUE_CAPACITY: usize = 4096;
 /// Most commands applied between two store flushes.
 pub const ACTOR_GROUP_MAX: usize = 1024;
+/// Objects nobody waits for (from gossip and catch-up) are written to the
+/// store together, once this many are queued or the oldest waited this
+/// long, unless a write someone waits for takes them sooner. Peers are
+/// served only the durable prefix, and catch-up repairs a crash's loss.
+pub const UNAWAITED_WRITE_ENTRIES_MAX: u64 = 1024;
+pub const UNAWAITED_WRITE_DELAY_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Applied-object events buffered for slow subscribers; one that falls
 /// further behind skips ahead and is told how many it missed.
@@ -548,6 +555,8 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         me: node_id,
         network_id: genesis.network_id,
         durable_len: store.credential_log_len()?,
+        durable_cert_len: store.certificate_log_len()?,
+        commit: GroupCommit::default(),
         escrow,
         lock_log,
         operators: genesis.operators.clone(),
@@ -672,6 +681,10 @@ struct Actor {
     network_id: envelope::NetworkId,
     /// Entries of the credential log known to be flushed.
     durable_len: u64,
+    /// Entries of the certificate log known to be flushed.
+    durable_cert_len: u64,
+    /// The store flush in flight and what waits for it.
+    commit: GroupCommit,
     escrow: Escrow,
     lock_log: LockLog,
     operators: std::collections::BTreeSet<PublicKey>,
@@ -692,6 +705,11 @@ impl Actor {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                result = self.commit.flushed(), if self.commit.flushing.is_some() => {
+                    if !self.flushed(result) {
+                        break;
+                    }
+                }
                 _ = tick.tick() => {
                     if !self.process(&mut group).await {
                         break;
@@ -703,13 +721,29 @@ impl Actor {
                     }
                     self.metrics
                         .queue_depth
-                        .get_or_create(&crate::metrics::QueueLabels { queue: "actor".into() })
+                        .get_or_create(&crate::metrics::QueueLabels { queue: "actor" })
                         .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                     self.escrow.set_load(rx.len() as f64 / ACTOR_QUEUE_CAPACITY as f64);
                     if !self.process(&mut group).await {
                         break;
                     }
                 }
+            }
+        }
+        // Whatever is not yet written is written, and what waits for it answered.
+        loop {
+            if self.commit.flushing.is_none() {
+                match self.commit.next.take() {
+                    Some(next) if next.writes() => self.commit.start(&self.store, next),
+                    Some(next) => {
+                        self.release(next, None);
+                    }
+                    None => break,
+                }
+            }
+            let result = self.commit.flushed().await;
+            if !self.flushed(result) {
+                break;
             }
         }
         if let Err(e) = self.store.flush().await {
@@ -917,44 +951,122 @@ impl Actor {
                 effects.append(more);
             }
         }
-        let held_changed = !effects.hold.is_empty() || !effects.release.is_empty();
-        if failure.is_none() && (!appended.is_empty() || !effects.certificates.is_empty() || held_changed) {
-            let entries: Vec<(Millis, &[u8])> = appended
-                .iter()
-                .map(|(at, raw, _, _, _)| (*at, raw.as_slice()))
-                .collect();
-            let certs: Vec<&[u8]> = effects.certificates.iter().map(|c| c.as_slice()).collect();
-            let result = self
-                .store
-                .append_credentials(&entries)
-                .and_then(|_| self.store.append_certificates(&certs))
-                .and_then(|_| {
-                    let hold: Vec<([u8; 32], Millis, &[u8])> = effects
-                        .hold
-                        .iter()
-                        .map(|(id, at, raw)| (*id, *at, raw.as_slice()))
-                        .collect();
-                    self.store.update_held_claims(&hold, &effects.release)
-                });
-            let result = match result {
-                Ok(_) => self.store.flush().await,
-                Err(e) => Err(e),
-            };
-            self.metrics.store_flushes.inc();
-            match result {
-                Ok(()) => {
-                    self.durable_len = self.durable_len.saturating_add(appended.len() as u64);
-                    self.metrics
-                        .credential_log_len
-                        .set(i64::try_from(self.durable_len).unwrap_or(i64::MAX));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "store write failed; stopping the node");
-                    failure = Some(e.to_string());
+        if failure.is_none() {
+            for (_, raw, kind, source, _) in &appended {
+                // Gossip relays what it delivered by itself; sync objects are
+                // old news to the peer they came from. Only fresh submissions
+                // go out, at once: relaying is not acknowledging, and every
+                // peer verifies them itself.
+                if *source == Source::Rpc {
+                    self.net.publish(*kind, raw.clone());
                 }
             }
         }
-        for (reply, verdicts) in rpc_replies {
+        let writes = !appended.is_empty() || !effects.certificates.is_empty() || !effects.held.is_empty();
+        // Certificates that arrived from peers are stored in order with the
+        // rest but not published again: gossip relays what it delivered, and
+        // a synced one is old news.
+        let to_publish = effects
+            .certificates
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !received_certificates.contains(i))
+            .map(|(_, raw)| raw.clone())
+            .collect();
+        let release = Release {
+            since: writes.then(std::time::Instant::now),
+            appended: appended.len() as u64,
+            certificates_appended: effects.certificates.len() as u64,
+            held_changes: effects.held.len() as u64,
+            entries: appended.into_iter().map(|(at, raw, _, _, _)| (at, raw)).collect(),
+            stored_certificates: effects.certificates,
+            held: effects.held,
+            rpc_replies,
+            claim_replies,
+            vote_replies,
+            remote_requests,
+            claims_to_publish: effects.claims_to_publish,
+            certificates: to_publish,
+            heartbeats: heartbeat.into_iter().collect(),
+        };
+        if failure.is_some() {
+            self.release(release, failure);
+            return false;
+        }
+        self.commit_group(release)
+    }
+
+    /// Queues a group's writes and what it releases behind the write that
+    /// makes them durable, and starts that write when it is due.
+    fn commit_group(&mut self, release: Release) -> bool {
+        match &mut self.commit.next {
+            Some(next) => next.merge(release),
+            None if release.is_empty() => {}
+            None => self.commit.next = Some(release),
+        }
+        self.write_when_due()
+    }
+
+    /// Starts the next write unless one is in flight: at once when anything
+    /// waits for it; writes nobody waits for (gossip, catch-up) are gathered
+    /// for up to `UNAWAITED_WRITE_DELAY_MAX` or `UNAWAITED_WRITE_ENTRIES_MAX`.
+    /// What was queued while a write was in flight waits for the next one,
+    /// even a group that wrote nothing: it may answer from writes not yet
+    /// durable.
+    fn write_when_due(&mut self) -> bool {
+        if self.commit.flushing.is_some() {
+            return true;
+        }
+        let Some(next) = &self.commit.next else {
+            return true;
+        };
+        let due = next.waits()
+            || next.appended.saturating_add(next.certificates_appended) >= UNAWAITED_WRITE_ENTRIES_MAX
+            || next
+                .since
+                .is_some_and(|since| since.elapsed() >= UNAWAITED_WRITE_DELAY_MAX);
+        if !due {
+            return true;
+        }
+        let Some(next) = self.commit.next.take() else {
+            return true;
+        };
+        if !next.writes() {
+            // Everything applied before it is durable already.
+            return self.release(next, None);
+        }
+        self.commit.start(&self.store, next);
+        true
+    }
+
+    /// The write in flight is durable (or failed): release what waited for
+    /// it and start the next one when due. Returns false when the store
+    /// failed.
+    fn flushed(&mut self, result: Option<(Result<(), StoreError>, Release)>) -> bool {
+        let Some((result, release)) = result else {
+            return true;
+        };
+        self.metrics.store_flushes.inc();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store write failed; stopping the node");
+        }
+        if !self.release(release, result.err().map(|e| e.to_string())) {
+            return false;
+        }
+        self.write_when_due()
+    }
+
+    /// Sends what waited for durability, or refuses it when storage failed
+    /// (and then returns false: the node must stop).
+    fn release(&mut self, release: Release, failure: Option<String>) -> bool {
+        if failure.is_none() {
+            self.durable_len = self.durable_len.saturating_add(release.appended);
+            self.durable_cert_len = self.durable_cert_len.saturating_add(release.certificates_appended);
+            self.metrics
+                .credential_log_len
+                .set(i64::try_from(self.durable_len).unwrap_or(i64::MAX));
+        }
+        for (reply, verdicts) in release.rpc_replies {
             let answer = verdicts
                 .into_iter()
                 .map(|v| match (&failure, v) {
@@ -966,7 +1078,7 @@ impl Actor {
                 let _ = reply.send(answer);
             }
         }
-        for (reply, answer) in claim_replies {
+        for (reply, answer) in release.claim_replies {
             let answer = match &failure {
                 Some(e) => Err(format!("storage failed: {e}")),
                 None => answer,
@@ -977,30 +1089,20 @@ impl Actor {
             // Nothing that depends on an undurable lock or batch may leave.
             return false;
         }
-        for (reply, response) in vote_replies {
+        for (reply, response) in release.vote_replies {
             let _ = reply.send(response);
         }
-        for (voter, request) in remote_requests {
+        for (voter, request) in release.remote_requests {
             self.net.request_vote(voter, request);
         }
-        for (region, raw) in effects.claims_to_publish {
+        for (region, raw) in release.claims_to_publish {
             self.net.publish_claim(&region, raw);
         }
-        for (i, raw) in effects.certificates.into_iter().enumerate() {
-            if received_certificates.contains(&i) {
-                continue;
-            }
+        for raw in release.certificates {
             self.net.publish_certificate(raw);
         }
-        if let Some(raw) = heartbeat {
+        for raw in release.heartbeats {
             self.net.publish(Kind::Heartbeat, raw);
-        }
-        for (_, raw, kind, source, _) in appended {
-            // Gossip relays what it delivered by itself; sync objects are old
-            // news to the peer they came from. Only fresh submissions go out.
-            if source == Source::Rpc {
-                self.net.publish(kind, raw);
-            }
         }
         true
     }
@@ -1040,20 +1142,129 @@ impl Actor {
             } => {
                 // Only the durable prefix is served: a position a peer has
                 // seen is never reassigned, even if this node crashes. The
-                // certificate log is flushed in the same group commits.
-                let durable = self.durable_len;
-                let page = self.store.credential_log_page(cursor, limit).and_then(|page| {
-                    let entries = page.into_iter().filter(|e| e.position < durable).collect();
-                    Ok(SyncPage {
-                        entries,
-                        log_len: durable,
-                        certificates: self.store.certificate_log_page(cert_cursor, limit)?,
-                        cert_log_len: self.store.certificate_log_len()?,
-                    })
+                // certificate log is flushed in the same group commits. A
+                // page is hundreds of entries: it is read off the actor.
+                let (durable, durable_certs) = (self.durable_len, self.durable_cert_len);
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let page = store.credential_log_page(cursor, limit).and_then(|page| {
+                        let entries = page.into_iter().filter(|e| e.position < durable).collect();
+                        Ok(SyncPage {
+                            entries,
+                            log_len: durable,
+                            certificates: store
+                                .certificate_log_page(cert_cursor, limit)?
+                                .into_iter()
+                                .filter(|(position, _)| *position < durable_certs)
+                                .collect(),
+                            cert_log_len: durable_certs,
+                        })
+                    });
+                    let _ = reply.send(page);
                 });
-                let _ = reply.send(page);
             }
             _ => {}
         }
+    }
+}
+
+type RpcReply = oneshot::Sender<Vec<Result<Verdict, SubmitError>>>;
+type ClaimReply = oneshot::Sender<Result<(), String>>;
+
+/// What a group of commands writes, and what it holds back until those
+/// writes are durable.
+#[derive(Default)]
+struct Release {
+    /// When the oldest write in it was applied.
+    since: Option<std::time::Instant>,
+    /// Credential log entries (learned at, envelope), until they are written.
+    entries: Vec<(Millis, Vec<u8>)>,
+    /// Certificate log entries, until they are written.
+    stored_certificates: Vec<Vec<u8>>,
+    /// Changes to the claims held (`held/v1`), until they are written.
+    held: Vec<crate::store::HeldChange>,
+    appended: u64,
+    certificates_appended: u64,
+    held_changes: u64,
+    rpc_replies: Vec<(Option<RpcReply>, Vec<Verdict>)>,
+    claim_replies: Vec<(ClaimReply, Result<(), String>)>,
+    vote_replies: Vec<(oneshot::Sender<pb::VoteResponse>, pb::VoteResponse)>,
+    remote_requests: Vec<(PublicKey, pb::VoteRequest)>,
+    claims_to_publish: Vec<(String, Vec<u8>)>,
+    certificates: Vec<Vec<u8>>,
+    heartbeats: Vec<Vec<u8>>,
+}
+
+impl Release {
+    fn writes(&self) -> bool {
+        self.appended > 0 || self.certificates_appended > 0 || self.held_changes > 0
+    }
+
+    /// Someone waits for these writes: a client, a voter, or a message that
+    /// may only leave once they are durable.
+    fn waits(&self) -> bool {
+        !(self.rpc_replies.is_empty()
+            && self.claim_replies.is_empty()
+            && self.vote_replies.is_empty()
+            && self.remote_requests.is_empty()
+            && self.claims_to_publish.is_empty()
+            && self.certificates.is_empty()
+            && self.heartbeats.is_empty())
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.writes() && !self.waits()
+    }
+
+    fn merge(&mut self, later: Release) {
+        self.since = self.since.or(later.since);
+        self.entries.extend(later.entries);
+        self.stored_certificates.extend(later.stored_certificates);
+        self.held.extend(later.held);
+        self.held_changes = self.held_changes.saturating_add(later.held_changes);
+        self.appended = self.appended.saturating_add(later.appended);
+        self.certificates_appended = self.certificates_appended.saturating_add(later.certificates_appended);
+        self.rpc_replies.extend(later.rpc_replies);
+        self.claim_replies.extend(later.claim_replies);
+        self.vote_replies.extend(later.vote_replies);
+        self.remote_requests.extend(later.remote_requests);
+        self.claims_to_publish.extend(later.claims_to_publish);
+        self.certificates.extend(later.certificates);
+        self.heartbeats.extend(later.heartbeats);
+    }
+}
+
+/// Group commit with at most one store write (append, then flush) in
+/// flight, off the actor: it keeps applying meanwhile, and groups applied
+/// meanwhile share the next write.
+#[derive(Default)]
+struct GroupCommit {
+    flushing: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, Release)>,
+    /// Written after the one in flight.
+    next: Option<Release>,
+}
+
+impl GroupCommit {
+    fn start(&mut self, store: &Store, mut release: Release) {
+        debug_assert!(self.flushing.is_none());
+        let write = crate::store::Write {
+            entries: std::mem::take(&mut release.entries),
+            certificates: std::mem::take(&mut release.stored_certificates),
+            held: std::mem::take(&mut release.held),
+        };
+        self.flushing = Some((store.write_task(write), release));
+    }
+
+    /// Resolves when the write in flight is durable, with what it releases;
+    /// at once with nothing when none is in flight (so only poll it in a
+    /// `select!` while one is).
+    async fn flushed(&mut self) -> Option<(Result<(), StoreError>, Release)> {
+        let (task, _) = self.flushing.as_mut()?;
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::FlushTask(e.to_string())),
+        };
+        let (_, release) = self.flushing.take()?;
+        Some((result, release))
     }
 }

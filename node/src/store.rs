@@ -11,6 +11,7 @@
 pub mod locks;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::core::Millis;
 use crate::core::envelope::NetworkId;
@@ -58,6 +59,27 @@ pub struct LogEntry {
     pub envelope: Vec<u8>,
 }
 
+/// One group commit's writes: log entries, certificates, and the claims held
+/// (or no longer held) while they wait for their owner.
+#[derive(Debug, Default)]
+pub struct Write {
+    pub entries: Vec<(Millis, Vec<u8>)>,
+    pub certificates: Vec<Vec<u8>>,
+    pub held: Vec<HeldChange>,
+}
+
+/// A change to the claims held while they wait for their owner, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldChange {
+    Hold {
+        id: [u8; 32],
+        received_at: Millis,
+        envelope: Vec<u8>,
+    },
+    /// Certified or refused: no longer held.
+    Release([u8; 32]),
+}
+
 /// Handle to the node's store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -67,6 +89,15 @@ pub struct Store {
     certlog: sled::Tree,
     /// Claims waiting for their owner: claim id → received_at (8 bytes BE) ‖ envelope.
     held: sled::Tree,
+    /// Both logs' lengths, kept here because sled's `last()` is slow under
+    /// write load; the lock also keeps appends in order.
+    lens: Arc<Mutex<LogLens>>,
+}
+
+#[derive(Debug, Default)]
+struct LogLens {
+    credentials: u64,
+    certificates: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -119,27 +150,45 @@ impl Store {
         let credlog = db.open_tree(CREDLOG_TREE)?;
         let certlog = db.open_tree(CERTLOG_TREE)?;
         let held = db.open_tree(HELD_TREE)?;
-        Ok(Store {
+        let mut store = Store {
             path: path.to_path_buf(),
             db,
             credlog,
             certlog,
             held,
-        })
+            lens: Arc::default(),
+        };
+        let lens = LogLens {
+            credentials: store.next_position(&store.credlog)?,
+            certificates: store.next_position(&store.certlog)?,
+        };
+        store.lens = Arc::new(Mutex::new(lens));
+        Ok(store)
     }
 
-    /// Number of entries in the credential log (= the next position).
-    pub fn credential_log_len(&self) -> Result<u64, StoreError> {
-        match self.credlog.last()? {
+    fn next_position(&self, tree: &sled::Tree) -> Result<u64, StoreError> {
+        match tree.last()? {
             None => Ok(0),
             Some((key, _)) => self.position_of(&key).map(|p| p.saturating_add(1)),
         }
     }
 
+    fn lens(&self) -> MutexGuard<'_, LogLens> {
+        // The lengths are updated after their batch applied; a panic in
+        // between cannot leave them ahead of the tree.
+        self.lens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Number of entries in the credential log (= the next position).
+    pub fn credential_log_len(&self) -> Result<u64, StoreError> {
+        Ok(self.lens().credentials)
+    }
+
     /// Appends accepted envelopes; returns the position of the first. Not
     /// durable until [`Store::flush`] returns.
     pub fn append_credentials(&self, entries: &[(Millis, &[u8])]) -> Result<u64, StoreError> {
-        let first = self.credential_log_len()?;
+        let mut lens = self.lens();
+        let first = lens.credentials;
         let mut batch = sled::Batch::default();
         let mut position = first;
         for (learned_at, envelope) in entries {
@@ -150,6 +199,7 @@ impl Store {
             position = position.saturating_add(1);
         }
         self.credlog.apply_batch(batch)?;
+        lens.credentials = position;
         Ok(first)
     }
 
@@ -176,15 +226,13 @@ impl Store {
 
     /// Number of certificates in the certificate log.
     pub fn certificate_log_len(&self) -> Result<u64, StoreError> {
-        match self.certlog.last()? {
-            None => Ok(0),
-            Some((key, _)) => self.position_of(&key).map(|p| p.saturating_add(1)),
-        }
+        Ok(self.lens().certificates)
     }
 
     /// Appends encoded certificates (in the order this node applied them).
     pub fn append_certificates(&self, certificates: &[&[u8]]) -> Result<u64, StoreError> {
-        let first = self.certificate_log_len()?;
+        let mut lens = self.lens();
+        let first = lens.certificates;
         let mut batch = sled::Batch::default();
         let mut position = first;
         for c in certificates {
@@ -192,6 +240,7 @@ impl Store {
             position = position.saturating_add(1);
         }
         self.certlog.apply_batch(batch)?;
+        lens.certificates = position;
         Ok(first)
     }
 
@@ -213,22 +262,24 @@ impl Store {
         self.certlog.iter().map(|item| Ok(item?.1.to_vec()))
     }
 
-    /// Holds claims that wait for their owner (durable with the next flush)
-    /// and forgets those that were certified or refused.
-    pub fn update_held_claims(
-        &self,
-        hold: &[([u8; 32], Millis, &[u8])],
-        release: &[[u8; 32]],
-    ) -> Result<(), StoreError> {
+    /// Holds claims that wait for their owner and forgets those that were
+    /// certified or refused, in order (durable with the next flush).
+    pub fn update_held_claims(&self, changes: &[HeldChange]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (id, received_at, envelope) in hold {
-            let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
-            value.extend_from_slice(&received_at.to_be_bytes());
-            value.extend_from_slice(envelope);
-            batch.insert(id, value);
-        }
-        for id in release {
-            batch.remove(id);
+        for change in changes {
+            match change {
+                HeldChange::Hold {
+                    id,
+                    received_at,
+                    envelope,
+                } => {
+                    let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
+                    value.extend_from_slice(&received_at.to_be_bytes());
+                    value.extend_from_slice(envelope);
+                    batch.insert(id, value);
+                }
+                HeldChange::Release(id) => batch.remove(id),
+            }
         }
         self.held.apply_batch(batch)?;
         Ok(())
@@ -259,6 +310,28 @@ impl Store {
             .await
             .map_err(|e| StoreError::FlushTask(e.to_string()))??;
         Ok(())
+    }
+
+    /// Appends to both logs and flushes, on the blocking pool; the task
+    /// resolves when the entries survive a killed process. Only one may run
+    /// at a time: positions follow the order of the writes.
+    pub fn write_task(&self, write: Write) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries: Vec<(Millis, &[u8])> = write.entries.iter().map(|(at, raw)| (*at, raw.as_slice())).collect();
+            let certificates: Vec<&[u8]> = write.certificates.iter().map(Vec::as_slice).collect();
+            if !entries.is_empty() {
+                store.append_credentials(&entries)?;
+            }
+            if !certificates.is_empty() {
+                store.append_certificates(&certificates)?;
+            }
+            if !write.held.is_empty() {
+                store.update_held_claims(&write.held)?;
+            }
+            store.db.flush()?;
+            Ok(())
+        })
     }
 
     /// The directory this store lives in.
@@ -327,17 +400,29 @@ mod tests {
         let net = NetworkId([1; 32]);
         {
             let store = Store::open(dir.path(), &net).unwrap_or_else(|e| panic!("{e}"));
-            let hold: [([u8; 32], Millis, &[u8]); 2] = [([1; 32], 10, b"one"), ([2; 32], 20, b"two")];
-            store.update_held_claims(&hold, &[]).unwrap_or_else(|e| panic!("{e}"));
-            // Held and released in one group: released wins.
+            let hold = |id: u8, at: Millis, raw: &[u8]| HeldChange::Hold {
+                id: [id; 32],
+                received_at: at,
+                envelope: raw.to_vec(),
+            };
             store
-                .update_held_claims(&[([3; 32], 30, b"three")], &[[1; 32], [3; 32]])
+                .update_held_claims(&[hold(1, 10, b"one"), hold(2, 20, b"two")])
+                .unwrap_or_else(|e| panic!("{e}"));
+            // Applied in order: 3 is held then released, 4 released then held again.
+            store
+                .update_held_claims(&[
+                    hold(3, 30, b"three"),
+                    HeldChange::Release([1; 32]),
+                    HeldChange::Release([3; 32]),
+                    HeldChange::Release([4; 32]),
+                    hold(4, 40, b"four"),
+                ])
                 .unwrap_or_else(|e| panic!("{e}"));
             store.flush().await.unwrap_or_else(|e| panic!("{e}"));
         }
         let store = Store::open(dir.path(), &net).unwrap_or_else(|e| panic!("{e}"));
         let held: Vec<(Millis, Vec<u8>)> = store.held_claims().filter_map(Result::ok).collect();
-        assert_eq!(held, vec![(20, b"two".to_vec())]);
-        assert_eq!(store.held_claims_len(), 1);
+        assert_eq!(held, vec![(20, b"two".to_vec()), (40, b"four".to_vec())]);
+        assert_eq!(store.held_claims_len(), 2);
     }
 }
