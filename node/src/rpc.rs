@@ -20,8 +20,11 @@ use crate::core::credentials::{CredentialError, CredentialView};
 use crate::core::envelope::{EnvelopeError, Kind, ObjectId, parse_hex32};
 use crate::node::{NodeHandle, SubmitError};
 
-/// Largest gRPC message accepted: one envelope plus framing.
+/// Largest gRPC request accepted: one envelope plus framing.
 pub const RPC_MESSAGE_MAX_BYTES: usize = crate::core::limits::ENVELOPE_MAX_BYTES + 4096;
+/// Largest gRPC answer sent: an audit lists every funded slot (about 100
+/// bytes each), so it grows with the network's history.
+pub const RPC_RESPONSE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Concurrent requests per gRPC connection.
 pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
 
@@ -79,11 +82,11 @@ pub async fn serve(
 
     let service = NodeServer::new(NodeService { node: node.clone() })
         .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-        .max_encoding_message_size(RPC_MESSAGE_MAX_BYTES);
+        .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
     let escrow_service =
         credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService { node: node.clone() })
             .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-            .max_encoding_message_size(RPC_MESSAGE_MAX_BYTES);
+            .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
     health_reporter
         .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
         .await;

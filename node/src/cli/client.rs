@@ -22,7 +22,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) async fn connect(rpc: &RpcArgs) -> anyhow::Result<NodeClient<Channel>> {
-    Ok(NodeClient::new(channel(rpc).await?).max_decoding_message_size(crate::rpc::RPC_MESSAGE_MAX_BYTES))
+    Ok(NodeClient::new(channel(rpc).await?).max_decoding_message_size(crate::rpc::RPC_RESPONSE_MAX_BYTES))
 }
 
 /// A gRPC channel to the node at `--rpc`.

@@ -18,7 +18,7 @@ use crate::keys;
 use crate::node::now_ms;
 
 async fn connect(rpc: &RpcArgs) -> anyhow::Result<EscrowClient<Channel>> {
-    Ok(EscrowClient::new(channel(rpc).await?).max_decoding_message_size(crate::rpc::RPC_MESSAGE_MAX_BYTES))
+    Ok(EscrowClient::new(channel(rpc).await?).max_decoding_message_size(crate::rpc::RPC_RESPONSE_MAX_BYTES))
 }
 
 fn distribution_json(d: &pb::DistributionInfo) -> Value {
