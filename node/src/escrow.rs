@@ -239,6 +239,8 @@ struct DelayState {
     awaiting_global: BTreeMap<(Digest, u64), Vec<Digest>>,
     /// Validators currently suspected (acted on once per transition).
     suspected: std::collections::BTreeSet<Key>,
+    /// Since when each validator has been suspected without a break.
+    suspect_spells: HashMap<Key, Millis>,
     /// Since when each validator of this region has been suspected (takeover).
     suspected_since: HashMap<Key, Millis>,
     /// Since when this node's own region's quorum has been reachable without a break.
@@ -261,6 +263,9 @@ pub const VOTE_RETRY_K: f64 = 4.0;
 pub const UNMEASURED_RTT_MS: f64 = 50.0;
 /// Longest an owner keeps a batch open, whatever the quorum latency.
 pub const BATCH_CLOSE_MAX_MS: Millis = 250;
+/// How long a validator stays suspected before its connections are closed
+/// and redialled.
+pub const DISCONNECT_AFTER_MS: Millis = 2_000;
 /// Lifeguard: an overloaded node raises its suspicion threshold up to this factor.
 pub const LIFEGUARD_MAX_FACTOR: f64 = 3.0;
 
@@ -667,8 +672,11 @@ impl Escrow {
         self.delay.rtts.entry(key).or_default().sample(rtt_ms);
     }
 
-    /// Validators that became suspected since the last call (their
-    /// connections are not trusted: the shell closes and redials them).
+    /// Validators suspected without a break for [`DISCONNECT_AFTER_MS`],
+    /// once per episode (their connections are not trusted: the shell closes
+    /// and redials them). A short spell of suspicion — an overloaded node
+    /// late with its heartbeats — changes the mode and the waiting, but
+    /// does not cut the connection and the gossip in flight on it.
     pub fn newly_suspected(&mut self, now: Millis) -> Vec<Key> {
         let all: Vec<Key> = self
             .ledger
@@ -682,10 +690,12 @@ impl Escrow {
             // Never heard of is not "newly" suspected: nothing to close.
             let heard = self.delay.arrivals.contains_key(&k);
             if heard && self.is_suspected(&k, now) {
-                if self.delay.suspected.insert(k) {
+                let since = *self.delay.suspect_spells.entry(k).or_insert(now);
+                if now.saturating_sub(since) >= DISCONNECT_AFTER_MS && self.delay.suspected.insert(k) {
                     fresh.push(k);
                 }
             } else {
+                self.delay.suspect_spells.remove(&k);
                 self.delay.suspected.remove(&k);
             }
         }
