@@ -245,7 +245,7 @@ impl NodeHandle {
     /// Verifies and applies one envelope submitted by a client, waiting until
     /// it is durable.
     pub async fn submit(&self, raw: &[u8], expect: Kind) -> Result<SubmitOutcome, SubmitError> {
-        let unverified = envelope::decode(&self.info.network_id, raw)?;
+        let unverified = self.net.decode_submission(raw)?;
         if unverified.kind != expect {
             return Err(SubmitError::WrongKind {
                 expected: expect.name(),
