@@ -712,7 +712,7 @@ impl Actor {
                     }
                     self.metrics
                         .queue_depth
-                        .get_or_create(&crate::metrics::QueueLabels { queue: "actor".into() })
+                        .get_or_create(&crate::metrics::QueueLabels { queue: "actor" })
                         .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                     self.escrow.set_load(rx.len() as f64 / ACTOR_QUEUE_CAPACITY as f64);
                     if !self.process(&mut group).await {
@@ -988,7 +988,9 @@ impl Actor {
         };
         let due = next.waits()
             || next.appended.saturating_add(next.certificates_appended) >= UNAWAITED_WRITE_ENTRIES_MAX
-            || next.since.is_some_and(|since| since.elapsed() >= UNAWAITED_WRITE_DELAY_MAX);
+            || next
+                .since
+                .is_some_and(|since| since.elapsed() >= UNAWAITED_WRITE_DELAY_MAX);
         if !due {
             return true;
         }
@@ -1133,6 +1135,7 @@ impl Actor {
 }
 
 type RpcReply = oneshot::Sender<Vec<Result<Verdict, SubmitError>>>;
+type ClaimReply = oneshot::Sender<Result<(), String>>;
 
 /// What a group of commands writes, and what it holds back until those
 /// writes are durable.
@@ -1147,7 +1150,7 @@ struct Release {
     appended: u64,
     certificates_appended: u64,
     rpc_replies: Vec<(Option<RpcReply>, Vec<Verdict>)>,
-    claim_replies: Vec<(oneshot::Sender<Result<(), String>>, Result<(), String>)>,
+    claim_replies: Vec<(ClaimReply, Result<(), String>)>,
     vote_replies: Vec<(oneshot::Sender<pb::VoteResponse>, pb::VoteResponse)>,
     remote_requests: Vec<(PublicKey, pb::VoteRequest)>,
     claims_to_publish: Vec<(String, Vec<u8>)>,

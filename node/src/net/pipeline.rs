@@ -551,7 +551,10 @@ mod tests {
             for (n, (result, id)) in results.iter().zip(&expected).enumerate() {
                 match result {
                     Ok(v) => assert!(n != forged && v.id == *id, "size {size}, item {n}"),
-                    Err(e) => assert!(n == forged && *e == EnvelopeError::BadSignature, "size {size}, item {n}"),
+                    Err(e) => assert!(
+                        n == forged && *e == EnvelopeError::BadSignature,
+                        "size {size}, item {n}"
+                    ),
                 }
             }
         }
