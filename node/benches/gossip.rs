@@ -8,9 +8,11 @@
 //! `PHASE_SECS` seconds each). Reported per rate: delivered throughput
 //! (objects that reached every other node, per second from the first
 //! submission to the last arrival), p50/p99 latency from submission at one
-//! node to the object being applied (ours) or delivered (plain) at each of
-//! the other two, and the CPU the whole process used meanwhile, in cores
-//! (Linux; the machine may be shared, so compare the two sides of one run).
+//! node to the object being applied (ours: the instant its actor applied it,
+//! not when this benchmark's subscriber got round to the event) or delivered
+//! (plain: the instant the application loop received it) at each of the
+//! other two, and the CPU the whole process used meanwhile, in cores (Linux;
+//! the machine may be shared, so compare the two sides of one run).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,9 +45,8 @@ struct Arrivals {
 }
 
 impl Arrivals {
-    fn record(&self, id: [u8; 32]) {
-        let now = Instant::now();
-        self.at.lock().expect("lock").entry(id).or_default().push(now);
+    fn record(&self, id: [u8; 32], at: Instant) {
+        self.at.lock().expect("lock").entry(id).or_default().push(at);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -220,7 +221,7 @@ async fn run() {
         tokio::spawn(async move {
             loop {
                 match events.recv().await {
-                    Ok(event) if event.source != Source::Rpc => arrivals.record(event.id.0),
+                    Ok(event) if event.source != Source::Rpc => arrivals.record(event.id.0, event.applied_at),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => break,
                 }
@@ -327,7 +328,7 @@ async fn plain(sets: &[(u64, &[Payload])]) -> Vec<Figures> {
                     Some(data) = rx.recv() => { let _ = swarm.behaviour_mut().publish(topic.clone(), data); }
                     event = swarm.select_next_some() => {
                         if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) = event {
-                            arrivals.record(*blake3::hash(&message.data).as_bytes());
+                            arrivals.record(*blake3::hash(&message.data).as_bytes(), Instant::now());
                         }
                     }
                 }

@@ -161,6 +161,7 @@ pub struct NetHandle {
     topic_prefix: String,
     /// Queue figures shared with the validation pipeline.
     pub queues: Arc<Vec<Arc<QueueStats>>>,
+    submissions: pipeline::Submissions,
 }
 
 /// The receiving half, handed to [`spawn`].
@@ -174,15 +175,23 @@ impl NetHandle {
         let (tx, rx) = mpsc::channel(NET_COMMAND_CAPACITY);
         let queues = Arc::new(pipeline::queue_stats());
         let topic_prefix = format!("/credence/{}/", network.short_hex());
+        let submissions = pipeline::Submissions::new(*network);
         (
             NetHandle {
                 tx,
                 metrics,
                 topic_prefix,
                 queues,
+                submissions,
             },
             NetDriver { rx },
         )
+    }
+
+    /// Decodes a client's envelope (size caps first), with signer keys
+    /// decompressed once for all submissions.
+    pub fn decode_submission(&self, raw: &[u8]) -> Result<envelope::Unverified, envelope::EnvelopeError> {
+        self.submissions.decode(raw)
     }
 
     /// Publishes an accepted object on its topic; sheds (and counts) when the

@@ -47,13 +47,15 @@ pub const UNAWAITED_WRITE_DELAY_MAX: std::time::Duration = std::time::Duration::
 pub const APPLIED_EVENTS_CAPACITY: usize = 65_536;
 
 /// An object was applied on this node and is visible to queries (it is
-/// durable by the end of the same group commit).
+/// durable once the store write that takes it completes).
 #[derive(Clone, Debug)]
 pub struct AppliedEvent {
     pub id: ObjectId,
     pub kind: Kind,
     pub source: Source,
     pub at: Millis,
+    /// The same moment on the monotonic clock, for measuring latency.
+    pub applied_at: std::time::Instant,
 }
 
 /// The current time in milliseconds since the Unix epoch. The shell reads the
@@ -245,7 +247,7 @@ impl NodeHandle {
     /// Verifies and applies one envelope submitted by a client, waiting until
     /// it is durable.
     pub async fn submit(&self, raw: &[u8], expect: Kind) -> Result<SubmitOutcome, SubmitError> {
-        let unverified = envelope::decode(&self.info.network_id, raw)?;
+        let unverified = self.net.decode_submission(raw)?;
         if unverified.kind != expect {
             return Err(SubmitError::WrongKind {
                 expected: expect.name(),
@@ -924,10 +926,12 @@ impl Actor {
             }
         }
         // Applied objects are visible to queries at once; durability follows
-        // in this same group commit, before any client is acknowledged.
+        // with the store write that takes them, before any client is
+        // acknowledged.
         for read in reads {
             self.answer(read, now);
         }
+        let applied_at = std::time::Instant::now();
         for (_, _, kind, source, id) in &appended {
             // Nobody listening is fine: the send only fails without receivers.
             let _ = self.applied.send(AppliedEvent {
@@ -935,6 +939,7 @@ impl Actor {
                 kind: *kind,
                 source: *source,
                 at: now,
+                applied_at,
             });
         }
         let mut failure = None;

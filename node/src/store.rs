@@ -186,20 +186,22 @@ impl Store {
 
     /// Appends accepted envelopes; returns the position of the first. Not
     /// durable until [`Store::flush`] returns.
+    ///
+    /// Plain inserts, not a sled batch: sled 0.34 writes out and syncs its
+    /// log buffer for every batch, which made each append cost a disk sync.
+    /// A batch's atomicity is not needed here: sled recovers a prefix of its
+    /// log after a crash, and the entries are inserted in position order, so
+    /// what survives is a prefix of the appended entries.
     pub fn append_credentials(&self, entries: &[(Millis, &[u8])]) -> Result<u64, StoreError> {
         let mut lens = self.lens();
         let first = lens.credentials;
-        let mut batch = sled::Batch::default();
-        let mut position = first;
         for (learned_at, envelope) in entries {
             let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
             value.extend_from_slice(&learned_at.to_be_bytes());
             value.extend_from_slice(envelope);
-            batch.insert(&position.to_be_bytes(), value);
-            position = position.saturating_add(1);
+            self.credlog.insert(lens.credentials.to_be_bytes(), value)?;
+            lens.credentials = lens.credentials.saturating_add(1);
         }
-        self.credlog.apply_batch(batch)?;
-        lens.credentials = position;
         Ok(first)
     }
 
@@ -229,18 +231,15 @@ impl Store {
         Ok(self.lens().certificates)
     }
 
-    /// Appends encoded certificates (in the order this node applied them).
+    /// Appends encoded certificates (in the order this node applied them);
+    /// inserted one by one like credentials, for the same reason.
     pub fn append_certificates(&self, certificates: &[&[u8]]) -> Result<u64, StoreError> {
         let mut lens = self.lens();
         let first = lens.certificates;
-        let mut batch = sled::Batch::default();
-        let mut position = first;
         for c in certificates {
-            batch.insert(&position.to_be_bytes(), *c);
-            position = position.saturating_add(1);
+            self.certlog.insert(lens.certificates.to_be_bytes(), *c)?;
+            lens.certificates = lens.certificates.saturating_add(1);
         }
-        self.certlog.apply_batch(batch)?;
-        lens.certificates = position;
         Ok(first)
     }
 

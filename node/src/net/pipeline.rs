@@ -368,6 +368,30 @@ fn note_taken(stats: &[Arc<QueueStats>], index: usize, n: usize, node: &NodeHand
     }
 }
 
+/// Decodes client submissions with one shared cache of signer keys:
+/// decompressing a key costs about a third of a signature check, and a
+/// network's issuers are few.
+#[derive(Clone)]
+pub(crate) struct Submissions {
+    network: NetworkId,
+    keys: Arc<Mutex<envelope::KeyCache>>,
+}
+
+impl Submissions {
+    pub(crate) fn new(network: NetworkId) -> Submissions {
+        Submissions {
+            network,
+            keys: Arc::default(),
+        }
+    }
+
+    pub(crate) fn decode(&self, raw: &[u8]) -> Result<Unverified, EnvelopeError> {
+        // A panic while decoding leaves at worst a key missing from the cache.
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        envelope::decode_cached(&self.network, raw, crate::core::limits::ENVELOPE_MAX_BYTES, &mut keys)
+    }
+}
+
 /// Answers a peer's sync request with a page of the local credential log and
 /// of the certificate log, cut to fit the response cap.
 pub(super) async fn sync_page(node: &NodeHandle, request: pb::SyncRequest) -> pb::SyncResponse {
