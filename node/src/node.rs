@@ -755,32 +755,26 @@ impl Actor {
 
     /// Applies one object from any source; the verdict and whether to log it.
     fn apply_object(&mut self, now: Millis, object: &Verified, source: Source) -> Verdict {
-        let result = if object.kind == Kind::Rebalance {
-            if self.escrow.has_rebalance(&object.id.0) {
-                Ok(Applied::Duplicate)
-            } else {
-                self.escrow
-                    .add_rebalance(object, &self.operators)
-                    .map(|()| Applied::New)
-                    .map_err(|e| CredentialError::Malformed {
-                        kind: "rebalance",
-                        reason: e,
-                    })
+        // Operator objects go to the escrow; everything else to the book.
+        let operator_object = match object.kind {
+            Kind::Rebalance => Some(self.escrow.has_rebalance(&object.id.0)),
+            Kind::Distribution => Some(self.escrow.ledger().distribution(&object.id.0).is_some()),
+            _ => None,
+        };
+        let result = match operator_object {
+            Some(true) => Ok(Applied::Duplicate),
+            Some(false) => {
+                let added = if object.kind == Kind::Rebalance {
+                    self.escrow.add_rebalance(object, &self.operators)
+                } else {
+                    self.escrow.add_distribution(object, &self.operators)
+                };
+                added.map(|()| Applied::New).map_err(|e| CredentialError::Malformed {
+                    kind: object.kind.name(),
+                    reason: e,
+                })
             }
-        } else if object.kind == Kind::Distribution {
-            if self.escrow.ledger().distribution(&object.id.0).is_some() {
-                Ok(Applied::Duplicate)
-            } else {
-                self.escrow
-                    .add_distribution(object, &self.operators)
-                    .map(|()| Applied::New)
-                    .map_err(|e| CredentialError::Malformed {
-                        kind: "distribution",
-                        reason: e,
-                    })
-            }
-        } else {
-            self.book.apply(now, object)
+            None => self.book.apply(now, object),
         };
         match result {
             Ok(Applied::New) => {

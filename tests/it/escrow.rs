@@ -60,16 +60,24 @@ async fn claim_status(node: &RunningNode, id: &str) -> pb::ClaimStatus {
         .into_inner()
 }
 
-async fn region_spent(node: &RunningNode, distribution: &str) -> Vec<(String, u64, u64)> {
-    let l = escrow(node)
+async fn region_liquidity(node: &RunningNode, distribution: &str) -> Vec<pb::RegionLiquidityInfo> {
+    escrow(node)
         .await
         .get_liquidity(pb::GetLiquidityRequest {
             distribution_id: distribution.into(),
         })
         .await
         .expect("liquidity")
-        .into_inner();
-    l.regions.into_iter().map(|r| (r.region, r.spent, r.escrow)).collect()
+        .into_inner()
+        .regions
+}
+
+async fn region_spent(node: &RunningNode, distribution: &str) -> Vec<(String, u64, u64)> {
+    region_liquidity(node, distribution)
+        .await
+        .into_iter()
+        .map(|r| (r.region, r.spent, r.escrow))
+        .collect()
 }
 
 /// Attests `claimant` and submits its claim at a node of its home region.
@@ -468,15 +476,11 @@ async fn a_crashed_owner_is_taken_over_and_its_held_claims_are_certified_by_the_
 
 /// (region, available) per region, as `node` sees them.
 async fn region_available(node: &RunningNode, distribution: &str) -> Vec<(String, u64)> {
-    let l = escrow(node)
+    region_liquidity(node, distribution)
         .await
-        .get_liquidity(pb::GetLiquidityRequest {
-            distribution_id: distribution.into(),
-        })
-        .await
-        .expect("liquidity")
-        .into_inner();
-    l.regions.into_iter().map(|r| (r.region, r.available)).collect()
+        .into_iter()
+        .map(|r| (r.region, r.available))
+        .collect()
 }
 
 fn rebalance_envelope(

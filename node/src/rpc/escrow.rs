@@ -31,6 +31,25 @@ pub struct EscrowService {
     pub node: NodeHandle,
 }
 
+impl EscrowService {
+    /// Submits an operator-signed distribution or rebalance.
+    async fn submit_operator_object(
+        &self,
+        request: Request<pb::SubmitRequest>,
+        kind: Kind,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let outcome = self
+            .node
+            .submit(&request.get_ref().envelope, kind)
+            .await
+            .map_err(submit_status)?;
+        Ok(Response::new(pb::SubmitResponse {
+            id: outcome.id.to_string(),
+            new: outcome.new,
+        }))
+    }
+}
+
 fn gone() -> Status {
     Status::unavailable("node is shutting down")
 }
@@ -221,15 +240,7 @@ impl EscrowApi for EscrowService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let outcome = self
-            .node
-            .submit(&request.get_ref().envelope, Kind::Distribution)
-            .await
-            .map_err(submit_status)?;
-        Ok(Response::new(pb::SubmitResponse {
-            id: outcome.id.to_string(),
-            new: outcome.new,
-        }))
+        self.submit_operator_object(request, Kind::Distribution).await
     }
 
     async fn submit_claim(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::ClaimStatus>, Status> {
@@ -380,15 +391,7 @@ impl EscrowApi for EscrowService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let outcome = self
-            .node
-            .submit(&request.get_ref().envelope, Kind::Rebalance)
-            .await
-            .map_err(submit_status)?;
-        Ok(Response::new(pb::SubmitResponse {
-            id: outcome.id.to_string(),
-            new: outcome.new,
-        }))
+        self.submit_operator_object(request, Kind::Rebalance).await
     }
 
     async fn audit(&self, _: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
