@@ -16,6 +16,10 @@ use prost::Message;
 const BIN: &str = env!("CARGO_BIN_EXE_credence");
 const DEADLINE: Duration = Duration::from_secs(90);
 
+/// The tests here run one at a time: each picks its ports from this
+/// process's id, and they would pick the same ones.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -69,6 +73,7 @@ async fn audit(rpc: &str) -> Option<pb::AuditResponse> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_validator_never_votes_twice_and_catches_up() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let base = free_port_range(12);
     let out = Command::new(BIN)
@@ -230,4 +235,91 @@ async fn a_killed_validator_never_votes_twice_and_catches_up() {
         }
     }
     assert!(votes > 0, "eu-2 never voted");
+}
+
+/// A node answers a client only once the object is durable: every
+/// attestation acknowledged before a `kill -9` is there after the restart,
+/// however many were in flight when the process died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_attestation_survives_a_kill() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = free_port_range(3);
+    let out = Command::new(BIN)
+        .args([
+            "genesis",
+            "--regions",
+            "eu",
+            "--validators-per-region",
+            "1",
+            "--base-port",
+            &base.to_string(),
+            "--json",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("genesis");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let network: serde_json::Value = serde_json::from_slice(&out.stdout).expect("network json");
+    let node = &network["nodes"][0];
+    let rpc = node["rpc"].as_str().unwrap_or_default().to_string();
+    let config = std::path::PathBuf::from(node["config"].as_str().unwrap_or_default());
+    let network_id = NetworkId(parse_hex32(network["network_id"].as_str().unwrap_or_default()).expect("network id"));
+    let issuer = credence::keys::load(&dir.path().join("keys/issuer.key")).expect("issuer key");
+
+    let mut proc = start(&config, &dir.path().join("node.log"));
+    let up = |rpc: String| async move { NodeClient::connect(rpc).await.is_ok() };
+    assert!(until(|| up(rpc.clone())).await, "the node never came up");
+
+    // Clients submit concurrently; the node is killed as soon as they stop,
+    // with the last submissions' writes as fresh as they can be.
+    let mut clients = Vec::new();
+    for client in 0..8u64 {
+        let (rpc, issuer) = (rpc.clone(), issuer.clone());
+        clients.push(tokio::spawn(async move {
+            let mut node = NodeClient::connect(rpc).await.expect("connect");
+            let mut acknowledged = Vec::new();
+            for i in 0..40u64 {
+                let nonce = client * 1_000 + i;
+                let body = pb::Attestation {
+                    issuer: issuer.verifying_key().to_bytes().to_vec(),
+                    subject: blake3::hash(&nonce.to_le_bytes()).as_bytes().to_vec(),
+                    schema: "demo".into(),
+                    data: vec![],
+                    issued_at: credence::node::now_ms(),
+                    expires_at: 0,
+                    nonce,
+                };
+                let (envelope, _) = seal(&network_id, &issuer, Kind::Attestation, body.encode_to_vec());
+                if let Ok(response) = node.submit_attestation(pb::SubmitRequest { envelope }).await {
+                    acknowledged.push(response.into_inner().id);
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.extend(client.await.expect("client"));
+    }
+    let _ = proc.0.kill(); // SIGKILL
+    let _ = proc.0.wait();
+    assert!(
+        acknowledged.len() >= 300,
+        "too few acknowledged: {}",
+        acknowledged.len()
+    );
+
+    let _restarted = start(&config, &dir.path().join("node.restarted.log"));
+    assert!(until(|| up(rpc.clone())).await, "the node never came back");
+    let mut node = NodeClient::connect(rpc.clone()).await.expect("connect");
+    for id in &acknowledged {
+        let status = node
+            .get_credential(pb::GetCredentialRequest { id: id.clone() })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or_else(|e| format!("error: {e}"));
+        assert_eq!(status, "valid", "acknowledged attestation {id} was lost in the kill");
+    }
 }
