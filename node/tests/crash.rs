@@ -71,28 +71,26 @@ async fn audit(rpc: &str) -> Option<pb::AuditResponse> {
     c.audit(pb::AuditRequest {}).await.ok().map(|r| r.into_inner())
 }
 
+/// Writes a one-region network of `validators` with `credence genesis` and
+/// returns its `network.json`.
+fn genesis(dir: &std::path::Path, validators: usize, base: u16) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["genesis", "--regions", "eu", "--validators-per-region"])
+        .arg(validators.to_string())
+        .args(["--base-port", &base.to_string(), "--json", "--out"])
+        .arg(dir)
+        .output()
+        .expect("genesis");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("network json")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_validator_never_votes_twice_and_catches_up() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let base = free_port_range(12);
-    let out = Command::new(BIN)
-        .args([
-            "genesis",
-            "--regions",
-            "eu",
-            "--validators-per-region",
-            "4",
-            "--base-port",
-            &base.to_string(),
-            "--json",
-            "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("genesis");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let network: serde_json::Value = serde_json::from_slice(&out.stdout).expect("network json");
+    let network = genesis(dir.path(), 4, base);
     let nodes: Vec<(String, String, std::path::PathBuf)> = network["nodes"]
         .as_array()
         .expect("nodes")
@@ -245,23 +243,7 @@ async fn every_acknowledged_attestation_survives_a_kill() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let base = free_port_range(3);
-    let out = Command::new(BIN)
-        .args([
-            "genesis",
-            "--regions",
-            "eu",
-            "--validators-per-region",
-            "1",
-            "--base-port",
-            &base.to_string(),
-            "--json",
-            "--out",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("genesis");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let network: serde_json::Value = serde_json::from_slice(&out.stdout).expect("network json");
+    let network = genesis(dir.path(), 1, base);
     let node = &network["nodes"][0];
     let rpc = node["rpc"].as_str().unwrap_or_default().to_string();
     let config = std::path::PathBuf::from(node["config"].as_str().unwrap_or_default());
