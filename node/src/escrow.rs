@@ -1494,10 +1494,7 @@ impl Escrow {
     /// was new here (store and relay it), `Ok(false)` for a duplicate.
     pub fn on_certificate(&mut self, book: &CredentialBook, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
         let _ = book;
-        let (cert, claims) = wire::certificate(&self.network, raw, &mut self.known)?;
-        for c in claims {
-            self.claim_envelopes.entry(c.id.0).or_insert(c.raw);
-        }
+        let cert = wire::certificate(&self.network, raw, &mut self.known)?;
         self.apply_certificate(cert, raw, now)
     }
 

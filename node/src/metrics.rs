@@ -21,6 +21,12 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    pub topic: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: &'static str,
 }
@@ -43,6 +49,9 @@ pub struct Metrics {
     pub store_flushes: Counter,
     /// Pages pulled from peers by credential catch-up.
     pub sync_pages: Counter,
+    /// Gossip publications by topic and outcome (sent, no_peers, duplicate,
+    /// too_large, queues_full, failed).
+    pub published: Family<PublishLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -67,6 +76,12 @@ impl Metrics {
         let credential_log_len = Gauge::default();
         let store_flushes = Counter::default();
         let sync_pages = Counter::default();
+        let published = Family::<PublishLabels, Counter>::default();
+        registry.register(
+            "gossip_published",
+            "Gossip publications by topic and outcome",
+            published.clone(),
+        );
         registry.register("objects", "Signed objects by kind, outcome and source", objects.clone());
         registry.register(
             "queue_depth",
@@ -99,12 +114,18 @@ impl Metrics {
             credential_log_len,
             store_flushes,
             sync_pages,
+            published,
         }
     }
 
     /// Counts one object outcome.
     pub fn object(&self, kind: &'static str, outcome: &'static str, source: &'static str) {
         self.objects.get_or_create(&KindLabels { kind, outcome, source }).inc();
+    }
+
+    /// Counts one gossip publication's outcome.
+    pub fn publish(&self, topic: &'static str, outcome: &'static str) {
+        self.published.get_or_create(&PublishLabels { topic, outcome }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

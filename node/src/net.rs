@@ -81,6 +81,8 @@ pub struct PeerSummary {
     pub name: String,
     pub region: String,
     pub score: f64,
+    /// Topics the peer subscribes to, short names; `+` when in our mesh.
+    pub topics: Vec<String>,
 }
 
 /// Everything the network needs to start.
@@ -119,6 +121,8 @@ enum Command {
     },
     PublishRaw {
         topic: IdentTopic,
+        /// The topic's short name, for metrics and logs.
+        label: &'static str,
         raw: Vec<u8>,
     },
     Disconnect {
@@ -225,13 +229,27 @@ impl NetHandle {
     /// Gossips a claim to its home region.
     pub fn publish_claim(&self, region: &str, raw: Vec<u8>) {
         let topic = IdentTopic::new(format!("{}claims/{region}/1", self.topic_prefix));
-        self.try_command(Command::PublishRaw { topic, raw }, "publish");
+        self.try_command(
+            Command::PublishRaw {
+                topic,
+                label: "claims",
+                raw,
+            },
+            "publish",
+        );
     }
 
     /// Gossips a certificate to every node.
     pub fn publish_certificate(&self, raw: Vec<u8>) {
         let topic = IdentTopic::new(format!("{}certs/1", self.topic_prefix));
-        self.try_command(Command::PublishRaw { topic, raw }, "publish");
+        self.try_command(
+            Command::PublishRaw {
+                topic,
+                label: "certs",
+                raw,
+            },
+            "publish",
+        );
     }
 
     fn try_command(&self, command: Command, queue: &'static str) {
@@ -305,10 +323,18 @@ pub fn topic_of(network: &NetworkId, kind: Kind) -> IdentTopic {
 /// each adds -(count²)·10 on the topic, so three or so push a peer past the
 /// graylist threshold, while honest peers sit at or above zero. IP
 /// colocation is not scored: validators are admitted by the genesis, and
-/// local testnets put every node on one address.
+/// local testnets put every node on one address. Slowness is not scored
+/// either (gossipsub's behaviour penalty for unanswered IWANTs and its
+/// slow-peer penalty for expired sends are off): an overloaded honest peer
+/// would be graylisted within seconds and every message from it dropped,
+/// claims included, which have no other path to their owner. A slow peer is
+/// the delay-aware quorum's business (measured, suspected, reported), not a
+/// reason to stop listening to it.
 pub fn peer_score_params(topics: &[TopicHash]) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let mut params = gossipsub::PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
         ..Default::default()
     };
     for topic in topics {
@@ -579,22 +605,53 @@ impl EventLoop {
         }
     }
 
+    /// Publishes on a topic and counts the outcome. A publication that
+    /// finds no peer is not an error (alone, or not meshed yet: catch-up
+    /// delivers it later); one that fails otherwise is logged.
+    fn publish_on(&mut self, topic: IdentTopic, label: &'static str, raw: Vec<u8>) {
+        let outcome = match self.swarm.behaviour_mut().gossipsub.publish(topic, raw) {
+            Ok(_) => "sent",
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => "no_peers",
+            Err(gossipsub::PublishError::Duplicate) => "duplicate",
+            Err(gossipsub::PublishError::MessageTooLarge) => "too_large",
+            Err(gossipsub::PublishError::AllQueuesFull(_)) => "queues_full",
+            Err(_) => "failed",
+        };
+        if !matches!(outcome, "sent" | "no_peers" | "duplicate") {
+            warn!(
+                topic = label,
+                outcome, "gossip publication failed; catch-up or re-gossip repairs it"
+            );
+        }
+        self.node.metrics.publish(label, outcome);
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Publish { kind, raw } => {
                 // The actor publishes only what it holds.
                 self.pipeline.note_held(&raw);
                 let topic = topic_of(&self.network_id, kind);
-                match self.swarm.behaviour_mut().gossipsub.publish(topic, raw) {
-                    Ok(_) => {}
-                    // Alone or not yet meshed: catch-up delivers it later.
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-                    Err(gossipsub::PublishError::Duplicate) => {}
-                    Err(e) => debug!(error = %e, "publish failed"),
-                }
+                self.publish_on(topic, kind.name(), raw);
             }
             Command::Peers { reply } => {
                 let gossip = &self.swarm.behaviour().gossipsub;
+                let prefix = format!("/credence/{}/", self.network_id.short_hex());
+                let subscribed: HashMap<PeerId, Vec<String>> = gossip
+                    .all_peers()
+                    .map(|(peer, topics)| {
+                        let names = topics
+                            .into_iter()
+                            .map(|t| {
+                                let name = t.as_str().strip_prefix(&prefix).unwrap_or(t.as_str());
+                                let name = name.strip_suffix("/1").unwrap_or(name);
+                                let meshed = gossip.mesh_peers(t).any(|p| p == peer);
+                                format!("{name}{}", if meshed { "+" } else { "" })
+                            })
+                            .collect();
+                        (*peer, names)
+                    })
+                    .collect();
                 let peers = self
                     .connected
                     .iter()
@@ -606,6 +663,7 @@ impl EventLoop {
                             name,
                             region,
                             score: gossip.peer_score(peer).unwrap_or(0.0),
+                            topics: subscribed.get(peer).cloned().unwrap_or_default(),
                         }
                     })
                     .collect();
@@ -639,11 +697,7 @@ impl EventLoop {
                     self.swarm.behaviour_mut().vote.send_request(&peer, request);
                 }
             }
-            Command::PublishRaw { topic, raw } => match self.swarm.behaviour_mut().gossipsub.publish(topic, raw) {
-                Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic | gossipsub::PublishError::Duplicate) => {
-                }
-                Err(e) => debug!(error = %e, "publish failed"),
-            },
+            Command::PublishRaw { topic, label, raw } => self.publish_on(topic, label, raw),
             Command::Block { peer, blocked, reply } => {
                 let list = &mut self.swarm.behaviour_mut().blocked;
                 if blocked {
@@ -897,6 +951,19 @@ impl EventLoop {
                     },
                 }
             };
+            let kind = if is_heartbeat {
+                "heartbeat"
+            } else if is_cert {
+                "certificate"
+            } else {
+                "claim"
+            };
+            let outcome = match acceptance {
+                MessageAcceptance::Accept => "accepted",
+                MessageAcceptance::Ignore => "ignored",
+                MessageAcceptance::Reject => "rejected",
+            };
+            node.metrics.object(kind, outcome, "gossip");
             let _ = tx.send(Internal::validated(message_id, source, acceptance)).await;
         });
     }

@@ -245,6 +245,7 @@ pub async fn status_message(node: &NodeHandle) -> Result<pb::StatusResponse, Sta
                 name: p.name,
                 region: p.region,
                 score: p.score,
+                topics: p.topics,
             })
             .collect(),
         credential_log_len: counts.credential_log_len,

@@ -3,11 +3,16 @@
 //!
 //! For each claimant: generate a key, ask any node for the claim's home
 //! (`Route`), pick the entry node (one of the home region with `--entry home`,
-//! as a well-behaved client does; any node with `--entry random`), submit the
-//! issuer's attestation and then the claim there, and poll the claim until it
-//! reaches the awaited status, is rejected, or times out. Latency is measured
-//! from just before the claim is submitted to the node's own timestamp of
-//! the step (same machine, same clock).
+//! as a well-behaved client does; any node with `--entry random`) and submit
+//! the issuer's attestation there. With `--credentials ahead` (the default)
+//! that is done for every claimant first, and the paced phase starts once
+//! every node holds the credentials, as when a distribution opens to holders
+//! of credentials issued earlier; with `--credentials inline` each claimant's
+//! credential is issued just before its claim, inside the paced phase. Then
+//! the claim is submitted at the entry node and polled until it reaches the
+//! awaited status, is rejected, or times out. Latency is measured from just
+//! before the claim is submitted to the node's own timestamp of the step
+//! (same machine, same clock).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -28,7 +33,15 @@ use crate::rpc;
 
 /// Claims followed at once; the generator waits (and the achieved rate
 /// drops) when this many are in flight.
-pub const CONCURRENCY_DEFAULT: usize = 256;
+pub const CONCURRENCY_DEFAULT: usize = 2048;
+/// Credentials issued at once with `--credentials ahead`.
+const PREPARE_CONCURRENCY: usize = 64;
+/// Longest wait for credentials issued ahead to reach the nodes of their
+/// claims' home regions; the paced phase starts anyway after it (a node cut
+/// off by a partition may never get them), with a warning.
+const CREDENTIALS_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Pause between looks at the nodes' credential counts.
+const CREDENTIALS_POLL: Duration = Duration::from_millis(250);
 /// Keys drawn per claimant when `--region` asks for a home region.
 const ROUTE_ATTEMPTS_MAX: usize = 256;
 /// First and longest pause between polls of one claim.
@@ -49,6 +62,16 @@ pub enum Entry {
     Random,
 }
 
+/// When each claimant's credential is issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Credentials {
+    /// All of them before the paced phase, which starts once every node
+    /// holds them: the rate and latencies are those of claims alone.
+    Ahead,
+    /// Each just before its claim, inside the paced phase.
+    Inline,
+}
+
 /// The status a claim is followed until.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Wait {
@@ -66,6 +89,7 @@ pub struct LoadOptions {
     pub timeout: Duration,
     pub concurrency: usize,
     pub distribution: Option<String>,
+    pub credentials: Credentials,
 }
 
 #[derive(Clone)]
@@ -91,7 +115,18 @@ struct Progress {
     counts: BTreeMap<String, u64>,
     latencies_ms: Vec<u64>,
     global_ms: Vec<u64>,
+    provisional_ms: Vec<u64>,
     errors: BTreeMap<String, u64>,
+    /// A few claims still unsettled at the timeout, with their entry node.
+    unsettled: Vec<String>,
+}
+
+/// A claimant whose credential was submitted: who claims, and where.
+struct Claimant {
+    key: SigningKey,
+    home_region: String,
+    entry: usize,
+    attestation_id: [u8; 32],
 }
 
 /// What became of one claim.
@@ -100,7 +135,12 @@ struct Outcome {
     latency_ms: Option<u64>,
     /// Submission to `global` at the entry node, when followed that far.
     global_ms: Option<u64>,
+    /// Submission to `provisional` at the entry node, when the entry node
+    /// owns the claim's bucket (only the owner sees that step).
+    provisional_ms: Option<u64>,
     error: Option<String>,
+    /// The claim's id when it was still unsettled at the timeout.
+    unsettled: Option<String>,
 }
 
 pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
@@ -179,12 +219,27 @@ async fn pick_distribution(targets: &[Target], wanted: Option<&str>) -> anyhow::
 async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
     let opts = &shared.opts;
     let progress = Arc::new(Mutex::new(Progress::default()));
+    let prepare_started = Instant::now();
+    let mut ready = match opts.credentials {
+        Credentials::Ahead => Some(prepare_all(&shared, &progress).await?),
+        Credentials::Inline => None,
+    };
+    let prepare_s = prepare_started.elapsed().as_secs_f64();
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let started = Instant::now();
     let reporter = tokio::spawn(report_progress(progress.clone(), opts.claims));
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate));
     let mut tasks = Vec::new();
     for _ in 0..opts.claims {
+        let claimant = match ready.as_mut() {
+            Some(ready) => match ready.pop() {
+                Some(c) => Some(c),
+                // Claimants whose credential could not be issued were
+                // counted as errors already.
+                None => break,
+            },
+            None => None,
+        };
         ticker.tick().await;
         let permit = permits
             .clone()
@@ -194,21 +249,8 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
         lock(&progress).started += 1;
         let (shared, progress) = (shared.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            let outcome = one_claim(&shared).await;
-            let mut p = lock(&progress);
-            p.finished += 1;
-            *p.counts.entry(outcome.status).or_default() += 1;
-            if let Some(l) = outcome.latency_ms {
-                p.latencies_ms.push(l);
-            }
-            if let Some(g) = outcome.global_ms {
-                p.global_ms.push(g);
-            }
-            if let Some(e) = outcome.error
-                && (p.errors.len() < ERRORS_KEPT || p.errors.contains_key(&e))
-            {
-                *p.errors.entry(e).or_default() += 1;
-            }
+            let outcome = one_claim(&shared, claimant).await;
+            lock(&progress).record(outcome);
             drop(permit);
         }));
     }
@@ -224,6 +266,8 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
     latencies.sort_unstable();
     let mut global = p.global_ms.clone();
     global.sort_unstable();
+    let mut provisional = p.provisional_ms.clone();
+    provisional.sort_unstable();
     let answered = p.finished.saturating_sub(p.counts.get("error").copied().unwrap_or(0));
     if answered == 0 {
         let first = p.errors.keys().next().cloned().unwrap_or_default();
@@ -245,16 +289,141 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
             "p99": percentile(&global, 0.99),
             "max": global.last(),
         },
+        "latency_to_provisional_ms": {
+            "count": provisional.len(),
+            "p50": percentile(&provisional, 0.50),
+            "p99": percentile(&provisional, 0.99),
+            "max": provisional.last(),
+        },
         "p50_ms": percentile(&latencies, 0.50),
         "p99_ms": percentile(&latencies, 0.99),
         "errors": p.errors,
+        "unsettled_examples": p.unsettled,
         "distribution": {"id": d.id, "name": d.name, "amount_per_claim": d.amount_per_claim},
         "entry": format!("{:?}", opts.entry).to_lowercase(),
         "region": opts.region,
+        "credentials": format!("{:?}", opts.credentials).to_lowercase(),
+        "prepare_s": prepare_s,
         "rate_asked": opts.rate,
         "rate_achieved": opts.claims as f64 / sending.as_secs_f64().max(1e-3),
         "duration_s": elapsed.as_secs_f64(),
     }))
+}
+
+impl Progress {
+    fn record(&mut self, outcome: Outcome) {
+        self.finished += 1;
+        *self.counts.entry(outcome.status).or_default() += 1;
+        if let Some(l) = outcome.latency_ms {
+            self.latencies_ms.push(l);
+        }
+        if let Some(g) = outcome.global_ms {
+            self.global_ms.push(g);
+        }
+        if let Some(g) = outcome.provisional_ms {
+            self.provisional_ms.push(g);
+        }
+        if let Some(e) = outcome.error
+            && (self.errors.len() < ERRORS_KEPT || self.errors.contains_key(&e))
+        {
+            *self.errors.entry(e).or_default() += 1;
+        }
+        if let Some(id) = outcome.unsettled
+            && self.unsettled.len() < ERRORS_KEPT
+        {
+            self.unsettled.push(id);
+        }
+    }
+}
+
+/// Issues every claimant's credential, then waits until every node holds
+/// them all. Claimants whose credential could not be issued are recorded as
+/// errors; the others are returned.
+async fn prepare_all(shared: &Arc<Shared>, progress: &Arc<Mutex<Progress>>) -> anyhow::Result<Vec<Claimant>> {
+    let before = attestation_counts(&shared.targets).await;
+    let permits = Arc::new(Semaphore::new(PREPARE_CONCURRENCY));
+    let mut tasks = Vec::new();
+    for _ in 0..shared.opts.claims {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| anyhow!("the load generator stopped"))?;
+        let one = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let prepared = prepare(&one).await;
+            drop(permit);
+            prepared
+        }));
+        let issued = tasks.len();
+        if issued % 500 == 0 {
+            eprintln!("issuing credentials: {issued}/{}", shared.opts.claims);
+        }
+    }
+    let mut ready = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        match task {
+            Ok(Ok(c)) => ready.push(c),
+            Ok(Err(e)) => {
+                let mut p = lock(progress);
+                p.started += 1;
+                p.record(failed(format!("{e:#}")));
+            }
+            Err(e) => bail!("a credential task failed: {e}"),
+        }
+    }
+    // Every node of a region must hold the credentials of the claims homed
+    // there (it may be their owner, a voter or the entry node).
+    let mut needed: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in &ready {
+        *needed.entry(c.home_region.as_str()).or_default() += 1;
+    }
+    let deadline = Instant::now() + CREDENTIALS_WAIT_MAX;
+    let mut said = Instant::now();
+    loop {
+        let now = attestation_counts(&shared.targets).await;
+        let behind: Vec<String> = shared
+            .targets
+            .iter()
+            .zip(before.iter().zip(&now))
+            .filter_map(|(t, (b, n))| {
+                let want = needed.get(t.region.as_str()).copied().unwrap_or(0);
+                let got = n.saturating_sub(*b);
+                (got < want).then(|| format!("{} {got}/{want}", t.name))
+            })
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "warning: after {CREDENTIALS_WAIT_MAX:?} some nodes still lack credentials issued ahead ({}); claiming anyway",
+                behind.join(", ")
+            );
+            break;
+        }
+        if said.elapsed() >= PROGRESS_PLAIN / 2 {
+            eprintln!(
+                "waiting for credentials at their home regions' nodes: {}",
+                behind.join(", ")
+            );
+            said = Instant::now();
+        }
+        tokio::time::sleep(CREDENTIALS_POLL).await;
+    }
+    Ok(ready)
+}
+
+/// Each target's attestation count (0 when it does not answer).
+async fn attestation_counts(targets: &[Target]) -> Vec<u64> {
+    let asks = targets.iter().map(|t| async move {
+        rpc::node(&t.channel)
+            .status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner().attestations)
+            .unwrap_or(0)
+    });
+    futures::future::join_all(asks).await
 }
 
 fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
@@ -305,26 +474,37 @@ fn failed(error: String) -> Outcome {
         status: "error".into(),
         latency_ms: None,
         global_ms: None,
+        provisional_ms: None,
         error: Some(error),
+        unsettled: None,
     }
 }
 
-async fn one_claim(shared: &Shared) -> Outcome {
-    match try_claim(shared).await {
+async fn one_claim(shared: &Shared, claimant: Option<Claimant>) -> Outcome {
+    let claimant = match claimant {
+        Some(c) => c,
+        None => match prepare(shared).await {
+            Ok(c) => c,
+            Err(e) => return failed(format!("{e:#}")),
+        },
+    };
+    match try_claim(shared, claimant).await {
         Ok(o) => o,
         Err(e) => failed(format!("{e:#}")),
     }
 }
 
-fn pick<'a>(targets: impl Iterator<Item = &'a Target>) -> Option<&'a Target> {
-    let all: Vec<&Target> = targets.collect();
+fn pick(targets: impl Iterator<Item = usize>) -> Option<usize> {
+    let all: Vec<usize> = targets.collect();
     if all.is_empty() {
         return None;
     }
     all.get(rand::random_range(0..all.len())).copied()
 }
 
-async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
+/// A new claimant: its key, its claim's home, its entry node, and its
+/// credential submitted there.
+async fn prepare(shared: &Shared) -> anyhow::Result<Claimant> {
     let opts = &shared.opts;
     let targets = &shared.targets;
     let mut attempt = 0;
@@ -332,7 +512,7 @@ async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
         attempt += 1;
         let key = credence::keys::generate();
         let claimant = hex::encode(key.verifying_key().to_bytes());
-        let asked = pick(targets.iter()).ok_or_else(|| anyhow!("no running node"))?;
+        let asked = &targets[pick(0..targets.len()).ok_or_else(|| anyhow!("no running node"))?];
         let route = rpc::escrow(&asked.channel)
             .route(pb::RouteRequest {
                 distribution_id: shared.distribution.id.clone(),
@@ -351,14 +531,13 @@ async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
         }
     };
     let entry = match opts.entry {
-        Entry::Home => pick(targets.iter().filter(|t| t.region == route.region))
+        Entry::Home => pick((0..targets.len()).filter(|i| targets[*i].region == route.region))
             .ok_or_else(|| anyhow!("no running node in home region {}", route.region))?,
-        Entry::Random => pick(targets.iter()).ok_or_else(|| anyhow!("no running node"))?,
+        Entry::Random => pick(0..targets.len()).ok_or_else(|| anyhow!("no running node"))?,
     };
-    let claimant = key.verifying_key().to_bytes();
     let attestation = pb::Attestation {
         issuer: shared.issuer.verifying_key().to_bytes().to_vec(),
-        subject: claimant.to_vec(),
+        subject: key.verifying_key().to_bytes().to_vec(),
         schema: shared.distribution.schema.clone(),
         data: b"credence-testnet load".to_vec(),
         issued_at: credence::node::now_ms(),
@@ -371,14 +550,33 @@ async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
         Kind::Attestation,
         attestation.encode_to_vec(),
     );
-    rpc::node(&entry.channel)
+    let target = &targets[entry];
+    rpc::node(&target.channel)
         .submit_attestation(pb::SubmitRequest { envelope })
         .await
-        .map_err(|e| anyhow!("SubmitAttestation on {}: {}", entry.name, rpc::describe(&e)))?;
+        .map_err(|e| anyhow!("SubmitAttestation on {}: {}", target.name, rpc::describe(&e)))?;
+    Ok(Claimant {
+        key,
+        home_region: route.region,
+        entry,
+        attestation_id: attestation_id.0,
+    })
+}
+
+async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcome> {
+    let opts = &shared.opts;
+    let Claimant {
+        key,
+        entry,
+        attestation_id,
+        ..
+    } = claimant;
+    let entry = &shared.targets[entry];
+    let claimant = key.verifying_key().to_bytes();
     let claim = pb::Claim {
         distribution_id: shared.distribution_id.clone(),
         claimant: claimant.to_vec(),
-        attestation_id: attestation_id.0.to_vec(),
+        attestation_id: attestation_id.to_vec(),
         amount: shared.distribution.amount_per_claim,
         recipient: vec![],
         created_at: credence::node::now_ms(),
@@ -401,6 +599,7 @@ async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
         }
         if Instant::now() >= deadline {
             return Ok(Outcome {
+                unsettled: Some(format!("{} at {}", current.id, entry.name)),
                 status: if current.status.is_empty() {
                     "unknown".into()
                 } else {
@@ -408,6 +607,7 @@ async fn try_claim(shared: &Shared) -> anyhow::Result<Outcome> {
                 },
                 latency_ms: None,
                 global_ms: None,
+                provisional_ms: None,
                 error: None,
             });
         }
@@ -435,7 +635,9 @@ fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64) -> Option<Outcome
         status: c.status.clone(),
         latency_ms: (reached > 0 && c.status != "rejected").then(|| reached.saturating_sub(submitted_at)),
         global_ms: (wait == Wait::Global && c.global_at > 0).then(|| c.global_at.saturating_sub(submitted_at)),
+        provisional_ms: (c.provisional_at > 0).then(|| c.provisional_at.saturating_sub(submitted_at)),
         error: (c.status == "rejected").then(|| format!("rejected: {}", c.reason)),
+        unsettled: None,
     })
 }
 
@@ -469,6 +671,9 @@ pub fn print_report(v: &Value) {
     );
     for (e, n) in v["errors"].as_object().into_iter().flatten() {
         outln!("error ({n}x): {}", e);
+    }
+    for u in v["unsettled_examples"].as_array().into_iter().flatten() {
+        outln!("unsettled at the timeout: {}", u.as_str().unwrap_or(""));
     }
 }
 

@@ -212,6 +212,11 @@ enum Cmd {
         /// Distribution id or name (default: the first one listed).
         #[arg(long)]
         distribution: Option<String>,
+        /// When credentials are issued: all before the paced phase, which
+        /// starts once every node holds them (the figures are those of
+        /// claims alone), or each just before its claim.
+        #[arg(long, value_enum, default_value = "ahead")]
+        credentials: load::Credentials,
     },
     /// Audit every running node and verify: no slot funded twice, no bucket
     /// over its escrow, every distribution within its total, no conflicting
@@ -460,6 +465,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             timeout_secs,
             concurrency,
             distribution,
+            credentials,
         } => {
             let layout = Layout::new(&common.dir)?;
             let opts = load::LoadOptions {
@@ -471,6 +477,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 timeout: Duration::from_secs(timeout_secs),
                 concurrency,
                 distribution,
+                credentials,
             };
             let v = load::load(&layout, opts).await?;
             emit(common.json, &v, load::print_report);

@@ -93,7 +93,7 @@ pub(super) async fn status(rpc: &RpcArgs) -> anyhow::Result<()> {
             "suspected": s.suspected.iter().map(|x| json!({"key": x.key, "name": x.name, "phi": x.phi})).collect::<Vec<_>>(),
             "peers": {
                 "count": s.peer_count,
-                "list": s.peers.iter().map(|p| json!({"peer_id": p.peer_id, "address": p.address, "name": p.name, "region": p.region, "score": p.score})).collect::<Vec<_>>(),
+                "list": s.peers.iter().map(|p| json!({"peer_id": p.peer_id, "address": p.address, "name": p.name, "region": p.region, "score": p.score, "topics": p.topics})).collect::<Vec<_>>(),
             },
             "credential_log_len": s.credential_log_len,
             "attestations": s.attestations,

@@ -245,13 +245,18 @@ pub fn decode_capped(network: &NetworkId, raw: &[u8], max: usize) -> Result<Unve
     decode_cached(network, raw, max, &mut KeyCache::default())
 }
 
-/// As [`decode_capped`], taking signer keys from `cache`.
-pub fn decode_cached(
-    network: &NetworkId,
-    raw: &[u8],
-    max: usize,
-    cache: &mut KeyCache,
-) -> Result<Unverified, EnvelopeError> {
+/// An envelope's fields after the shape checks, before its signer key is
+/// decompressed or its signature checked.
+struct Parsed {
+    kind: Kind,
+    body: Vec<u8>,
+    signer: [u8; 32],
+    signature: [u8; 64],
+    id: ObjectId,
+}
+
+/// Size, protobuf shape, kind, body size and the key and signature lengths.
+fn parse(network: &NetworkId, raw: &[u8], max: usize) -> Result<Parsed, EnvelopeError> {
     if raw.len() > max {
         return Err(EnvelopeError::TooLarge { size: raw.len(), max });
     }
@@ -265,26 +270,69 @@ pub fn decode_cached(
             max: body_max,
         });
     }
-    let signer_bytes: [u8; 32] = signed
+    let signer: [u8; 32] = signed
         .signer
         .as_slice()
         .try_into()
         .map_err(|_| EnvelopeError::BadSignerLength(signed.signer.len()))?;
-    let (signer, signer_weak) = cache.get(&signer_bytes)?;
-    let signature_bytes: [u8; 64] = signed
+    let signature: [u8; 64] = signed
         .signature
         .as_slice()
         .try_into()
         .map_err(|_| EnvelopeError::BadSignatureLength(signed.signature.len()))?;
-    let signature = Signature::from_bytes(&signature_bytes);
     let id = digest(network, kind, &signed.body);
-    Ok(Unverified {
+    Ok(Parsed {
         kind,
         body: signed.body,
         signer,
-        signer_weak,
         signature,
         id,
+    })
+}
+
+/// As [`decode_capped`], taking signer keys from `cache`.
+pub fn decode_cached(
+    network: &NetworkId,
+    raw: &[u8],
+    max: usize,
+    cache: &mut KeyCache,
+) -> Result<Unverified, EnvelopeError> {
+    let p = parse(network, raw, max)?;
+    let (signer, signer_weak) = cache.get(&p.signer)?;
+    Ok(Unverified {
+        kind: p.kind,
+        body: p.body,
+        signer,
+        signer_weak,
+        signature: Signature::from_bytes(&p.signature),
+        id: p.id,
+        raw: raw.to_vec(),
+    })
+}
+
+/// Why the signature of an envelope decoded by [`decode_vouched`] need not
+/// be checked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Voucher {
+    /// These exact bytes verified on this node before ([`KnownSignatures`]).
+    Known,
+    /// The envelope sits inside an object whose certificate the caller checks
+    /// before using it: voters holding more than the threshold of the region's
+    /// weight each verified it before voting, so an honest one did.
+    Certified,
+}
+
+/// Decodes an envelope with all the shape checks of [`decode`] but without
+/// decompressing its signer key or checking its signature, which `voucher`
+/// stands for. What is decoded this way is never remembered as verified.
+pub fn decode_vouched(network: &NetworkId, raw: &[u8], voucher: Voucher) -> Result<Verified, EnvelopeError> {
+    let _ = voucher;
+    let p = parse(network, raw, ENVELOPE_MAX_BYTES)?;
+    Ok(Verified {
+        kind: p.kind,
+        body: p.body,
+        signer: p.signer,
+        id: p.id,
         raw: raw.to_vec(),
     })
 }
@@ -297,17 +345,6 @@ impl Unverified {
             .verify_strict(&self.id.0, &self.signature)
             .map_err(|_| EnvelopeError::BadSignature)?;
         Ok(self.into_verified())
-    }
-
-    /// Verifies the signature unless these exact bytes verified before.
-    pub fn verify_with(self, known: &mut KnownSignatures) -> Result<Verified, EnvelopeError> {
-        let fingerprint = *blake3::hash(&self.raw).as_bytes();
-        if known.set.contains(&fingerprint) {
-            return Ok(self.into_verified());
-        }
-        let verified = self.verify()?;
-        known.insert(fingerprint);
-        Ok(verified)
     }
 
     fn into_verified(self) -> Verified {
@@ -332,6 +369,8 @@ pub struct KnownSignatures {
     set: std::collections::HashSet<[u8; 32]>,
     order: std::collections::VecDeque<[u8; 32]>,
     capacity: usize,
+    /// Decompressed signer keys (validators sign every vote and batch).
+    keys: KeyCache,
 }
 
 impl KnownSignatures {
@@ -345,7 +384,16 @@ impl KnownSignatures {
 
     /// Remembers an envelope that verified.
     pub fn remember(&mut self, verified: &Verified) {
-        self.insert(*blake3::hash(&verified.raw).as_bytes());
+        self.insert(Self::fingerprint(&verified.raw));
+    }
+
+    /// Whether these exact bytes verified here.
+    pub fn knows(&self, raw: &[u8]) -> bool {
+        self.capacity > 0 && self.set.contains(&Self::fingerprint(raw))
+    }
+
+    fn fingerprint(raw: &[u8]) -> [u8; 32] {
+        *blake3::hash(raw).as_bytes()
     }
 
     fn insert(&mut self, fingerprint: [u8; 32]) {
@@ -378,6 +426,18 @@ pub fn verify_batch(items: Vec<Unverified>) -> Vec<Result<Verified, EnvelopeErro
     } else {
         items.into_iter().map(Unverified::verify).collect()
     }
+}
+
+/// Decodes and verifies an envelope, or only decodes it when these exact
+/// bytes verified here before: a known envelope costs no key decompression
+/// and no signature check.
+pub fn verify_known(network: &NetworkId, raw: &[u8], known: &mut KnownSignatures) -> Result<Verified, EnvelopeError> {
+    if known.knows(raw) {
+        return decode_vouched(network, raw, Voucher::Known);
+    }
+    let verified = decode_cached(network, raw, ENVELOPE_MAX_BYTES, &mut known.keys)?.verify()?;
+    known.remember(&verified);
+    Ok(verified)
 }
 
 /// Signs a body and returns the encoded envelope and its id.

@@ -4,13 +4,17 @@
 //! Every function takes envelopes whose own signature the caller verified and
 //! verifies whatever is nested inside (claims inside a batch, votes inside a
 //! certificate) with `verify_strict`, one by one: these signatures decide
-//! certificates, so they take the strict path. Core ids of batches and freezes
+//! certificates, so they take the strict path (batch verification may accept
+//! what the strict check refuses, and nodes must agree). Envelopes whose exact
+//! bytes verified here before are not checked again ([`KnownSignatures`]),
+//! and the claims inside a certified batch are vouched for by the
+//! certificate's votes (see [`certificate`]). Core ids of batches and freezes
 //! are digests of their fields (`Batch::compute_id`), not envelope digests.
 
 use credence_proto::v1 as pb;
 use prost::Message;
 
-use super::envelope::{self, EnvelopeError, Kind, KnownSignatures, NetworkId, Verified};
+use super::envelope::{self, EnvelopeError, Kind, KnownSignatures, NetworkId, Verified, Voucher};
 use super::escrow::{
     Batch, BucketId, Certificate, CertifiedObject, Claim, Digest, Distribution, Entry, Freeze, Key, Vote, digest_parts,
 };
@@ -67,9 +71,7 @@ pub fn verify_nested(
     what: &'static str,
     known: &mut KnownSignatures,
 ) -> Result<Verified, WireError> {
-    envelope::decode(network, raw)
-        .and_then(|u| u.verify_with(known))
-        .map_err(|error| WireError::Nested { what, error })
+    envelope::verify_known(network, raw, known).map_err(|error| WireError::Nested { what, error })
 }
 
 /// The id of a distribution listed in the genesis (index `i`).
@@ -205,15 +207,34 @@ pub fn batch_body(batch: &Batch, claim_envelope: impl Fn(&Digest) -> Option<Vec<
     })
 }
 
+/// How the claims nested in a batch are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claims {
+    /// Each claim's signature is verified (unless known): a batch to vote on.
+    Verify,
+    /// Decoded only: the batch arrived inside a certificate, whose votes the
+    /// caller checks against the region's threshold before using anything.
+    Certified,
+}
+
 /// A batch from its verified envelope, with its claims' verified envelopes.
 pub fn batch(
     network: &NetworkId,
     v: &Verified,
     known: &mut KnownSignatures,
 ) -> Result<(Batch, Vec<Verified>), WireError> {
+    batch_checked(network, v, known, Claims::Verify)
+}
+
+fn batch_checked(
+    network: &NetworkId,
+    v: &Verified,
+    known: &mut KnownSignatures,
+    check: Claims,
+) -> Result<(Batch, Vec<Verified>), WireError> {
     expect_kind(v, Kind::Batch)?;
     let body = pb::Batch::decode(v.body.as_slice()).map_err(malformed("batch"))?;
-    batch_from_body(network, v.signer, body, known)
+    batch_from_body(network, v.signer, body, known, check)
 }
 
 fn batch_from_body(
@@ -221,6 +242,7 @@ fn batch_from_body(
     signer: Key,
     body: pb::Batch,
     known: &mut KnownSignatures,
+    check: Claims,
 ) -> Result<(Batch, Vec<Verified>), WireError> {
     if body.entries.len() > BATCH_ENTRIES_MAX {
         return Err(WireError::TooManyEntries { max: BATCH_ENTRIES_MAX });
@@ -230,7 +252,11 @@ fn batch_from_body(
     for e in body.entries {
         match e.entry.ok_or(WireError::Missing("batch entry"))? {
             pb::batch_entry::Entry::Claim(raw) => {
-                let v = verify_nested(network, &raw, "claim", known)?;
+                let v = match check {
+                    Claims::Verify => verify_nested(network, &raw, "claim", known)?,
+                    Claims::Certified => envelope::decode_vouched(network, &raw, Voucher::Certified)
+                        .map_err(|error| WireError::Nested { what: "claim", error })?,
+                };
                 entries.push(Entry::Claim(claim(&v)?));
                 claims.push(v);
             }
@@ -265,6 +291,15 @@ pub fn freeze_body(freeze: &Freeze, pending_envelope: Option<Vec<u8>>) -> pb::Fr
 
 /// A freeze from its verified envelope (the pending batch, if any, is verified too).
 pub fn freeze(network: &NetworkId, v: &Verified, known: &mut KnownSignatures) -> Result<Freeze, WireError> {
+    freeze_checked(network, v, known, Claims::Verify)
+}
+
+fn freeze_checked(
+    network: &NetworkId,
+    v: &Verified,
+    known: &mut KnownSignatures,
+    check: Claims,
+) -> Result<Freeze, WireError> {
     expect_kind(v, Kind::Freeze)?;
     let body = pb::Freeze::decode(v.body.as_slice()).map_err(malformed("freeze"))?;
     if key32(&body.proposer, "proposer")? != v.signer {
@@ -274,7 +309,7 @@ pub fn freeze(network: &NetworkId, v: &Verified, known: &mut KnownSignatures) ->
         None
     } else {
         let p = verify_nested(network, &body.pending, "pending batch", known)?;
-        Some(batch(network, &p, known)?.0)
+        Some(batch_checked(network, &p, known, check)?.0)
     };
     Ok(Freeze::new(v.signer, bucket_id(body.bucket)?, body.last_seq, pending))
 }
@@ -307,20 +342,19 @@ pub fn vote(v: &Verified) -> Result<Vote, WireError> {
 }
 
 /// A certificate from its encoding: the object's and every vote's signature
-/// are verified here. The quorum itself is checked by the ledger.
-pub fn certificate(
-    network: &NetworkId,
-    raw: &[u8],
-    known: &mut KnownSignatures,
-) -> Result<(Certificate, Vec<Verified>), WireError> {
+/// are verified here; the quorum itself is checked by the ledger. The claims
+/// inside a certified batch are decoded but their signatures are not checked
+/// again: every voter verified them before voting, so a certificate that
+/// passes the ledger's threshold (more than 2/3 of the region's weight, with
+/// fewer than 1/3 faulty) vouches for them as it vouches for everything else
+/// in the batch. This is what spares each node outside a region one signature
+/// check per claim of that region.
+pub fn certificate(network: &NetworkId, raw: &[u8], known: &mut KnownSignatures) -> Result<Certificate, WireError> {
     let cert = pb::Certificate::decode(raw).map_err(malformed("certificate"))?;
     let object = verify_nested(network, &cert.object, "certified object", known)?;
-    let (object, claims) = match object.kind {
-        Kind::Batch => {
-            let (b, claims) = batch(network, &object, known)?;
-            (CertifiedObject::Batch(b), claims)
-        }
-        Kind::Freeze => (CertifiedObject::Freeze(freeze(network, &object, known)?), Vec::new()),
+    let object = match object.kind {
+        Kind::Batch => CertifiedObject::Batch(batch_checked(network, &object, known, Claims::Certified)?.0),
+        Kind::Freeze => CertifiedObject::Freeze(freeze_checked(network, &object, known, Claims::Certified)?),
         other => {
             return Err(WireError::WrongKind {
                 expected: "batch or freeze",
@@ -333,7 +367,7 @@ pub fn certificate(
         .iter()
         .map(|raw| verify_nested(network, raw, "vote", known).and_then(|v| vote(&v)))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((Certificate { object, votes }, claims))
+    Ok(Certificate { object, votes })
 }
 
 #[cfg(test)]
@@ -394,6 +428,70 @@ mod tests {
         assert!(matches!(
             batch(&NET, &verified(&raw), &mut KnownSignatures::new(0)),
             Err(WireError::Nested { .. })
+        ));
+    }
+
+    #[test]
+    fn a_certificate_vouches_for_its_claims_but_not_for_its_votes_and_teaches_nothing() {
+        let claimant = SigningKey::from_bytes(&[6; 32]);
+        let owner = SigningKey::from_bytes(&[7; 32]);
+        let voter = SigningKey::from_bytes(&[8; 32]);
+        let body = pb::Claim {
+            distribution_id: vec![1; 32],
+            claimant: claimant.verifying_key().to_bytes().to_vec(),
+            attestation_id: vec![2; 32],
+            amount: 10,
+            recipient: vec![],
+            created_at: 5,
+            nonce: 2,
+        };
+        let (claim_raw, _) = seal(&NET, &claimant, Kind::Claim, body.encode_to_vec());
+        let c = claim(&verified(&claim_raw)).unwrap_or_else(|e| panic!("{e}"));
+        // The same claim bytes with a broken signature.
+        let mut forged = claim_raw.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let bucket = BucketId {
+            distribution: [1; 32],
+            region: "eu".into(),
+            owner: owner.verifying_key().to_bytes(),
+        };
+        let b = Batch::new(bucket.owner, bucket.clone(), 0, [0; 32], 9, vec![Entry::Claim(c)], 10);
+        let body = batch_body(&b, |_| Some(forged.clone())).unwrap_or_default();
+        let (batch_raw, _) = seal(&NET, &owner, Kind::Batch, body.encode_to_vec());
+        let vote = Vote {
+            signer: voter.verifying_key().to_bytes(),
+            object_id: b.id,
+            bucket: bucket.digest(),
+            seq: 0,
+            region: "eu".into(),
+        };
+        let (vote_raw, _) = seal(&NET, &voter, Kind::Vote, vote_body(&vote, &bucket).encode_to_vec());
+        let cert = |votes: Vec<Vec<u8>>| {
+            pb::Certificate {
+                object: batch_raw.clone(),
+                votes,
+            }
+            .encode_to_vec()
+        };
+        let mut known = KnownSignatures::new(16);
+        // The claims of a certified batch are decoded, not checked again.
+        let decoded = certificate(&NET, &cert(vec![vote_raw.clone()]), &mut known).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decoded.object, CertifiedObject::Batch(b.clone()));
+        assert_eq!(decoded.votes, vec![vote.clone()]);
+        // Votes are always verified.
+        let mut bad_vote = vote_raw.clone();
+        let last = bad_vote.len() - 1;
+        bad_vote[last] ^= 1;
+        assert!(matches!(
+            certificate(&NET, &cert(vec![bad_vote]), &mut known),
+            Err(WireError::Nested { what: "vote", .. })
+        ));
+        // What a certificate vouched for was not learned: offered for a vote,
+        // the forged claim is still refused.
+        assert!(matches!(
+            batch(&NET, &verified(&batch_raw), &mut known),
+            Err(WireError::Nested { what: "claim", .. })
         ));
     }
 }
