@@ -866,10 +866,14 @@ impl Actor {
                 }
                 Command::VoteRequest { request, reply } => {
                     // The attestations a batch presents are signed objects:
-                    // learn them first (and log them like any other).
+                    // learn those not held yet (and log them like any
+                    // other). Held ones are recognised by id, unchecked.
                     for raw in &request.attestations {
-                        if let Ok(v) =
-                            envelope::decode(&self.book_network(), raw).and_then(envelope::Unverified::verify)
+                        let network = self.book_network();
+                        if envelope::object_id(&network, raw).is_some_and(|id| self.book.contains(&id)) {
+                            continue;
+                        }
+                        if let Ok(v) = envelope::decode(&network, raw).and_then(envelope::Unverified::verify)
                             && self.apply_object(now, &v, Source::Sync) == Verdict::New
                         {
                             appended.push((now, v.raw, v.kind, Source::Sync, v.id));

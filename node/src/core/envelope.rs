@@ -290,6 +290,12 @@ fn parse(network: &NetworkId, raw: &[u8], max: usize) -> Result<Parsed, Envelope
     })
 }
 
+/// The id of an encoded envelope, from its shape alone (no signature check):
+/// for recognising an object already held. `None` when it does not decode.
+pub fn object_id(network: &NetworkId, raw: &[u8]) -> Option<ObjectId> {
+    parse(network, raw, ENVELOPE_MAX_BYTES).ok().map(|p| p.id)
+}
+
 /// As [`decode_capped`], taking signer keys from `cache`.
 pub fn decode_cached(
     network: &NetworkId,
