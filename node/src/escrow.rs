@@ -516,6 +516,16 @@ impl Escrow {
         self.phi(key, now) > threshold
     }
 
+    /// Whether anything waits on the next tick: an open batch to close,
+    /// votes to collect, claims to retry or restore. The actor ticks every
+    /// `batch_min_ms` while busy and less often while idle.
+    pub fn is_busy(&self) -> bool {
+        !self.collecting.is_empty()
+            || !self.pending.is_empty()
+            || !self.restored.is_empty()
+            || self.owners.values().any(|o| o.open_len() > 0)
+    }
+
     /// Sets this node's load in [0, 1] (its actor queue fill).
     pub fn set_load(&mut self, load: f64) {
         self.delay.load = load;

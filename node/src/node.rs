@@ -35,6 +35,9 @@ use crate::store::{LogEntry, Store, StoreError};
 pub const ACTOR_QUEUE_CAPACITY: usize = 4096;
 /// Most commands applied between two store flushes.
 pub const ACTOR_GROUP_MAX: usize = 1024;
+/// Milliseconds between actor ticks while the escrow has nothing waiting
+/// (while it has, ticks come every `batch_min_ms`).
+pub const IDLE_TICK_MS: u64 = 25;
 /// Objects nobody waits for (from gossip and catch-up) are written to the
 /// store together, once this many are queued or the oldest waited this
 /// long, unless a write someone waits for takes them sooner. Peers are
@@ -701,8 +704,12 @@ struct Actor {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
         let mut group = Vec::with_capacity(ACTOR_GROUP_MAX);
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(self.tick_interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ticks come every `batch_min_ms` while the escrow has work waiting
+        // (a batch to close, votes to collect) and every IDLE_TICK_MS
+        // otherwise: an idle node does not wake hundreds of times a second.
+        let busy_every = std::time::Duration::from_millis(self.tick_interval_ms);
+        let idle_every = std::time::Duration::from_millis(IDLE_TICK_MS.max(self.tick_interval_ms));
+        let mut next_tick = tokio::time::Instant::now() + busy_every;
         loop {
             tokio::select! {
                 biased;
@@ -712,10 +719,12 @@ impl Actor {
                         break;
                     }
                 }
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(next_tick) => {
                     if !self.process(&mut group).await {
                         break;
                     }
+                    let every = if self.escrow.is_busy() { busy_every } else { idle_every };
+                    next_tick = tokio::time::Instant::now() + every;
                 }
                 received = rx.recv_many(&mut group, ACTOR_GROUP_MAX) => {
                     if received == 0 {
@@ -728,6 +737,9 @@ impl Actor {
                     self.escrow.set_load(rx.len() as f64 / ACTOR_QUEUE_CAPACITY as f64);
                     if !self.process(&mut group).await {
                         break;
+                    }
+                    if self.escrow.is_busy() {
+                        next_tick = next_tick.min(tokio::time::Instant::now() + busy_every);
                     }
                 }
             }
@@ -965,17 +977,34 @@ impl Actor {
                 }
             }
         }
+        if failure.is_none() {
+            // Votes, vote requests, certificates, relayed claims and
+            // heartbeats leave now: what they promise is durable already
+            // (locks and own batches in `locks.log`, written above), a
+            // certificate proves itself, and relaying is not acknowledging.
+            // Only answers to clients wait for the store write below.
+            for (reply, response) in vote_replies {
+                let _ = reply.send(response);
+            }
+            for (voter, request) in remote_requests {
+                self.net.request_vote(voter, request);
+            }
+            for (region, raw) in std::mem::take(&mut effects.claims_to_publish) {
+                self.net.publish_claim(&region, raw);
+            }
+            // Certificates that arrived from peers are stored in order with
+            // the rest but not published again: gossip relays what it
+            // delivered, and a synced one is old news.
+            for (i, raw) in effects.certificates.iter().enumerate() {
+                if !received_certificates.contains(&i) {
+                    self.net.publish_certificate(raw.clone());
+                }
+            }
+            if let Some(raw) = heartbeat {
+                self.net.publish(Kind::Heartbeat, raw);
+            }
+        }
         let writes = !appended.is_empty() || !effects.certificates.is_empty() || !effects.held.is_empty();
-        // Certificates that arrived from peers are stored in order with the
-        // rest but not published again: gossip relays what it delivered, and
-        // a synced one is old news.
-        let to_publish = effects
-            .certificates
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !received_certificates.contains(i))
-            .map(|(_, raw)| raw.clone())
-            .collect();
         let release = Release {
             since: writes.then(std::time::Instant::now),
             appended: appended.len() as u64,
@@ -986,11 +1015,6 @@ impl Actor {
             held: effects.held,
             rpc_replies,
             claim_replies,
-            vote_replies,
-            remote_requests,
-            claims_to_publish: effects.claims_to_publish,
-            certificates: to_publish,
-            heartbeats: heartbeat.into_iter().collect(),
         };
         if failure.is_some() {
             self.release(release, failure);
@@ -1088,26 +1112,7 @@ impl Actor {
             };
             let _ = reply.send(answer);
         }
-        if failure.is_some() {
-            // Nothing that depends on an undurable lock or batch may leave.
-            return false;
-        }
-        for (reply, response) in release.vote_replies {
-            let _ = reply.send(response);
-        }
-        for (voter, request) in release.remote_requests {
-            self.net.request_vote(voter, request);
-        }
-        for (region, raw) in release.claims_to_publish {
-            self.net.publish_claim(&region, raw);
-        }
-        for raw in release.certificates {
-            self.net.publish_certificate(raw);
-        }
-        for raw in release.heartbeats {
-            self.net.publish(Kind::Heartbeat, raw);
-        }
-        true
+        failure.is_none()
     }
 
     fn book_network(&self) -> envelope::NetworkId {
@@ -1191,11 +1196,6 @@ struct Release {
     held_changes: u64,
     rpc_replies: Vec<(Option<RpcReply>, Vec<Verdict>)>,
     claim_replies: Vec<(ClaimReply, Result<(), String>)>,
-    vote_replies: Vec<(oneshot::Sender<pb::VoteResponse>, pb::VoteResponse)>,
-    remote_requests: Vec<(PublicKey, pb::VoteRequest)>,
-    claims_to_publish: Vec<(String, Vec<u8>)>,
-    certificates: Vec<Vec<u8>>,
-    heartbeats: Vec<Vec<u8>>,
 }
 
 impl Release {
@@ -1203,16 +1203,9 @@ impl Release {
         self.appended > 0 || self.certificates_appended > 0 || self.held_changes > 0
     }
 
-    /// Someone waits for these writes: a client, a voter, or a message that
-    /// may only leave once they are durable.
+    /// Someone waits for these writes: a client or a relay decision.
     fn waits(&self) -> bool {
-        !(self.rpc_replies.is_empty()
-            && self.claim_replies.is_empty()
-            && self.vote_replies.is_empty()
-            && self.remote_requests.is_empty()
-            && self.claims_to_publish.is_empty()
-            && self.certificates.is_empty()
-            && self.heartbeats.is_empty())
+        !(self.rpc_replies.is_empty() && self.claim_replies.is_empty())
     }
 
     fn is_empty(&self) -> bool {
@@ -1229,11 +1222,6 @@ impl Release {
         self.certificates_appended = self.certificates_appended.saturating_add(later.certificates_appended);
         self.rpc_replies.extend(later.rpc_replies);
         self.claim_replies.extend(later.claim_replies);
-        self.vote_replies.extend(later.vote_replies);
-        self.remote_requests.extend(later.remote_requests);
-        self.claims_to_publish.extend(later.claims_to_publish);
-        self.certificates.extend(later.certificates);
-        self.heartbeats.extend(later.heartbeats);
     }
 }
 
