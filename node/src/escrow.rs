@@ -30,6 +30,11 @@ use crate::core::wire::{self, WireError};
 use crate::store::HeldChange;
 use crate::store::locks::LockRecord;
 
+use crate::core::escrow::{Entry, NEEDS_PER_HEARTBEAT_MAX, NeedAd, answer_needs};
+
+#[cfg(test)]
+mod tests;
+
 /// Certificates the ledger holds while waiting for what they depend on.
 pub const LEDGER_WAITING_MAX: usize = 65_536;
 /// Claims waiting to be retried (their credential or distribution not known
@@ -54,6 +59,10 @@ pub const CLAIM_REPUBLISH_MS: Millis = 30_000;
 pub const KNOWN_SIGNATURES_MAX: usize = 131_072;
 /// Most claim timelines kept in memory; the oldest are forgotten first.
 pub const TIMELINES_MAX: usize = 1_000_000;
+/// A need heard longer ago than this many heartbeat intervals is not
+/// answered: its owner has gone quiet, or its later heartbeats were lost
+/// and its bucket may be refilled already.
+pub const NEED_MAX_AGE_HEARTBEATS: u64 = 8;
 
 /// The steps a claim reached, on this node's clock (0 = not reached).
 #[derive(Clone, Debug, Default)]
@@ -220,6 +229,19 @@ pub struct Escrow {
     transfers_owed: BTreeMap<(Digest, Digest), u64>,
     /// What certified batches moved per (source, destination) bucket pair.
     transfers_certified: HashMap<(Digest, Digest), u64>,
+    /// The needs each validator of this region advertised in its latest
+    /// heartbeat (at most one entry per validator of the region).
+    needs_heard: HashMap<Key, HeardNeeds>,
+}
+
+/// The needs one validator's latest heartbeat carried.
+#[derive(Debug)]
+struct HeardNeeds {
+    /// When it arrived, on this node's clock.
+    at: Millis,
+    /// (bucket, amount), at most [`NEEDS_PER_HEARTBEAT_MAX`], each a bucket
+    /// of this region that the validator owns.
+    needs: Vec<(Digest, u64)>,
 }
 
 /// Heartbeats, suspicion and RTTs: the inputs of the delay-aware quorum.
@@ -390,6 +412,7 @@ impl Escrow {
             rebalances: BTreeMap::new(),
             transfers_owed: BTreeMap::new(),
             transfers_certified: HashMap::new(),
+            needs_heard: HashMap::new(),
         };
         escrow.adopt_buckets();
         // An owner resumes the last batch it signed, never signs another at its seq.
@@ -626,6 +649,14 @@ impl Escrow {
                 seq: self.ledger.next_seq(&bucket).unwrap_or(len),
             })
             .collect();
+        let needs = self
+            .own_needs(now)
+            .into_iter()
+            .map(|(bucket, amount)| pb::BucketNeed {
+                bucket_id: bucket.to_vec(),
+                amount,
+            })
+            .collect();
         let body = pb::Heartbeat {
             validator: self.me.to_vec(),
             sent_at: now,
@@ -634,6 +665,7 @@ impl Escrow {
             state_digest: self.ledger.state_digest().to_vec(),
             load: self.delay.load,
             seq: self.delay.heartbeat_seq,
+            needs,
         };
         Some(seal(&self.network, &self.key, Kind::Heartbeat, body.encode_to_vec()).0)
     }
@@ -662,8 +694,139 @@ impl Escrow {
             .filter_map(|f| Some((<[u8; 32]>::try_from(f.bucket_id.as_slice()).ok()?, f.seq)))
             .collect();
         self.delay.frontiers.insert(v.signer, frontier);
+        self.hear_needs(v.signer, &body.needs, now);
         self.promote_global(now);
         Ok(true)
+    }
+
+    /// What the buckets this node owns ask their region for (largest first,
+    /// at most [`NEEDS_PER_HEARTBEAT_MAX`]). Transfers to a bucket that other
+    /// owners proposed and this node has seen in their vote requests count
+    /// as on their way, so a need is not asked twice while they are voted.
+    fn own_needs(&self, now: Millis) -> Vec<(Digest, u64)> {
+        let mut needs: Vec<(Digest, u64)> = self
+            .owners
+            .iter()
+            .filter_map(|(digest, owner)| {
+                let incoming = self.incoming_transfers(digest);
+                Some((*digest, owner.need(&self.ledger, now, incoming)?))
+            })
+            .collect();
+        needs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        needs.truncate(NEEDS_PER_HEARTBEAT_MAX);
+        needs
+    }
+
+    /// Transfers to `bucket` in other owners' batches that this node was
+    /// asked to vote for and that are not certified yet.
+    fn incoming_transfers(&self, bucket: &Digest) -> u64 {
+        self.seen_batches
+            .iter()
+            .filter(|(source, (batch, _))| batch.seq >= self.ledger.next_seq(source).unwrap_or(0))
+            .flat_map(|(_, (batch, _))| batch.entries.iter())
+            .filter_map(|entry| match entry {
+                Entry::TransferOut { to, amount } if to.digest() == *bucket => Some(*amount),
+                _ => None,
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Keeps the needs a validator of this region advertised, replacing what
+    /// its earlier heartbeat said. Only buckets it owns in this region are
+    /// kept, at most [`NEEDS_PER_HEARTBEAT_MAX`]; malformed entries are
+    /// skipped.
+    fn hear_needs(&mut self, validator: Key, needs: &[pb::BucketNeed], now: Millis) {
+        let Some(region) = self.region.as_deref() else {
+            return;
+        };
+        if self.ledger.validators().get(&validator).map(|v| v.region.as_str()) != Some(region) {
+            return;
+        }
+        let kept: Vec<(Digest, u64)> = needs
+            .iter()
+            .take(NEEDS_PER_HEARTBEAT_MAX)
+            .filter_map(|need| {
+                let bucket = <[u8; 32]>::try_from(need.bucket_id.as_slice()).ok()?;
+                let (_, plan) = self.ledger.bucket(&bucket)?;
+                (need.amount > 0 && plan.id.owner == validator && plan.id.region == region)
+                    .then_some((bucket, need.amount))
+            })
+            .collect();
+        if kept.is_empty() {
+            self.needs_heard.remove(&validator);
+        } else {
+            self.needs_heard.insert(validator, HeardNeeds { at: now, needs: kept });
+        }
+    }
+
+    /// Answers the needs heard from this region (DESIGN.md "Transfers"):
+    /// for each bucket this node owns, `core::escrow::answer_needs` says
+    /// which transfers to queue, and they go into its open batch. Needs older
+    /// than [`NEED_MAX_AGE_HEARTBEATS`] intervals, or from a suspected
+    /// validator, are not answered.
+    fn answer_needs(&mut self, now: Millis) {
+        let max_age = self.delay.heartbeat_interval_ms.saturating_mul(NEED_MAX_AGE_HEARTBEATS);
+        self.needs_heard
+            .retain(|_, heard| now.saturating_sub(heard.at) <= max_age);
+        if self.needs_heard.is_empty() {
+            return;
+        }
+        let heard: Vec<(Key, Digest, u64)> = self
+            .needs_heard
+            .iter()
+            .filter(|(validator, _)| !self.is_suspected(validator, now))
+            .flat_map(|(validator, heard)| {
+                heard
+                    .needs
+                    .iter()
+                    .map(|(bucket, amount)| (*validator, *bucket, *amount))
+            })
+            .collect();
+        let mut queue: Vec<(Digest, BucketId, u64)> = Vec::new();
+        for (digest, owner) in &self.owners {
+            let ads: Vec<NeedAd> = heard
+                .iter()
+                .map(|(advertiser, bucket, amount)| NeedAd {
+                    bucket: *bucket,
+                    advertiser: *advertiser,
+                    amount: *amount,
+                    donor_chain_seen: self.frontier_of(advertiser, digest),
+                })
+                .collect();
+            let live = |key: &Key| *key == self.me || !self.is_suspected(key, now);
+            for (to, amount) in answer_needs(&self.ledger, owner, &ads, live) {
+                queue.push((*digest, to, amount));
+            }
+        }
+        for (digest, to, amount) in queue {
+            let Some(owner) = self.owners.get_mut(&digest) else {
+                continue;
+            };
+            match owner.request_transfer(&self.ledger, to.clone(), amount) {
+                Ok(()) => {
+                    tracing::info!(to = %self.name_of(&to.owner), amount, "answering a bucket's need with a transfer")
+                }
+                Err(e) => tracing::debug!(error = %e, amount, "a need's transfer waits"),
+            }
+        }
+    }
+
+    /// What `bucket`'s owner last advertised it needs (0 = nothing): this
+    /// node's own reckoning for its own buckets, else its owner's latest
+    /// heartbeat if recent.
+    pub fn advertised_need(&self, bucket: &Digest, now: Millis) -> u64 {
+        if let Some(owner) = self.owners.get(bucket) {
+            return owner
+                .need(&self.ledger, now, self.incoming_transfers(bucket))
+                .unwrap_or(0);
+        }
+        let max_age = self.delay.heartbeat_interval_ms.saturating_mul(NEED_MAX_AGE_HEARTBEATS);
+        self.ledger
+            .bucket(bucket)
+            .and_then(|(_, plan)| self.needs_heard.get(&plan.id.owner))
+            .filter(|heard| now.saturating_sub(heard.at) <= max_age)
+            .and_then(|heard| heard.needs.iter().find(|(b, _)| b == bucket))
+            .map_or(0, |(_, amount)| *amount)
     }
 
     /// True when a validator's reported frontier is ahead of this node's
@@ -1098,6 +1261,7 @@ impl Escrow {
             }
         }
         self.execute_rebalances();
+        self.answer_needs(now);
         // Adaptive batching: an owner closes a batch after
         // max(batch_min, quorum latency / 2), or sooner when it is full.
         let close_every = match self.own_quorum_latency(now) {

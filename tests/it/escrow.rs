@@ -1,6 +1,8 @@
 //! Escrow across an in-process network of 3 regions × 4 validators: claims
 //! reach `regional`, a second claim by the same claimant is refused, and a
-//! distribution drained in one region leaves the others untouched.
+//! distribution drained in one region leaves the others untouched; and in
+//! smaller networks, partitions, takeovers, rebalances, and a bucket drained
+//! inside its region refilled from the other buckets' surplus.
 
 use credence::core::envelope::{Kind, seal};
 use credence::node::RunningNode;
@@ -78,6 +80,68 @@ async fn region_spent(node: &RunningNode, distribution: &str) -> Vec<(String, u6
         .into_iter()
         .map(|r| (r.region, r.spent, r.escrow))
         .collect()
+}
+
+/// Submits an operator-signed distribution of `per_region` in each of
+/// `regions` at `nodes[0]`, waits until every node knows it, and returns its id.
+async fn distribute(
+    net: &TestNet,
+    nodes: &[RunningNode],
+    name: &str,
+    regions: &[&str],
+    per_region: u64,
+    amount_per_claim: u64,
+    nonce: u64,
+) -> String {
+    let body = pb::Distribution {
+        operator: net.operator.verifying_key().to_bytes().to_vec(),
+        asset: name.to_uppercase(),
+        total: per_region * regions.len() as u64,
+        rule: Some(pb::DistributionRule {
+            schema: "demo".into(),
+            issuers: vec![],
+            amount_per_claim,
+        }),
+        opens_at: 0,
+        closes_at: 0,
+        allocations: regions
+            .iter()
+            .map(|r| pb::Allocation {
+                region: r.to_string(),
+                amount: per_region,
+            })
+            .collect(),
+        nonce,
+        max_outflow_per_window: 0,
+        outflow_window_ms: 0,
+        name: name.into(),
+    };
+    let envelope = seal(
+        &net.network_id(),
+        &net.operator,
+        Kind::Distribution,
+        body.encode_to_vec(),
+    )
+    .0;
+    let id = escrow(&nodes[0])
+        .await
+        .submit_distribution(pb::SubmitRequest { envelope })
+        .await
+        .expect("distribution accepted")
+        .into_inner()
+        .id;
+    for node in nodes {
+        let known = eventually(|| async {
+            let list = escrow(node)
+                .await
+                .list_distributions(pb::ListDistributionsRequest {})
+                .await;
+            list.is_ok_and(|l| l.into_inner().distributions.iter().any(|d| d.id == id))
+        })
+        .await;
+        assert!(known, "the new distribution did not reach every node");
+    }
+    id
 }
 
 /// Attests `claimant` and submits its claim at a node of its home region.
@@ -166,55 +230,7 @@ async fn claims_certify_per_region_double_claims_fail_and_a_drained_region_leave
     }
 
     // A distribution of one claim per bucket (four per region), drained in eu only.
-    let body = pb::Distribution {
-        operator: net.operator.verifying_key().to_bytes().to_vec(),
-        asset: "TINY".into(),
-        total: 120,
-        rule: Some(pb::DistributionRule {
-            schema: "demo".into(),
-            issuers: vec![],
-            amount_per_claim: 10,
-        }),
-        opens_at: 0,
-        closes_at: 0,
-        allocations: regions
-            .iter()
-            .map(|r| pb::Allocation {
-                region: r.to_string(),
-                amount: 40,
-            })
-            .collect(),
-        nonce: 1,
-        max_outflow_per_window: 0,
-        outflow_window_ms: 0,
-        name: "tiny".into(),
-    };
-    let envelope = seal(
-        &net.network_id(),
-        &net.operator,
-        Kind::Distribution,
-        body.encode_to_vec(),
-    )
-    .0;
-    let tiny = escrow(&nodes[0])
-        .await
-        .submit_distribution(pb::SubmitRequest { envelope })
-        .await
-        .expect("distribution accepted")
-        .into_inner()
-        .id;
-    for node in &nodes {
-        let tiny = tiny.clone();
-        let known = eventually(|| async {
-            let list = escrow(node)
-                .await
-                .list_distributions(pb::ListDistributionsRequest {})
-                .await;
-            list.is_ok_and(|l| l.into_inner().distributions.iter().any(|d| d.id == tiny))
-        })
-        .await;
-        assert!(known, "the new distribution did not reach every node");
-    }
+    let tiny = distribute(&net, &nodes, "tiny", &regions, 40, 10, 1).await;
     let before = region_spent(&nodes[0], &tiny).await;
     let mut eu_results = Vec::new();
     let mut n = 1000u64;
@@ -631,6 +647,114 @@ async fn a_double_claim_entered_at_two_nodes_pays_once_and_the_other_ends_reject
     assert!(settled, "the double claim did not settle as one paid and one rejected");
     let spent: u64 = region_spent(&nodes[2], &dist.id).await.iter().map(|(_, s, _)| s).sum();
     assert_eq!(spent, dist.amount_per_claim);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// Every bucket of a distribution, as `node` sees them.
+async fn buckets_of(node: &RunningNode, distribution: &str) -> Vec<pb::BucketLiquidity> {
+    region_liquidity(node, distribution)
+        .await
+        .into_iter()
+        .flat_map(|r| r.buckets)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_bucket_is_refilled_from_its_regions_surplus_and_the_region_creates_nothing() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    let net = TestNet::new(&["eu"], 4);
+    let (nodes, _) = start_normal(&net, 4).await;
+    // Four buckets of 60, six claims of 10 each. A donor keeps four claims'
+    // worth, so the three others can give 20 each: the drained bucket can pay
+    // its own six claims and six more, and not one beyond.
+    let (amount, share) = (10, 60);
+    let reserve = credence::core::escrow::DONOR_RESERVE_CLAIMS * amount;
+    let given = share - reserve;
+    let payable = (share + 3 * given) / amount;
+    let id = distribute(&net, &nodes, "need", &["eu"], 4 * share, amount, 2).await;
+    let owner = hex::encode(net.validators[3].verifying_key().to_bytes());
+    let home = &nodes[3];
+    let available_at_home = || async {
+        buckets_of(home, &id)
+            .await
+            .into_iter()
+            .find(|b| b.owner == owner)
+            .map_or(0, |b| b.available)
+    };
+
+    // Claims homed in one bucket, one after another: before each, the bucket
+    // holds a claim's worth, from its share first and then from its region.
+    let mut seed = 40_000;
+    for i in 0..payable {
+        assert!(
+            eventually(|| async { available_at_home().await >= amount }).await,
+            "the bucket was not refilled after {i} claims: {:?}",
+            buckets_of(home, &id).await
+        );
+        let (claimant, n) = claimant_owned_by(home, &id, &owner, seed).await;
+        seed = n;
+        let attestation = submit_attestation(home, net.attestation(claimant.verifying_key().to_bytes(), "n"))
+            .await
+            .expect("attest");
+        let envelope = claim_envelope(&net, &claimant, &id, &attestation, amount, n);
+        let claim = escrow(home)
+            .await
+            .submit_claim(pb::SubmitRequest { envelope })
+            .await
+            .expect("a claim is accepted while its bucket holds enough")
+            .into_inner()
+            .id;
+        assert!(
+            eventually(|| async { certified(&claim_status(home, &claim).await.status) }).await,
+            "claim {i} was not certified: {:?}",
+            claim_status(home, &claim).await
+        );
+    }
+
+    // Every node agrees: the drained bucket paid twice its share, each donor
+    // gave exactly its surplus and kept its reserve, no bucket went below
+    // zero, and the region holds its allocation: nothing was created.
+    for node in &nodes {
+        let settled = eventually(|| async {
+            let buckets = buckets_of(node, &id).await;
+            buckets.len() == 4
+                && buckets.iter().all(|b| {
+                    if b.owner == owner {
+                        (b.spent, b.transferred_in, b.transferred_out, b.available)
+                            == (payable * amount, 3 * given, 0, 0)
+                    } else {
+                        (b.spent, b.transferred_in, b.transferred_out, b.available) == (0, 0, given, reserve)
+                    }
+                })
+        })
+        .await;
+        assert!(settled, "transfers did not settle: {:?}", buckets_of(node, &id).await);
+        let regions = region_liquidity(node, &id).await;
+        let eu = &regions[0];
+        assert_eq!(eu.escrow, 4 * share, "the region's escrow changed");
+        assert_eq!(eu.spent + eu.available + eu.stranded, 4 * share);
+        for b in &eu.buckets {
+            assert_eq!(b.spent + b.transferred_out + b.available, b.escrow, "{b:?}");
+        }
+    }
+
+    // The region is down to its reserves: the next claim homed in the
+    // drained bucket is refused, and nothing more is spent.
+    let (claimant, n) = claimant_owned_by(home, &id, &owner, seed).await;
+    let attestation = submit_attestation(home, net.attestation(claimant.verifying_key().to_bytes(), "n"))
+        .await
+        .expect("attest");
+    let envelope = claim_envelope(&net, &claimant, &id, &attestation, amount, n);
+    let refused = escrow(home)
+        .await
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .expect_err("a claim beyond the region's surplus is refused");
+    assert!(refused.message().contains("exhausted"), "{}", refused.message());
+    let spent: u64 = region_liquidity(home, &id).await.iter().map(|r| r.spent).sum();
+    assert_eq!(spent, payable * amount);
     for node in nodes {
         node.stop().await;
     }

@@ -328,6 +328,7 @@ pub(super) async fn liquidity(rpc: &RpcArgs, id: &str) -> anyhow::Result<()> {
                         "escrow": b.escrow, "spent": b.spent, "pending": b.pending, "available": b.available,
                         "disputed": b.disputed, "stranded": b.stranded, "transferred_in": b.transferred_in,
                         "transferred_out": b.transferred_out, "certified_len": b.certified_len, "frozen": b.frozen,
+                        "need": b.need,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -355,6 +356,15 @@ pub(super) async fn liquidity(rpc: &RpcArgs, id: &str) -> anyhow::Result<()> {
                 "{:<8} {:>12} {:>12} {:>10} {:>12} {:>10.1} {:>12}",
                 r.region, r.escrow, r.spent, r.pending, r.available, r.outflow_per_s, age
             );
+        }
+        // Buckets whose owners ask their region for escrow (need-driven transfers).
+        for r in &l.regions {
+            for b in r.buckets.iter().filter(|b| b.need > 0) {
+                println!(
+                    "{:<8} bucket of {} needs {} (available {})",
+                    r.region, b.owner_name, b.need, b.available
+                );
+            }
         }
     }
     Ok(())

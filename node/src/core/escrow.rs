@@ -14,7 +14,8 @@
 //!
 //! Files: `model` (wire-level types and ids), `distribution` (activation, shares, routing),
 //! `credential` (what the core asks about credentials, and the objective claim rules), `ledger`
-//! (certified state), `voter`, `owner`, `evidence`.
+//! (certified state), `voter`, `owner`, `need` (need-driven transfers inside a region),
+//! `evidence`.
 
 // The lints that keep input from panicking the node are set once, for the
 // whole core, in `core.rs`.
@@ -24,6 +25,7 @@ mod distribution;
 mod evidence;
 mod ledger;
 mod model;
+mod need;
 mod owner;
 mod voter;
 
@@ -42,6 +44,10 @@ pub use self::ledger::{
 pub use self::model::{
     Batch, BucketId, Certificate, CertificateError, CertifiedObject, Claim, Distribution, Entry, FaultModel, Freeze,
     Lock, ModelError, Validator, ValidatorSet, Vote, ZERO_DIGEST, digest_parts, slot_of,
+};
+pub use self::need::{
+    DONOR_RESERVE_CLAIMS, NEED_ANSWERS_PER_CALL_MAX, NEED_LOW_WATER_CLAIMS, NEED_TARGET_CLAIMS,
+    NEEDS_PER_HEARTBEAT_MAX, NeedAd, answer_needs, need_for,
 };
 pub use self::owner::{ClaimRefusal, Owner, OwnerConfig, OwnerError, OwnerOutput};
 pub use self::voter::{Missing, VoteRefusal, Voter, VoterConfig, VoterOutput};

@@ -153,6 +153,7 @@ fn liquidity(escrow: &Escrow, book: &CredentialBook, id: &Digest, now: Millis) -
                 certified_len: ledger.next_seq(&b.bucket).unwrap_or(0),
                 frozen: b.ended,
                 bucket_id: hex::encode(b.bucket),
+                need: escrow.advertised_need(&b.bucket, now),
             })
             .collect();
         regions.push(pb::RegionLiquidityInfo {

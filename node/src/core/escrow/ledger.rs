@@ -210,7 +210,9 @@ impl LiquidityTotals {
 ///
 /// **Invariant** (per region and overall): `share + transferred_in = spent + transferred_out +
 /// available + stranded`; over the whole distribution transfers cancel, so
-/// `total = spent + available + stranded`.
+/// `total = spent + available + stranded`. A region's totals leave out transfers between its own
+/// buckets (need-driven transfers): they cancel inside it, so its escrow is its allocation plus
+/// what other regions moved in, whatever moves inside it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiquidityReport {
     pub distribution: LiquidityTotals,
@@ -252,6 +254,9 @@ struct Chain {
     claim_ids: Vec<Digest>,
     /// (timestamp, claim outflow) of recent batches, pruned beyond the breaker window.
     recent: VecDeque<(Millis, u64)>,
+    /// Per destination bucket: the seq of the last certified batch that transferred to it, and
+    /// the total moved to it (at most one entry per bucket of the distribution).
+    transfers_to: BTreeMap<Digest, (u64, u64)>,
     ended: bool,
 }
 
@@ -337,6 +342,42 @@ impl Ledger {
 
     pub fn chain_total(&self, bucket: &Digest) -> Option<u64> {
         self.chains.get(bucket).map(|chain| chain.total)
+    }
+
+    /// Certified claim outflow of the bucket's chain.
+    pub fn spent(&self, bucket: &Digest) -> Option<u64> {
+        self.chains.get(bucket).map(|chain| chain.spent)
+    }
+
+    /// The seq of the last certified batch of `from` that carried a transfer to `to`.
+    pub fn last_transfer_seq(&self, from: &Digest, to: &Digest) -> Option<u64> {
+        self.chains.get(from)?.transfers_to.get(to).map(|(seq, _)| *seq)
+    }
+
+    /// What each live bucket of one region of a distribution can still spend, as certified here
+    /// (escrow − certified outflow), in one pass over the region. Ended buckets are left out.
+    pub fn available_in_region(
+        &self,
+        distribution_id: &Digest,
+        region: &str,
+    ) -> Result<BTreeMap<Digest, u64>, LedgerError> {
+        let Some(distribution) = self.distributions.get(distribution_id) else {
+            return Ok(BTreeMap::new());
+        };
+        let flows = self.region_flows(distribution, region)?;
+        let mut available = BTreeMap::new();
+        for digest in distribution.region_buckets(region) {
+            let chain = self
+                .chains
+                .get(digest)
+                .ok_or(LedgerError::UnknownBucket { bucket: *digest })?;
+            if chain.ended {
+                continue;
+            }
+            let escrow = flows.escrow.get(digest).copied().unwrap_or(0);
+            available.insert(*digest, escrow.checked_sub(chain.total).ok_or(LedgerError::Overflow)?);
+        }
+        Ok(available)
     }
 
     pub fn last_timestamp(&self, bucket: &Digest) -> Option<Millis> {
@@ -591,6 +632,27 @@ impl Ledger {
             report.distribution.add(bucket)?;
             report.regions.entry(bucket.region.clone()).or_default().add(bucket)?;
         }
+        // Transfers inside a region cancel in its totals.
+        let region_of: BTreeMap<Digest, &str> = buckets.iter().map(|b| (b.bucket, b.region.as_str())).collect();
+        for bucket in &buckets {
+            let Some(chain) = self.chains.get(&bucket.bucket) else {
+                continue;
+            };
+            let inside = chain
+                .transfers_to
+                .iter()
+                .filter(|(to, _)| region_of.get(*to) == Some(&bucket.region.as_str()))
+                .try_fold(0u64, |acc, (_, (_, amount))| acc.checked_add(*amount))
+                .ok_or(LedgerError::Overflow)?;
+            if inside == 0 {
+                continue;
+            }
+            let region = report.regions.entry(bucket.region.clone()).or_default();
+            let less = |a: u64| a.checked_sub(inside).ok_or(LedgerError::Overflow);
+            region.escrow = less(region.escrow)?;
+            region.transferred_in = less(region.transferred_in)?;
+            region.transferred_out = less(region.transferred_out)?;
+        }
         report.buckets = buckets;
         Ok(report)
     }
@@ -784,6 +846,11 @@ impl Ledger {
         chain.spent = new_spent;
         chain.transferred_out = new_out;
         chain.slots.extend(slots);
+        for (to, amount) in &credits {
+            let moved = chain.transfers_to.entry(*to).or_insert((seq, 0));
+            // Bounded by the chain's transferred_out, checked above.
+            *moved = (seq, moved.1.saturating_add(*amount));
+        }
         chain.recent.push_back((batch.timestamp, spent));
         let horizon = batch.timestamp.saturating_sub(window);
         while chain.recent.front().is_some_and(|(at, _)| *at <= horizon) {

@@ -17,6 +17,7 @@ use thiserror::Error;
 use super::credential::{ClaimDefect, CredentialView, check_attestation};
 use super::ledger::{Ledger, LedgerError};
 use super::model::{Batch, BucketId, Claim, Entry, ZERO_DIGEST};
+use super::need::need_for;
 use super::voter::{Home, home_check};
 use super::{Digest, Key, Millis};
 
@@ -131,6 +132,9 @@ pub struct Owner {
     ended: bool,
     /// Claims stranded by a freeze, kept until the shell takes them with [`Owner::sync`].
     orphaned: Vec<Claim>,
+    /// A claim was refused or dropped here for lack of escrow: the bucket has demand it cannot
+    /// meet (one of the signals that let it advertise a need, see [`Owner::need`]).
+    starved: bool,
 }
 
 impl Owner {
@@ -155,6 +159,7 @@ impl Owner {
             close_requested: false,
             ended: false,
             orphaned: Vec::new(),
+            starved: false,
         }
     }
 
@@ -177,6 +182,48 @@ impl Owner {
             Entry::TransferOut { to, amount } => Some((to, *amount)),
             _ => None,
         })
+    }
+
+    /// Whether a transfer to `to` is queued in the open batch or awaits its certificate in the
+    /// batch in flight (one the ledger has certified no longer counts).
+    pub fn transferring_to(&self, ledger: &Ledger, to: &Digest) -> bool {
+        let is_to = |entry: &Entry| matches!(entry, Entry::TransferOut { to: dest, .. } if dest.digest() == *to);
+        let next = ledger.next_seq(&self.digest).unwrap_or(0);
+        self.open.iter().any(is_to)
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|batch| batch.seq >= next && batch.entries.iter().any(is_to))
+    }
+
+    /// What this bucket asks its region's other owners for, if anything (DESIGN.md "Transfers"):
+    /// when its available escrow, counting `incoming` (transfers to it proposed by other owners
+    /// and not certified yet), covers fewer than
+    /// [`NEED_LOW_WATER_CLAIMS`](super::NEED_LOW_WATER_CLAIMS) claims, enough to cover
+    /// [`NEED_TARGET_CLAIMS`](super::NEED_TARGET_CLAIMS). Only a bucket that has met demand
+    /// asks (it has spent, holds claims, or refused one for lack of escrow), and only while its
+    /// distribution still pays.
+    pub fn need(&self, ledger: &Ledger, now_ms: Millis, incoming: u64) -> Option<u64> {
+        if self.ended || self.close_requested {
+            return None;
+        }
+        let rule = ledger.distribution(&self.bucket.distribution)?.distribution();
+        if now_ms >= rule.closes_at {
+            return None;
+        }
+        let in_flight_claims = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|batch| batch.claims().next().is_some());
+        let demand = self.starved
+            || in_flight_claims
+            || self.open_claims() > 0
+            || ledger.spent(&self.digest).is_some_and(|spent| spent > 0);
+        if !demand {
+            return None;
+        }
+        let available = self.available(ledger).ok()?.saturating_add(incoming);
+        need_for(rule.amount_per_claim, available)
     }
 
     pub fn open_len(&self) -> usize {
@@ -305,6 +352,7 @@ impl Owner {
         }
         let available = self.available(ledger).map_err(|_| ClaimRefusal::Overflow)?;
         if claim.amount > available {
+            self.starved = true;
             return Err(ClaimRefusal::BucketExhausted {
                 available,
                 amount: claim.amount,
@@ -424,6 +472,9 @@ impl Owner {
                     entries.push(entry);
                 }
                 (Some(reason), Entry::Claim(claim)) => {
+                    if matches!(reason, ClaimRefusal::BucketExhausted { .. }) {
+                        self.starved = true;
+                    }
                     outputs.push(OwnerOutput::Dropped { claim, reason });
                 }
                 // A transfer that no longer fits is dropped; the rebalancer asks again.
@@ -462,7 +513,7 @@ impl Owner {
     }
 
     /// Escrow not yet spoken for by the certified chain, the in-flight batch or the open batch.
-    fn available(&self, ledger: &Ledger) -> Result<u64, OwnerError> {
+    pub fn available(&self, ledger: &Ledger) -> Result<u64, OwnerError> {
         let escrow = ledger.escrow(&self.digest)?;
         let committed = match &self.in_flight {
             Some(batch) => batch.total_after,

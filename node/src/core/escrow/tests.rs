@@ -1249,3 +1249,248 @@ fn a_transfer_moves_escrow_to_its_destination_once_certified() {
     fx.certify_batch(&batch);
     assert_eq!(fx.ledger.escrow(&destination).unwrap(), before + amount);
 }
+
+/// Moves `amount` of `owner`'s bucket to us-5 with a certified transfer, leaving it low.
+fn drain(fx: &mut Fx, owner: u8, amount: u64) {
+    let batch = fx.batch(
+        owner,
+        vec![Entry::TransferOut {
+            to: fx.bucket(5),
+            amount,
+        }],
+    );
+    fx.certify_batch(&batch);
+}
+
+/// The one helper every need case goes through.
+fn check_need(name: &str, got: Option<u64>, expected: Option<u64>) {
+    assert_eq!(got, expected, "{name}");
+}
+
+#[test]
+fn an_owner_advertises_a_need_only_when_low_with_demand() {
+    let mut fx = Fx::new();
+    let config = OwnerConfig {
+        batch_claims_max: 100,
+        clock_skew_ms: SKEW,
+    };
+    let now = fx.now;
+    drain(&mut fx, 2, 140);
+    let mut owner = Owner::new(key(2), fx.bucket(2), config);
+    check_need("low without demand asks nothing", owner.need(&fx.ledger, now, 0), None);
+    let claim = fx.claim(2, 0);
+    owner.submit_claim(&fx.ledger, &fx.creds, claim, now).unwrap();
+    check_need(
+        "a queued claim is demand: empty asks for the target",
+        owner.need(&fx.ledger, now, 0),
+        Some(4 * AMOUNT),
+    );
+    check_need("transfers on their way count", owner.need(&fx.ledger, now, 25), None);
+    check_need("part of the way", owner.need(&fx.ledger, now, 5), Some(4 * AMOUNT - 5));
+    check_need(
+        "a closed distribution asks nothing",
+        owner.need(&fx.ledger, CLOSES, 0),
+        None,
+    );
+    let batch = owner
+        .close_batch(&fx.ledger, now)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            OwnerOutput::SendBatch(batch) => Some(batch),
+            _ => None,
+        })
+        .unwrap();
+    check_need(
+        "a claim in flight is demand",
+        owner.need(&fx.ledger, now, 0),
+        Some(4 * AMOUNT),
+    );
+    fx.certify_batch(&batch);
+    let restarted = Owner::new(key(2), fx.bucket(2), config);
+    check_need(
+        "a certified spend is demand",
+        restarted.need(&fx.ledger, now, 0),
+        Some(4 * AMOUNT),
+    );
+    let mut closing = restarted.clone();
+    closing.request_close();
+    check_need("a closing chain asks nothing", closing.need(&fx.ledger, now, 0), None);
+
+    // A bucket that refused a claim for lack of escrow has demand, though it spent nothing.
+    drain(&mut fx, 3, 145);
+    let mut starved = Owner::new(key(3), fx.bucket(3), config);
+    check_need("low, nothing asked of it yet", starved.need(&fx.ledger, now, 0), None);
+    let claim = fx.claim(3, 0);
+    assert!(matches!(
+        starved.submit_claim(&fx.ledger, &fx.creds, claim, now),
+        Err(ClaimRefusal::BucketExhausted { .. })
+    ));
+    check_need(
+        "refused for lack of escrow",
+        starved.need(&fx.ledger, now, 0),
+        Some(4 * AMOUNT - 5),
+    );
+    let plenty = Owner::new(key(4), fx.bucket(4), config);
+    check_need("plenty asks nothing", plenty.need(&fx.ledger, now, 0), None);
+}
+
+/// The one helper every answering case goes through: what `donor` queues for `ads`, as
+/// (destination owner, amount), with the owners in `suspected` left out of the donors.
+fn check_answers(name: &str, fx: &Fx, donor: &Owner, ads: &[NeedAd], suspected: &[u8], expected: &[(u8, u64)]) {
+    let got: Vec<(u8, u64)> = answer_needs(&fx.ledger, donor, ads, |k| !suspected.iter().any(|s| key(*s) == *k))
+        .into_iter()
+        .map(|(to, amount)| (to.owner[0], amount))
+        .collect();
+    assert_eq!(got, expected, "{name}");
+}
+
+fn ad(fx: &Fx, bucket: u8, advertiser: u8, amount: u64, donor_chain_seen: u64) -> NeedAd {
+    NeedAd {
+        bucket: fx.bucket(bucket).digest(),
+        advertiser: key(advertiser),
+        amount,
+        donor_chain_seen,
+    }
+}
+
+#[test]
+fn donors_answer_a_need_in_proportion_once_and_only_when_it_is_genuine() {
+    let mut fx = Fx::new();
+    let config = OwnerConfig {
+        batch_claims_max: 100,
+        clock_skew_ms: SKEW,
+    };
+    // eu buckets hold 150 each; 2 is drained to 10 and asks for 30 (to reach 4 claims).
+    drain(&mut fx, 2, 140);
+    let donors: Vec<Owner> = [1u8, 3, 4]
+        .iter()
+        .map(|n| Owner::new(key(*n), fx.bucket(*n), config))
+        .collect();
+    let need = [ad(&fx, 2, 2, 30, 0)];
+    for donor in &donors {
+        check_answers(
+            "three equal donors give a third each",
+            &fx,
+            donor,
+            &need,
+            &[],
+            &[(2, 10)],
+        );
+    }
+    let lowest = [1u8, 3, 4].into_iter().min_by_key(|n| fx.bucket(*n).digest()).unwrap();
+    for (n, donor) in [1u8, 3, 4].iter().zip(&donors) {
+        let part = if *n == lowest { 8 } else { 6 };
+        check_answers(
+            "the remainder goes to the lowest donor",
+            &fx,
+            donor,
+            &[ad(&fx, 2, 2, 20, 0)],
+            &[],
+            &[(2, part)],
+        );
+    }
+    let d1 = &donors[0];
+    check_answers(
+        "asking for more than it lacks gets what brings it to the target",
+        &fx,
+        d1,
+        &[ad(&fx, 2, 2, 1_000_000, 0)],
+        &[],
+        &[(2, 10)],
+    );
+    check_answers(
+        "a suspected donor's part falls to the others",
+        &fx,
+        d1,
+        &need,
+        &[4],
+        &[(2, 15)],
+    );
+    check_answers(
+        "an ad twice is answered once",
+        &fx,
+        d1,
+        &[need[0].clone(), need[0].clone()],
+        &[],
+        &[(2, 10)],
+    );
+    check_answers("only the owner's ad counts", &fx, d1, &[ad(&fx, 2, 3, 30, 0)], &[], &[]);
+    check_answers("another region's bucket", &fx, d1, &[ad(&fx, 5, 5, 30, 0)], &[], &[]);
+    check_answers("its own bucket", &fx, d1, &[ad(&fx, 1, 1, 30, 0)], &[], &[]);
+    check_answers("nothing asked", &fx, d1, &[ad(&fx, 2, 2, 0, 0)], &[], &[]);
+    check_answers(
+        "a bucket at the target lacks nothing",
+        &fx,
+        d1,
+        &[ad(&fx, 3, 3, 30, 0)],
+        &[],
+        &[],
+    );
+    let unknown = NeedAd {
+        bucket: [9; 32],
+        ..need[0].clone()
+    };
+    check_answers("an unknown bucket", &fx, d1, &[unknown], &[], &[]);
+    let mut poor = Owner::new(key(4), fx.bucket(4), config);
+    poor.request_transfer(&fx.ledger, fx.bucket(3), 110).unwrap();
+    check_answers("a donor at its reserve gives nothing", &fx, &poor, &need, &[], &[]);
+
+    // Once answered, donor 1 does not answer again while its transfer is queued, in flight, or
+    // certified but not yet applied by the needy owner.
+    let mut d1 = donors[0].clone();
+    for (to, amount) in answer_needs(&fx.ledger, &d1, &need, |_| true) {
+        d1.request_transfer(&fx.ledger, to, amount).unwrap();
+    }
+    check_answers("queued: not again", &fx, &d1, &need, &[], &[]);
+    let batch = d1
+        .close_batch(&fx.ledger, fx.now)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            OwnerOutput::SendBatch(batch) => Some(batch),
+            _ => None,
+        })
+        .unwrap();
+    check_answers("in flight: not again", &fx, &d1, &need, &[], &[]);
+    fx.certify_batch(&batch);
+    assert_eq!(
+        fx.ledger.escrow(&fx.bucket(2).digest()),
+        Ok(160),
+        "credited when certified"
+    );
+    // Inside eu the 10 cancel: eu holds its allocation, less nothing, and shows only the 140
+    // that left for us; bucket rows still show both sides.
+    let report = fx.ledger.liquidity_report(&fx.dist.id, &fx.creds).unwrap();
+    let eu = &report.regions["eu"];
+    assert_eq!((eu.escrow, eu.transferred_in, eu.transferred_out), (600, 0, 140));
+    assert_eq!(
+        eu.spent + eu.transferred_out + eu.available + eu.stranded,
+        600,
+        "eu conserves"
+    );
+    assert_eq!(report.regions["us"].escrow, 300 + 140);
+    let rows = |f: fn(&BucketLiquidity) -> u64| report.buckets.iter().map(f).sum::<u64>();
+    assert_eq!((rows(|b| b.transferred_in), rows(|b| b.transferred_out)), (150, 150));
+    check_answers("certified, not yet seen by the needy owner", &fx, &d1, &need, &[], &[]);
+    // Seen: bucket 2 now holds 20 and lacks 20; donor 1's surplus is 100 of 320 in all.
+    let answered = answer_needs(&fx.ledger, &d1, &[ad(&fx, 2, 2, 20, 1)], |_| true);
+    assert!(
+        matches!(answered.as_slice(), [(to, amount)] if *to == fx.bucket(2) && (6..=8).contains(amount)),
+        "a fresh need after the credit is answered anew: {answered:?}"
+    );
+
+    // An ended bucket neither asks nor gives.
+    let freeze = Freeze::new(key(1), fx.bucket(4), None, None);
+    fx.certify(CertifiedObject::Freeze(freeze));
+    check_answers(
+        "an ended bucket lacks nothing",
+        &fx,
+        &d1,
+        &[ad(&fx, 4, 4, 30, 0)],
+        &[],
+        &[],
+    );
+    let ended = Owner::new(key(4), fx.bucket(4), config);
+    check_answers("an ended donor gives nothing", &fx, &ended, &need, &[], &[]);
+}
