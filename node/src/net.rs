@@ -920,6 +920,14 @@ impl EventLoop {
         let network = self.network_id;
         let is_cert = message.topic == topic(&network, "certs").hash();
         let is_heartbeat = message.topic == topic(&network, "heartbeat").hash();
+        let kind = if is_heartbeat {
+            "heartbeat"
+        } else if is_cert {
+            "certificate"
+        } else {
+            "claim"
+        };
+        node.metrics.object(kind, "delivered", "gossip");
         tokio::spawn(async move {
             let acceptance = if is_heartbeat {
                 match envelope::decode_capped(&network, &message.data, GOSSIP_MAX_BYTES).and_then(|u| u.verify()) {
@@ -950,13 +958,6 @@ impl EventLoop {
                         _ => MessageAcceptance::Ignore,
                     },
                 }
-            };
-            let kind = if is_heartbeat {
-                "heartbeat"
-            } else if is_cert {
-                "certificate"
-            } else {
-                "claim"
             };
             let outcome = match acceptance {
                 MessageAcceptance::Accept => "accepted",
