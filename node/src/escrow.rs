@@ -1146,6 +1146,11 @@ impl Escrow {
             return Ok(());
         };
         let id = claim.id;
+        if owner.holds(&id) {
+            // Met again (gossip and a direct copy, a republish, a retry):
+            // it is batched already; its slot is its own, not a double.
+            return Ok(());
+        }
         match owner.submit_claim(&self.ledger, &Credentials(book), claim, now) {
             Ok(outputs) => {
                 let more = self.owner_outputs(outputs, now);

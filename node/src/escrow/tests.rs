@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::{Escrow, NEED_MAX_AGE_HEARTBEATS};
 use crate::config::local_network;
+use crate::core::credentials::{CredentialBook, CredentialRules};
 use crate::core::envelope::{self, Kind, NetworkId, Verified, seal};
 use crate::core::escrow::{Digest, Key, NEEDS_PER_HEARTBEAT_MAX};
 use crate::core::wire;
@@ -107,4 +108,59 @@ fn a_node_keeps_only_the_needs_a_validator_of_its_region_has_for_its_own_buckets
     let raw = node.heartbeat_due(now).unwrap();
     let own = envelope::decode(&network, &raw).unwrap().verify().unwrap();
     assert!(pb::Heartbeat::decode(own.body.as_slice()).unwrap().needs.is_empty());
+}
+
+#[test]
+fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double() {
+    // One validator: eu-0 owns every bucket.
+    let local = local_network(&["eu"], 1, 12, 1_000, 10).unwrap();
+    let network = local.genesis.network_id;
+    let mut node = Escrow::new(&local.genesis, local.validators[0].clone(), &[]).unwrap();
+    let mut book = CredentialBook::new(
+        CredentialRules {
+            max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
+            operators: local.genesis.operators.clone(),
+        },
+        local.genesis.issuer_grants.iter().cloned(),
+    );
+    let now = 1_000_000;
+    let claimant = SigningKey::from_bytes(&[42; 32]);
+    let attestation = pb::Attestation {
+        issuer: key_of(&local.issuer).to_vec(),
+        subject: key_of(&claimant).to_vec(),
+        schema: crate::config::DEMO_SCHEMA.into(),
+        data: vec![],
+        issued_at: now,
+        expires_at: 0,
+        nonce: 1,
+    };
+    let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
+    let verified = envelope::decode(&network, &raw)
+        .and_then(envelope::Unverified::verify)
+        .unwrap();
+    book.apply(now, &verified).unwrap();
+    let claim = pb::Claim {
+        distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
+        claimant: key_of(&claimant).to_vec(),
+        attestation_id: attestation_id.0.to_vec(),
+        amount: 10,
+        recipient: vec![],
+        created_at: now,
+        nonce: 1,
+    };
+    let (raw, id) = seal(&network, &claimant, Kind::Claim, claim.encode_to_vec());
+    let claim = envelope::decode(&network, &raw)
+        .and_then(envelope::Unverified::verify)
+        .unwrap();
+    node.on_claim(&book, &claim, true, now).unwrap();
+    // The same claim again (from gossip, a republish): nothing changes.
+    node.on_claim(&book, &claim, false, now + 1).unwrap();
+    let (_, timeline) = node.claim_status(&book, &id.0).unwrap();
+    assert_eq!(timeline.rejected_at, 0, "refused: {}", timeline.reason);
+    // Batched and sent; met again while in flight, it is still not refused.
+    let _ = node.tick(&book, now + 1_000);
+    node.on_claim(&book, &claim, false, now + 1_001).unwrap();
+    let (_, timeline) = node.claim_status(&book, &id.0).unwrap();
+    assert_eq!(timeline.rejected_at, 0, "refused: {}", timeline.reason);
+    assert!(timeline.provisional_at > 0, "the claim was batched");
 }

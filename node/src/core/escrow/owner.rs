@@ -505,6 +505,12 @@ impl Owner {
         Ok(outputs)
     }
 
+    /// Whether this claim is in the open or the in-flight batch already.
+    pub fn holds(&self, id: &Digest) -> bool {
+        self.open.iter().any(|e| matches!(e, Entry::Claim(c) if c.id == *id))
+            || self.in_flight.as_ref().is_some_and(|b| b.claims().any(|c| c.id == *id))
+    }
+
     fn open_claims(&self) -> usize {
         self.open
             .iter()
