@@ -396,7 +396,7 @@ pub async fn spawn(
     }
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_incoming(Some(config.max_incoming_connections))
-        .with_max_established_per_peer(Some(1));
+        .with_max_established_per_peer(Some(2));
     let public = config.keypair.public();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
         .with_tokio()
