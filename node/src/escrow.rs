@@ -1109,6 +1109,7 @@ impl Escrow {
         // is the owner itself.
         if from_client && fresh && (self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me) {
             effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
+            Self::hand_to_owner(book, &claim, &v.raw, home.owner, &mut effects);
             self.timeline(claim.id).published_at = now;
         }
         let digest = home.digest();
@@ -1131,6 +1132,25 @@ impl Escrow {
             }
         }
         Ok(effects)
+    }
+
+    /// Hands a claim straight to its bucket's owner over the vote protocol,
+    /// with its credential. The region's gossip tells every voter; this is
+    /// the copy the owner must get, sent point to point so that no mesh
+    /// state can lose it (and sent again with each republish).
+    fn hand_to_owner(book: &CredentialBook, claim: &Claim, raw: &[u8], owner: Key, effects: &mut Effects) {
+        let attestation = book
+            .credential(&ObjectId(claim.attestation_id), 0)
+            .attestation
+            .map(|a| a.raw);
+        effects.vote_requests.push((
+            owner,
+            pb::VoteRequest {
+                object: raw.to_vec(),
+                attestations: attestation.into_iter().collect(),
+                certificates: Vec::new(),
+            },
+        ));
     }
 
     fn submit_to_owner(
@@ -1406,7 +1426,7 @@ impl Escrow {
                 continue;
             }
             let mut probe = Owner::new(home.owner, home.clone(), self.owner_config);
-            match probe.submit_claim(&self.ledger, &Credentials(book), claim, now) {
+            match probe.submit_claim(&self.ledger, &Credentials(book), claim.clone(), now) {
                 Err(reason) if !reason.is_retryable() => self.reject(id, &reason, now),
                 _ => {
                     let timeline = self.timeline(id);
@@ -1414,6 +1434,7 @@ impl Escrow {
                         timeline.published_at = now;
                         if let Some(raw) = self.claim_envelopes.get(&id) {
                             effects.claims_to_publish.push((home.region.clone(), raw.clone()));
+                            Self::hand_to_owner(book, &claim, raw, home.owner, effects);
                         }
                     }
                     self.recheck.push_back((id, now));
@@ -1538,6 +1559,16 @@ impl Escrow {
             Ok(v) => v,
             Err(e) => return (effects, refuse(e.to_string(), false)),
         };
+        if object.kind == Kind::Claim {
+            // A claim handed to its owner by the node it entered at. The
+            // answer carries nothing: the entry node learns the outcome as
+            // every node does, from the certificate or its recheck.
+            match self.on_claim(book, &object, false, now) {
+                Ok(more) => effects.append(more),
+                Err(e) => tracing::debug!(error = %e, "a claim handed over was not taken"),
+            }
+            return (effects, refuse(String::new(), false));
+        }
         let judged = if object.kind == Kind::Freeze {
             let freeze = match wire::freeze(&self.network, &object, &mut self.known) {
                 Ok(f) => f,
