@@ -429,6 +429,23 @@ async fn a_block_list_partition_keeps_regions_certifying_withholds_global_and_co
 }
 
 /// A claimant whose claim is homed in the bucket of the validator `owner` (hex key).
+/// A new claimant homed in `owner`'s bucket, attested at `node`, and its
+/// signed claim; with the seed reached, for the next call.
+async fn attested_claim_owned_by(
+    net: &TestNet,
+    node: &RunningNode,
+    distribution: &str,
+    owner: &str,
+    start: u64,
+    amount: u64,
+) -> (Vec<u8>, u64) {
+    let (claimant, n) = claimant_owned_by(node, distribution, owner, start).await;
+    let attestation = submit_attestation(node, net.attestation(claimant.verifying_key().to_bytes(), "n"))
+        .await
+        .expect("attest");
+    (claim_envelope(net, &claimant, distribution, &attestation, amount, n), n)
+}
+
 async fn claimant_owned_by(node: &RunningNode, distribution: &str, owner: &str, start: u64) -> (SigningKey, u64) {
     let mut n = start;
     loop {
@@ -693,12 +710,8 @@ async fn a_draining_bucket_is_refilled_from_its_regions_surplus_and_the_region_c
             "the bucket was not refilled after {i} claims: {:?}",
             buckets_of(home, &id).await
         );
-        let (claimant, n) = claimant_owned_by(home, &id, &owner, seed).await;
+        let (envelope, n) = attested_claim_owned_by(&net, home, &id, &owner, seed, amount).await;
         seed = n;
-        let attestation = submit_attestation(home, net.attestation(claimant.verifying_key().to_bytes(), "n"))
-            .await
-            .expect("attest");
-        let envelope = claim_envelope(&net, &claimant, &id, &attestation, amount, n);
         let claim = escrow(home)
             .await
             .submit_claim(pb::SubmitRequest { envelope })
@@ -742,11 +755,7 @@ async fn a_draining_bucket_is_refilled_from_its_regions_surplus_and_the_region_c
 
     // The region is down to its reserves: the next claim homed in the
     // drained bucket is refused, and nothing more is spent.
-    let (claimant, n) = claimant_owned_by(home, &id, &owner, seed).await;
-    let attestation = submit_attestation(home, net.attestation(claimant.verifying_key().to_bytes(), "n"))
-        .await
-        .expect("attest");
-    let envelope = claim_envelope(&net, &claimant, &id, &attestation, amount, n);
+    let (envelope, _) = attested_claim_owned_by(&net, home, &id, &owner, seed, amount).await;
     let refused = escrow(home)
         .await
         .submit_claim(pb::SubmitRequest { envelope })

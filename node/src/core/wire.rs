@@ -385,10 +385,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_round_trips_through_the_wire_with_its_claims() {
-        let claimant = SigningKey::from_bytes(&[4; 32]);
-        let owner = SigningKey::from_bytes(&[5; 32]);
+    /// A signed claim by the claimant whose secret key is `[seed; 32]`.
+    fn sealed_claim(seed: u8) -> Vec<u8> {
+        let claimant = SigningKey::from_bytes(&[seed; 32]);
         let body = pb::Claim {
             distribution_id: vec![1; 32],
             claimant: claimant.verifying_key().to_bytes().to_vec(),
@@ -396,9 +395,15 @@ mod tests {
             amount: 10,
             recipient: vec![],
             created_at: 5,
-            nonce: 1,
+            nonce: u64::from(seed),
         };
-        let (claim_raw, _) = seal(&NET, &claimant, Kind::Claim, body.encode_to_vec());
+        seal(&NET, &claimant, Kind::Claim, body.encode_to_vec()).0
+    }
+
+    #[test]
+    fn a_batch_round_trips_through_the_wire_with_its_claims() {
+        let owner = SigningKey::from_bytes(&[5; 32]);
+        let claim_raw = sealed_claim(4);
         let c = claim(&verified(&claim_raw)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.recipient, c.claimant);
         let bucket = BucketId {
@@ -433,19 +438,9 @@ mod tests {
 
     #[test]
     fn a_certificate_vouches_for_its_claims_but_not_for_its_votes_and_teaches_nothing() {
-        let claimant = SigningKey::from_bytes(&[6; 32]);
         let owner = SigningKey::from_bytes(&[7; 32]);
         let voter = SigningKey::from_bytes(&[8; 32]);
-        let body = pb::Claim {
-            distribution_id: vec![1; 32],
-            claimant: claimant.verifying_key().to_bytes().to_vec(),
-            attestation_id: vec![2; 32],
-            amount: 10,
-            recipient: vec![],
-            created_at: 5,
-            nonce: 2,
-        };
-        let (claim_raw, _) = seal(&NET, &claimant, Kind::Claim, body.encode_to_vec());
+        let claim_raw = sealed_claim(6);
         let c = claim(&verified(&claim_raw)).unwrap_or_else(|e| panic!("{e}"));
         // The same claim bytes with a broken signature.
         let mut forged = claim_raw.clone();

@@ -1238,19 +1238,25 @@ fn a_transfer_moves_escrow_to_its_destination_once_certified() {
             .collect::<Vec<_>>(),
         vec![(destination_id, amount)]
     );
-    let outputs = owner.close_batch(&fx.ledger, fx.now).unwrap();
-    let batch = outputs
-        .into_iter()
-        .find_map(|o| match o {
-            OwnerOutput::SendBatch(batch) => Some(batch),
-            _ => None,
-        })
-        .unwrap();
+    let batch = sent_batch(&mut owner, &fx.ledger, fx.now);
     fx.certify_batch(&batch);
     assert_eq!(fx.ledger.escrow(&destination).unwrap(), before + amount);
 }
 
 /// Moves `amount` of `owner`'s bucket to us-5 with a certified transfer, leaving it low.
+/// Closes the owner's open batch and returns the batch it sends.
+fn sent_batch(owner: &mut Owner, ledger: &Ledger, now: Millis) -> Batch {
+    owner
+        .close_batch(ledger, now)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            OwnerOutput::SendBatch(batch) => Some(batch),
+            _ => None,
+        })
+        .unwrap()
+}
+
 fn drain(fx: &mut Fx, owner: u8, amount: u64) {
     let batch = fx.batch(
         owner,
@@ -1292,15 +1298,7 @@ fn an_owner_advertises_a_need_only_when_low_with_demand() {
         owner.need(&fx.ledger, CLOSES, 0),
         None,
     );
-    let batch = owner
-        .close_batch(&fx.ledger, now)
-        .unwrap()
-        .into_iter()
-        .find_map(|o| match o {
-            OwnerOutput::SendBatch(batch) => Some(batch),
-            _ => None,
-        })
-        .unwrap();
+    let batch = sent_batch(&mut owner, &fx.ledger, now);
     check_need(
         "a claim in flight is demand",
         owner.need(&fx.ledger, now, 0),
@@ -1443,15 +1441,7 @@ fn donors_answer_a_need_in_proportion_once_and_only_when_it_is_genuine() {
         d1.request_transfer(&fx.ledger, to, amount).unwrap();
     }
     check_answers("queued: not again", &fx, &d1, &need, &[], &[]);
-    let batch = d1
-        .close_batch(&fx.ledger, fx.now)
-        .unwrap()
-        .into_iter()
-        .find_map(|o| match o {
-            OwnerOutput::SendBatch(batch) => Some(batch),
-            _ => None,
-        })
-        .unwrap();
+    let batch = sent_batch(&mut d1, &fx.ledger, fx.now);
     check_answers("in flight: not again", &fx, &d1, &need, &[], &[]);
     fx.certify_batch(&batch);
     assert_eq!(
