@@ -1288,27 +1288,19 @@ impl Escrow {
         self.execute_rebalances();
         self.answer_needs(now);
         // Adaptive batching: an owner closes a batch after
-        // max(batch_min, quorum latency / 2), or sooner when it is full; and
-        // at once when its chain has no batch in flight. A chain certifies
-        // one batch at a time, so while one is in flight the next gathers
-        // what arrives for a whole (measured) certification round anyway;
-        // holding a claim back from an idle chain only adds latency.
+        // max(batch_min, quorum latency / 2), or sooner when it is full.
         let close_every = match self.own_quorum_latency(now) {
             Some(ql) => {
                 ((ql / 2.0) as Millis).clamp(self.delay.batch_min_ms, BATCH_CLOSE_MAX_MS.max(self.delay.batch_min_ms))
             }
             None => self.delay.batch_min_ms,
         };
-        let paced = now.saturating_sub(self.delay.last_batch_close) >= close_every;
-        if paced {
+        let digests: Vec<Digest> = if now.saturating_sub(self.delay.last_batch_close) >= close_every {
             self.delay.last_batch_close = now;
-        }
-        let digests: Vec<Digest> = self
-            .owners
-            .iter()
-            .filter(|(_, o)| paced || (o.in_flight().is_none() && o.open_len() > 0))
-            .map(|(d, _)| *d)
-            .collect();
+            self.owners.keys().copied().collect()
+        } else {
+            Vec::new()
+        };
         for digest in digests {
             if let Some(owner) = self.owners.get_mut(&digest) {
                 match owner.close_batch(&self.ledger, now) {
