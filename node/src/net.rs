@@ -178,7 +178,7 @@ impl NetHandle {
     pub fn new(metrics: Metrics, network: &NetworkId) -> (NetHandle, NetDriver) {
         let (tx, rx) = mpsc::channel(NET_COMMAND_CAPACITY);
         let queues = Arc::new(pipeline::queue_stats());
-        let topic_prefix = format!("/credence/{}/", network.short_hex());
+        let topic_prefix = topic_prefix(network);
         let submissions = pipeline::Submissions::new(*network);
         (
             NetHandle {
@@ -302,7 +302,20 @@ struct Behaviour {
 
 /// Topic names under `/credence/<network_id_hex8>/…/1`.
 pub fn topic(network: &NetworkId, name: &str) -> IdentTopic {
-    IdentTopic::new(format!("/credence/{}/{name}/1", network.short_hex()))
+    IdentTopic::new(format!("{}{name}/1", topic_prefix(network)))
+}
+
+/// What every topic name of this network starts with.
+fn topic_prefix(network: &NetworkId) -> String {
+    format!("/credence/{}/", network.short_hex())
+}
+
+/// A topic's name without the network prefix and version (`cred`,
+/// `claims/eu`), as [`topic`] was given it.
+fn topic_short_name<'a>(prefix: &str, topic: &'a TopicHash) -> &'a str {
+    let full = topic.as_str();
+    let name = full.strip_prefix(prefix).unwrap_or(full);
+    name.strip_suffix("/1").unwrap_or(name)
 }
 
 /// The topic an object kind travels on.
@@ -636,17 +649,15 @@ impl EventLoop {
             }
             Command::Peers { reply } => {
                 let gossip = &self.swarm.behaviour().gossipsub;
-                let prefix = format!("/credence/{}/", self.network_id.short_hex());
+                let prefix = topic_prefix(&self.network_id);
                 let subscribed: HashMap<PeerId, Vec<String>> = gossip
                     .all_peers()
                     .map(|(peer, topics)| {
                         let names = topics
                             .into_iter()
                             .map(|t| {
-                                let name = t.as_str().strip_prefix(&prefix).unwrap_or(t.as_str());
-                                let name = name.strip_suffix("/1").unwrap_or(name);
                                 let meshed = gossip.mesh_peers(t).any(|p| p == peer);
-                                format!("{name}{}", if meshed { "+" } else { "" })
+                                format!("{}{}", topic_short_name(&prefix, t), if meshed { "+" } else { "" })
                             })
                             .collect();
                         (*peer, names)
