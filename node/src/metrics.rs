@@ -9,6 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 // Label values are static names: counting an object on the gossip path
@@ -52,6 +53,15 @@ pub struct Metrics {
     /// Gossip publications by topic and outcome (sent, no_peers, duplicate,
     /// too_large, queues_full, failed).
     pub published: Family<PublishLabels, Counter>,
+    /// How long each lock-log append took to become durable (write and
+    /// fdatasync, grouped with whatever else was waiting). Votes and own
+    /// batches leave only after it.
+    pub lock_log_sync: Histogram,
+    /// How long the actor took over one group of commands, lock-log wait
+    /// included: everything queued behind it waited as long.
+    pub actor_group: Histogram,
+    /// Connections closed because gossip to the peer stopped draining.
+    pub gossip_stuck_resets: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +87,25 @@ impl Metrics {
         let store_flushes = Counter::default();
         let sync_pages = Counter::default();
         let published = Family::<PublishLabels, Counter>::default();
+        // 50 µs to about 3.3 s.
+        let gossip_stuck_resets = Counter::default();
+        registry.register(
+            "gossip_stuck_resets",
+            "Connections closed because gossip to the peer stopped draining",
+            gossip_stuck_resets.clone(),
+        );
+        let lock_log_sync = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        let actor_group = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        registry.register(
+            "lock_log_sync_seconds",
+            "Time for a lock-log append to become durable",
+            lock_log_sync.clone(),
+        );
+        registry.register(
+            "actor_group_seconds",
+            "Time the actor spent on one group of commands, lock-log wait included",
+            actor_group.clone(),
+        );
         registry.register(
             "gossip_published",
             "Gossip publications by topic and outcome",
@@ -115,6 +144,9 @@ impl Metrics {
             store_flushes,
             sync_pages,
             published,
+            lock_log_sync,
+            actor_group,
+            gossip_stuck_resets,
         }
     }
 

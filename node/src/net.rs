@@ -56,6 +56,27 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Largest gossip message on the credential topic: an attestation's 4 KiB of
 /// data plus its fields and envelope fit with room to spare.
 pub const CRED_TOPIC_MAX_BYTES: usize = 8 * 1024;
+/// Mesh degree per topic (gossipsub's D; its default is 6). Publishing
+/// floods to every subscribed peer, and a network of validators is dialled
+/// all to all, so every mesh forward is a duplicate kept for redundancy
+/// only: each one costs every receiver a decrypt, a decode, an id and a
+/// timer. Three keep two spare paths to each peer and halve that work
+/// against the default (see BENCHMARKS.md, "Escrow").
+pub const GOSSIP_MESH_N: usize = 3;
+/// Fewest mesh peers before gossipsub grafts more.
+pub const GOSSIP_MESH_N_LOW: usize = 2;
+/// Most mesh peers before gossipsub prunes.
+pub const GOSSIP_MESH_N_HIGH: usize = 5;
+/// Peers told about recent message ids (IHAVE) each heartbeat, outside the mesh.
+pub const GOSSIP_LAZY: usize = 3;
+/// Consecutive gossipsub heartbeats (500 ms each) in which sends to one peer
+/// failed because its queue was full before the link is reset. A link whose
+/// outbound gossip stream has stopped draining stays stuck for good while
+/// its other protocols keep the connection alive, and everything gossiped to
+/// that peer is lost; closing it lets the redial timer open a fresh one, and
+/// catch-up repairs the gap. Two seconds of a full queue (thousands of
+/// messages) is not a burst.
+pub const GOSSIP_STUCK_REPORTS: u32 = 4;
 /// Score below which gossipsub ignores a peer entirely (graylist). A peer gets
 /// there after a handful of invalid messages: see [`peer_score_params`].
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
@@ -397,6 +418,11 @@ pub async fn spawn(
         .max_transmit_size_for_topic(CRED_TOPIC_MAX_BYTES, cred_topic)
         .heartbeat_interval(Duration::from_millis(500))
         .duplicate_cache_time(DUPLICATE_CACHE_TIME)
+        .mesh_n(GOSSIP_MESH_N)
+        .mesh_n_low(GOSSIP_MESH_N_LOW)
+        .mesh_n_high(GOSSIP_MESH_N_HIGH)
+        .mesh_outbound_min(1)
+        .gossip_lazy(GOSSIP_LAZY)
         .build()
         .map_err(|e| NetError::Build(e.to_string()))?;
     let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
@@ -526,6 +552,7 @@ pub async fn spawn(
         syncing: HashSet::new(),
         blocked: HashSet::new(),
         last_sync_now: HashMap::new(),
+        gossip_stuck: HashMap::new(),
         listening,
     };
     Ok(tokio::spawn(async move { event_loop.run(shutdown).await }))
@@ -570,6 +597,9 @@ struct EventLoop {
     blocked: HashSet<PeerId>,
     /// When a frontier difference last triggered a pull from each peer.
     last_sync_now: HashMap<PeerId, std::time::Instant>,
+    /// Peers whose gossip queue was full, with how many heartbeats in a row
+    /// and when it was last reported.
+    gossip_stuck: HashMap<PeerId, (u32, std::time::Instant)>,
     listening: Vec<Multiaddr>,
 }
 
@@ -888,13 +918,39 @@ impl EventLoop {
         }
     }
 
+    /// Gossipsub could not queue messages for this peer during its last
+    /// heartbeat. Reported again and again, the link is stuck: close it (the
+    /// redial timer reconnects, catch-up repairs the gap).
+    fn on_slow_peer(&mut self, peer: PeerId, failed: &gossipsub::FailedMessages) {
+        let now = std::time::Instant::now();
+        // A report more than two heartbeats after the last one starts a new run.
+        let reports = match self.gossip_stuck.get(&peer) {
+            Some((n, last)) if now.duration_since(*last) <= Duration::from_millis(1_000) => n.saturating_add(1),
+            _ => 1,
+        };
+        if reports >= GOSSIP_STUCK_REPORTS {
+            self.gossip_stuck.remove(&peer);
+            self.node.metrics.gossip_stuck_resets.inc();
+            warn!(
+                peer = %peer,
+                name = self.names.get(&peer).map_or("", |(name, _)| name.as_str()),
+                reports,
+                "gossip to this peer has not drained for seconds; closing the connection to open a fresh one"
+            );
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        self.gossip_stuck.insert(peer, (reports, now));
+        warn!(peer = %peer, ?failed, "gossip to a slow peer is being dropped; catch-up and re-gossip repair it");
+    }
+
     fn on_gossip(&mut self, event: gossipsub::Event) {
         if let gossipsub::Event::SlowPeer {
             peer_id,
             failed_messages,
         } = &event
         {
-            warn!(peer = %peer_id, ?failed_messages, "gossip to a slow peer is being dropped; catch-up and re-gossip repair it");
+            self.on_slow_peer(*peer_id, failed_messages);
             return;
         }
         if let gossipsub::Event::Message {

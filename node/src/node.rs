@@ -720,7 +720,7 @@ impl Actor {
                     }
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
-                    if !self.process(&mut group).await {
+                    if !self.process_timed(&mut group).await {
                         break;
                     }
                     let every = if self.escrow.is_busy() { busy_every } else { idle_every };
@@ -735,7 +735,7 @@ impl Actor {
                         .get_or_create(&crate::metrics::QueueLabels { queue: "actor" })
                         .set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                     self.escrow.set_load(rx.len() as f64 / ACTOR_QUEUE_CAPACITY as f64);
-                    if !self.process(&mut group).await {
+                    if !self.process_timed(&mut group).await {
                         break;
                     }
                     if self.escrow.is_busy() {
@@ -802,6 +802,14 @@ impl Actor {
                 Verdict::Rejected(e)
             }
         }
+    }
+
+    /// [`Self::process`], timed into `credence_actor_group_seconds`.
+    async fn process_timed(&mut self, group: &mut Vec<Command>) -> bool {
+        let started = std::time::Instant::now();
+        let ok = self.process(group).await;
+        self.metrics.actor_group.observe(started.elapsed().as_secs_f64());
+        ok
     }
 
     /// Applies a group of commands (and the periodic escrow work) with one
@@ -955,7 +963,10 @@ impl Actor {
         let mut failure = None;
         if !effects.locks.is_empty() {
             let locks: Vec<LockRecord> = std::mem::take(&mut effects.locks);
-            if let Err(e) = self.lock_log.append(locks).await {
+            let started = std::time::Instant::now();
+            let appended_locks = self.lock_log.append(locks).await;
+            self.metrics.lock_log_sync.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = appended_locks {
                 tracing::error!(error = %e, "lock log write failed; stopping the node");
                 failure = Some(e.to_string());
             }

@@ -119,6 +119,8 @@ struct Progress {
     errors: BTreeMap<String, u64>,
     /// A few claims still unsettled at the timeout, with their entry node.
     unsettled: Vec<String>,
+    /// The slowest settled claims: latency, then id and entry node.
+    slowest: Vec<(u64, String)>,
 }
 
 /// A claimant whose credential was submitted: who claims, and where.
@@ -141,6 +143,8 @@ struct Outcome {
     error: Option<String>,
     /// The claim's id when it was still unsettled at the timeout.
     unsettled: Option<String>,
+    /// The claim's id and entry node, to look a slow one up.
+    named: String,
 }
 
 pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
@@ -299,6 +303,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
         "p99_ms": percentile(&latencies, 0.99),
         "errors": p.errors,
         "unsettled_examples": p.unsettled,
+        "slowest_examples": p.slowest.iter().rev().map(|(ms, named)| json!({"latency_ms": ms, "claim": named})).collect::<Vec<_>>(),
         "distribution": {"id": d.id, "name": d.name, "amount_per_claim": d.amount_per_claim},
         "entry": format!("{:?}", opts.entry).to_lowercase(),
         "region": opts.region,
@@ -316,6 +321,13 @@ impl Progress {
         *self.counts.entry(outcome.status).or_default() += 1;
         if let Some(l) = outcome.latency_ms {
             self.latencies_ms.push(l);
+            if self.slowest.len() < ERRORS_KEPT || self.slowest.first().is_some_and(|(fastest, _)| l > *fastest) {
+                self.slowest.push((l, outcome.named));
+                self.slowest.sort_unstable();
+                if self.slowest.len() > ERRORS_KEPT {
+                    self.slowest.remove(0);
+                }
+            }
         }
         if let Some(g) = outcome.global_ms {
             self.global_ms.push(g);
@@ -477,6 +489,7 @@ fn failed(error: String) -> Outcome {
         provisional_ms: None,
         error: Some(error),
         unsettled: None,
+        named: String::new(),
     }
 }
 
@@ -594,12 +607,14 @@ async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcom
     let mut pause = POLL_FIRST;
     let mut current = first;
     loop {
-        if let Some(outcome) = settled(&current, opts.wait, submitted_at) {
+        let named = format!("{} at {}", current.id, entry.name);
+        if let Some(outcome) = settled(&current, opts.wait, submitted_at, &named) {
             return Ok(outcome);
         }
         if Instant::now() >= deadline {
             return Ok(Outcome {
-                unsettled: Some(format!("{} at {}", current.id, entry.name)),
+                unsettled: Some(named.clone()),
+                named,
                 status: if current.status.is_empty() {
                     "unknown".into()
                 } else {
@@ -621,7 +636,7 @@ async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcom
 }
 
 /// The outcome when a claim has reached what is awaited (or cannot).
-fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64) -> Option<Outcome> {
+fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64, named: &str) -> Option<Outcome> {
     let done = match c.status.as_str() {
         "rejected" | "disputed" | "global" => true,
         "regional" => wait == Wait::Regional,
@@ -638,6 +653,7 @@ fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64) -> Option<Outcome
         provisional_ms: (c.provisional_at > 0).then(|| c.provisional_at.saturating_sub(submitted_at)),
         error: (c.status == "rejected").then(|| format!("rejected: {}", c.reason)),
         unsettled: None,
+        named: named.to_string(),
     })
 }
 
@@ -675,6 +691,13 @@ pub fn print_report(v: &Value) {
     for u in v["unsettled_examples"].as_array().into_iter().flatten() {
         outln!("unsettled at the timeout: {}", u.as_str().unwrap_or(""));
     }
+    for s in v["slowest_examples"].as_array().into_iter().flatten() {
+        outln!(
+            "slow: {} ms, {} (`credence claim-status ID` on each node of its region shows where the time went)",
+            s["latency_ms"],
+            s["claim"].as_str().unwrap_or("")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -697,12 +720,31 @@ mod tests {
             regional_at,
             ..pb::ClaimStatus::default()
         };
-        assert!(settled(&c("provisional", 0), Wait::Regional, 0).is_none());
+        assert!(settled(&c("provisional", 0), Wait::Regional, 0, "").is_none());
         assert_eq!(
-            settled(&c("regional", 1_250), Wait::Regional, 1_000).and_then(|o| o.latency_ms),
+            settled(&c("regional", 1_250), Wait::Regional, 1_000, "").and_then(|o| o.latency_ms),
             Some(250)
         );
-        assert!(settled(&c("regional", 1_250), Wait::Global, 1_000).is_none());
-        assert!(settled(&c("rejected", 0), Wait::Global, 0).is_some_and(|o| o.error.is_some()));
+        assert!(settled(&c("regional", 1_250), Wait::Global, 1_000, "").is_none());
+        assert!(settled(&c("rejected", 0), Wait::Global, 0, "").is_some_and(|o| o.error.is_some()));
+    }
+
+    #[test]
+    fn the_report_keeps_the_slowest_claims_by_name() {
+        let mut progress = Progress::default();
+        for ms in [30, 10, 70, 20, 60, 50, 40, 5] {
+            progress.record(Outcome {
+                status: "regional".into(),
+                latency_ms: Some(ms),
+                global_ms: None,
+                provisional_ms: None,
+                error: None,
+                unsettled: None,
+                named: format!("c{ms} at eu-0"),
+            });
+        }
+        let kept: Vec<u64> = progress.slowest.iter().map(|(ms, _)| *ms).collect();
+        assert_eq!(kept, vec![30, 40, 50, 60, 70]);
+        assert_eq!(progress.slowest.last().map(|(_, n)| n.as_str()), Some("c70 at eu-0"));
     }
 }
