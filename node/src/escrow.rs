@@ -107,6 +107,28 @@ impl Effects {
     }
 }
 
+/// Most stage samples kept between two drains (the actor drains after every
+/// group of commands, so this only bounds a pathological group).
+pub const STAGE_SAMPLES_MAX: usize = 4096;
+
+/// Per-claim stage durations at its owner, in ms, waiting to be exported.
+#[derive(Debug, Default)]
+pub struct StageSamples {
+    /// Received by the owner → its batch closed and sent for votes.
+    pub batching: Vec<Millis>,
+    /// Batch sent → certified.
+    pub voting: Vec<Millis>,
+}
+
+impl StageSamples {
+    fn push(&mut self, batching: Millis, voting: Millis) {
+        if self.batching.len() < STAGE_SAMPLES_MAX {
+            self.batching.push(batching);
+            self.voting.push(voting);
+        }
+    }
+}
+
 /// Why a claim or certificate was refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EscrowError {
@@ -185,6 +207,10 @@ impl CredentialView for Credentials<'_> {
 
 /// The node's escrow state.
 pub struct Escrow {
+    /// How long each claim this node owns spent waiting for its batch to
+    /// close and then for the batch's votes, in ms: drained into the
+    /// `credence_claim_stage_seconds` histograms by the actor.
+    pub stage_samples: StageSamples,
     network: NetworkId,
     key: SigningKey,
     me: Key,
@@ -390,6 +416,7 @@ impl Escrow {
             timeline_order: Default::default(),
             pending: Default::default(),
             certificates: HashMap::new(),
+            stage_samples: StageSamples::default(),
             conflicting_certificates: 0,
             names: genesis.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
             distribution_names,
@@ -1763,13 +1790,24 @@ impl Escrow {
                     self.claim_envelopes.remove(&claim.id);
                     self.release(claim.id);
                     let t = self.timeline(claim.id);
+                    let mut stages = None;
                     if t.regional_at == 0 {
                         t.regional_at = now;
+                        // Only an owner stamps `provisional_at`.
+                        if t.provisional_at != 0 && t.received_at != 0 {
+                            stages = Some((
+                                t.provisional_at.saturating_sub(t.received_at),
+                                now.saturating_sub(t.provisional_at),
+                            ));
+                        }
                     }
                     if t.received_at == 0 {
                         t.received_at = now;
                     }
                     t.claim = Some(claim);
+                    if let Some((batching, voting)) = stages {
+                        self.stage_samples.push(batching, voting);
+                    }
                 }
                 Ok(true)
             }

@@ -28,6 +28,11 @@ pub struct PublishLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: &'static str,
 }
@@ -60,6 +65,9 @@ pub struct Metrics {
     /// How long the actor took over one group of commands, lock-log wait
     /// included: everything queued behind it waited as long.
     pub actor_group: Histogram,
+    /// Claims this node owns, by stage: `batching` (received → batch sent for
+    /// votes) and `voting` (batch sent → certified).
+    pub claim_stage: Family<StageLabels, Histogram>,
     /// Connections closed because gossip to the peer stopped draining.
     pub gossip_stuck_resets: Counter,
 }
@@ -76,6 +84,11 @@ impl Default for Metrics {
     }
 }
 
+/// 1 ms to about 16 s: claim stages are stamped in whole milliseconds.
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("credence");
@@ -88,6 +101,12 @@ impl Metrics {
         let sync_pages = Counter::default();
         let published = Family::<PublishLabels, Counter>::default();
         // 50 µs to about 3.3 s.
+        let claim_stage = Family::<StageLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
+        registry.register(
+            "claim_stage_seconds",
+            "Claims this node owns, by stage: batching (received to batch sent) and voting (batch sent to certified)",
+            claim_stage.clone(),
+        );
         let gossip_stuck_resets = Counter::default();
         registry.register(
             "gossip_stuck_resets",
@@ -147,6 +166,17 @@ impl Metrics {
             lock_log_sync,
             actor_group,
             gossip_stuck_resets,
+            claim_stage,
+        }
+    }
+
+    /// Exports per-claim stage durations (ms) measured by the escrow.
+    pub fn claim_stages(&self, batching: &[u64], voting: &[u64]) {
+        for (stage, samples) in [("batching", batching), ("voting", voting)] {
+            let histogram = self.claim_stage.get_or_create(&StageLabels { stage });
+            for ms in samples {
+                histogram.observe(*ms as f64 / 1000.0);
+            }
         }
     }
 

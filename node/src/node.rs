@@ -804,11 +804,16 @@ impl Actor {
         }
     }
 
-    /// [`Self::process`], timed into `credence_actor_group_seconds`.
+    /// [`Self::process`], timed into `credence_actor_group_seconds`, then the
+    /// escrow's claim stage samples exported.
     async fn process_timed(&mut self, group: &mut Vec<Command>) -> bool {
         let started = std::time::Instant::now();
         let ok = self.process(group).await;
         self.metrics.actor_group.observe(started.elapsed().as_secs_f64());
+        let samples = std::mem::take(&mut self.escrow.stage_samples);
+        if !samples.batching.is_empty() {
+            self.metrics.claim_stages(&samples.batching, &samples.voting);
+        }
         ok
     }
 

@@ -8,9 +8,10 @@ use prost::Message;
 use super::{Escrow, NEED_MAX_AGE_HEARTBEATS};
 use crate::config::local_network;
 use crate::core::credentials::{CredentialBook, CredentialRules};
-use crate::core::envelope::{self, Kind, NetworkId, Verified, seal};
-use crate::core::escrow::{Digest, Key, NEEDS_PER_HEARTBEAT_MAX};
+use crate::core::envelope::{self, Kind, NetworkId, ObjectId, Verified, seal};
+use crate::core::escrow::{Digest, Key, Millis, NEEDS_PER_HEARTBEAT_MAX};
 use crate::core::wire;
+use crate::store::locks::LockRecord;
 
 fn key_of(signer: &SigningKey) -> Key {
     signer.verifying_key().to_bytes()
@@ -110,12 +111,12 @@ fn a_node_keeps_only_the_needs_a_validator_of_its_region_has_for_its_own_buckets
     assert!(pb::Heartbeat::decode(own.body.as_slice()).unwrap().needs.is_empty());
 }
 
-#[test]
-fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double() {
-    // One validator: eu-0 owns every bucket.
+/// A one-validator network (eu-0 owns every bucket), its escrow and
+/// credential book, and a valid claim by a claimant holding a credential.
+fn single_validator_with_claim(now: Millis) -> (Escrow, CredentialBook, Verified, Digest) {
     let local = local_network(&["eu"], 1, 12, 1_000, 10).unwrap();
     let network = local.genesis.network_id;
-    let mut node = Escrow::new(&local.genesis, local.validators[0].clone(), &[]).unwrap();
+    let node = Escrow::new(&local.genesis, local.validators[0].clone(), &[]).unwrap();
     let mut book = CredentialBook::new(
         CredentialRules {
             max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
@@ -123,7 +124,6 @@ fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double(
         },
         local.genesis.issuer_grants.iter().cloned(),
     );
-    let now = 1_000_000;
     let claimant = SigningKey::from_bytes(&[42; 32]);
     let attestation = pb::Attestation {
         issuer: key_of(&local.issuer).to_vec(),
@@ -152,6 +152,35 @@ fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double(
     let claim = envelope::decode(&network, &raw)
         .and_then(envelope::Unverified::verify)
         .unwrap();
+    (node, book, claim, id.0)
+}
+
+#[test]
+fn an_owner_measures_how_long_its_claims_waited_for_a_batch_and_for_votes() {
+    let now = 1_000_000;
+    let (mut node, book, claim, id) = single_validator_with_claim(now);
+    node.on_claim(&book, &claim, true, now).unwrap();
+    // The batch closes 40 ms after the claim arrived, with its vote request
+    // (the shell sends it once the batch's lock record is durable); the lone
+    // validator's vote certifies it 25 ms after the batch was sent.
+    let effects = node.tick(&book, now + 40);
+    assert!(effects.locks.iter().any(|l| matches!(l, LockRecord::OwnBatch { .. })));
+    let (voter, request) = effects.vote_requests.into_iter().next().expect("a vote request");
+    assert_eq!(voter, node.me);
+    let (_, response) = node.on_vote_request(&book, &request, now + 60);
+    assert!(node.stage_samples.batching.is_empty(), "not certified yet");
+    let _ = node.on_vote_response(&book, &response, now + 65);
+    let (_, timeline) = node.claim_status(&book, &id).unwrap();
+    assert_eq!(timeline.regional_at, now + 65);
+    assert_eq!(node.stage_samples.batching, vec![40]);
+    assert_eq!(node.stage_samples.voting, vec![25]);
+}
+
+#[test]
+fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double() {
+    let now = 1_000_000;
+    let (mut node, book, claim, id) = single_validator_with_claim(now);
+    let id = ObjectId(id);
     node.on_claim(&book, &claim, true, now).unwrap();
     // The same claim again (from gossip, a republish): nothing changes.
     node.on_claim(&book, &claim, false, now + 1).unwrap();
