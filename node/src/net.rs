@@ -40,6 +40,13 @@ pub const NET_COMMAND_CAPACITY: usize = 8192;
 /// How often every connected peer's credential log is pulled, besides on
 /// each (re)connection.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// The periodic pull is spread over this many slots of `SYNC_INTERVAL`:
+/// each peer is pulled once per interval, in the slot its id and this
+/// node's give it, rather than every peer at once. Every node pulling every
+/// peer in the same instant (testnet nodes start together) made a burst of
+/// eleven pages per node that stalled votes for a few hundred milliseconds
+/// every `SYNC_INTERVAL`.
+pub const SYNC_SLOTS: u32 = 16;
 /// Shortest gap between two frontier-triggered pulls from one peer.
 pub const SYNC_NOW_MIN_GAP: Duration = Duration::from_secs(1);
 /// Entries asked for per sync page.
@@ -561,6 +568,17 @@ pub async fn spawn(
 /// gossipsub message id = the envelope's object id (content addressing), so a
 /// message and its re-publication are one message. Undecodable data gets a
 /// hash of its bytes; it is rejected by validation anyway.
+/// The periodic-pull slot in which `me` pulls `peer` (see [`SYNC_SLOTS`]):
+/// spread over the slots for one node's peers, and different for the nodes
+/// pulling one peer.
+fn sync_slot_of(me: &PeerId, peer: &PeerId) -> u32 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&me.to_bytes());
+    hasher.update(&peer.to_bytes());
+    let h = hasher.finalize();
+    u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]]) % SYNC_SLOTS
+}
+
 fn message_id(network: &NetworkId, data: &[u8]) -> MessageId {
     match pb::Signed::decode(data) {
         Ok(signed) => match Kind::from_wire(signed.kind) {
@@ -605,7 +623,9 @@ struct EventLoop {
 
 impl EventLoop {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+        let mut sync_tick = tokio::time::interval(SYNC_INTERVAL / SYNC_SLOTS);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sync_slot: u32 = 0;
         let mut redial_tick = tokio::time::interval(REDIAL_INTERVAL);
         self.redial();
         loop {
@@ -617,7 +637,14 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = redial_tick.tick() => self.redial(),
                 _ = sync_tick.tick() => {
-                    let peers: Vec<PeerId> = self.connected.keys().copied().collect();
+                    sync_slot = (sync_slot + 1) % SYNC_SLOTS;
+                    let me = *self.swarm.local_peer_id();
+                    let peers: Vec<PeerId> = self
+                        .connected
+                        .keys()
+                        .copied()
+                        .filter(|peer| sync_slot_of(&me, peer) == sync_slot)
+                        .collect();
                     for peer in peers {
                         self.request_sync(peer);
                     }
@@ -1082,5 +1109,22 @@ impl Internal {
             source,
             acceptance,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periodic_pulls_spread_one_nodes_peers_over_the_slots() {
+        let me = PeerId::random();
+        let peers: Vec<PeerId> = (0..64).map(|_| PeerId::random()).collect();
+        let slots: HashSet<u32> = peers.iter().map(|p| sync_slot_of(&me, p)).collect();
+        assert!(slots.iter().all(|s| *s < SYNC_SLOTS));
+        // 64 peers over 16 slots: all in one slot would mean no spreading.
+        assert!(slots.len() > SYNC_SLOTS as usize / 2, "slots used: {slots:?}");
+        // Stable: the same pair always gets the same slot.
+        assert_eq!(sync_slot_of(&me, &peers[0]), sync_slot_of(&me, &peers[0]));
     }
 }
