@@ -81,9 +81,17 @@ pub const GOSSIP_LAZY: usize = 3;
 /// outbound gossip stream has stopped draining stays stuck for good while
 /// its other protocols keep the connection alive, and everything gossiped to
 /// that peer is lost; closing it lets the redial timer open a fresh one, and
-/// catch-up repairs the gap. Two seconds of a full queue (thousands of
-/// messages) is not a burst.
-pub const GOSSIP_STUCK_REPORTS: u32 = 4;
+/// catch-up repairs the gap. Ten seconds of a full queue is not a burst: a
+/// shorter limit closed links that were only slow for a moment (a node
+/// starved of CPU while thousands of credentials were issued), and lost
+/// what was in flight on them.
+pub const GOSSIP_STUCK_REPORTS: u32 = 20;
+/// Claims handed to their owner whose request failed (the connection closed,
+/// the request timed out) and wait to be sent again, at most. Beyond it a
+/// claim waits for its republish (`escrow::CLAIM_REPUBLISH_MS`).
+pub const HANDOFFS_PENDING_MAX: usize = 4096;
+/// Times a claim's handoff is sent before it is left to the republish.
+pub const HANDOFF_ATTEMPTS_MAX: u32 = 3;
 /// Score below which gossipsub ignores a peer entirely (graylist). A peer gets
 /// there after a handful of invalid messages: see [`peer_score_params`].
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
@@ -560,6 +568,8 @@ pub async fn spawn(
         blocked: HashSet::new(),
         last_sync_now: HashMap::new(),
         gossip_stuck: HashMap::new(),
+        handoffs: HashMap::new(),
+        handoffs_waiting: HashMap::new(),
         listening,
     };
     Ok(tokio::spawn(async move { event_loop.run(shutdown).await }))
@@ -568,6 +578,19 @@ pub async fn spawn(
 /// gossipsub message id = the envelope's object id (content addressing), so a
 /// message and its re-publication are one message. Undecodable data gets a
 /// hash of its bytes; it is rejected by validation anyway.
+/// A claim handed to its owner over the vote protocol.
+struct Handoff {
+    peer: PeerId,
+    request: pb::VoteRequest,
+    attempts: u32,
+}
+
+/// Whether a vote request hands a claim to its owner (its object is a claim)
+/// rather than asking for a vote.
+fn is_handoff(request: &pb::VoteRequest) -> bool {
+    pb::Signed::decode(request.object.as_slice()).is_ok_and(|signed| Kind::from_wire(signed.kind) == Some(Kind::Claim))
+}
+
 /// The periodic-pull slot in which `me` pulls `peer` (see [`SYNC_SLOTS`]):
 /// spread over the slots for one node's peers, and different for the nodes
 /// pulling one peer.
@@ -618,6 +641,10 @@ struct EventLoop {
     /// Peers whose gossip queue was full, with how many heartbeats in a row
     /// and when it was last reported.
     gossip_stuck: HashMap<PeerId, (u32, std::time::Instant)>,
+    /// Claims handed to their owner, by request, until answered.
+    handoffs: HashMap<request_response::OutboundRequestId, Handoff>,
+    /// Handoffs whose request failed, waiting for their owner to reconnect.
+    handoffs_waiting: HashMap<PeerId, Vec<Handoff>>,
     listening: Vec<Multiaddr>,
 }
 
@@ -762,7 +789,15 @@ impl EventLoop {
             }
             Command::RequestVote { voter, request } => {
                 if let Some(peer) = crate::keys::peer_id_of(&voter) {
-                    self.swarm.behaviour_mut().vote.send_request(&peer, request);
+                    if is_handoff(&request) {
+                        self.hand_off(Handoff {
+                            peer,
+                            request,
+                            attempts: 0,
+                        });
+                    } else {
+                        self.swarm.behaviour_mut().vote.send_request(&peer, request);
+                    }
                 }
             }
             Command::PublishRaw { topic, label, raw } => self.publish_on(topic, label, raw),
@@ -874,6 +909,9 @@ impl EventLoop {
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     // Catch up on what we missed while apart.
                     self.request_sync(peer_id);
+                    for handoff in self.handoffs_waiting.remove(&peer_id).unwrap_or_default() {
+                        self.hand_off(handoff);
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -933,15 +971,47 @@ impl EventLoop {
                         }
                     });
                 }
-                request_response::Message::Response { response, .. } => {
+                request_response::Message::Response { request_id, response } => {
+                    if self.handoffs.remove(&request_id).is_some() {
+                        // The owner took the claim (its answer carries nothing).
+                        return;
+                    }
                     let node = self.node.clone();
                     tokio::spawn(async move { node.vote_response(response).await });
                 }
             },
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "vote request failed; the owner asks again");
-            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => match self.handoffs.remove(&request_id) {
+                Some(handoff) if handoff.attempts < HANDOFF_ATTEMPTS_MAX => {
+                    debug!(%peer, %error, attempts = handoff.attempts, "a claim's handoff failed; sending it again");
+                    if self.connected.contains_key(&peer) {
+                        self.hand_off(handoff);
+                    } else if self.handoffs_waiting.values().map(Vec::len).sum::<usize>() < HANDOFFS_PENDING_MAX {
+                        self.handoffs_waiting.entry(peer).or_default().push(handoff);
+                    }
+                }
+                Some(_) => debug!(%peer, %error, "a claim's handoff failed again; its republish will retry"),
+                None => debug!(%peer, %error, "vote request failed; the owner asks again"),
+            },
             _ => {}
+        }
+    }
+
+    /// Sends a claim to its owner and remembers it until the owner answers,
+    /// so that a request lost with its connection is sent again.
+    fn hand_off(&mut self, mut handoff: Handoff) {
+        handoff.attempts = handoff.attempts.saturating_add(1);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .vote
+            .send_request(&handoff.peer, handoff.request.clone());
+        if self.handoffs.len() < HANDOFFS_PENDING_MAX {
+            self.handoffs.insert(id, handoff);
         }
     }
 
@@ -1126,5 +1196,24 @@ mod tests {
         assert!(slots.len() > SYNC_SLOTS as usize / 2, "slots used: {slots:?}");
         // Stable: the same pair always gets the same slot.
         assert_eq!(sync_slot_of(&me, &peers[0]), sync_slot_of(&me, &peers[0]));
+    }
+
+    #[test]
+    fn only_a_request_whose_object_is_a_claim_is_a_handoff() {
+        let network = NetworkId([7; 32]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let request = |kind| pb::VoteRequest {
+            object: envelope::seal(&network, &key, kind, vec![1, 2, 3]).0,
+            attestations: Vec::new(),
+            certificates: Vec::new(),
+        };
+        assert!(is_handoff(&request(Kind::Claim)));
+        assert!(!is_handoff(&request(Kind::Batch)));
+        assert!(!is_handoff(&request(Kind::Freeze)));
+        assert!(!is_handoff(&pb::VoteRequest {
+            object: vec![0xff; 8],
+            attestations: Vec::new(),
+            certificates: Vec::new(),
+        }));
     }
 }
