@@ -211,6 +211,10 @@ pub struct Escrow {
     /// close and then for the batch's votes, in ms: drained into the
     /// `credence_claim_stage_seconds` histograms by the actor.
     pub stage_samples: StageSamples,
+    /// How old each validator's heartbeat was on arrival (ms, this node's
+    /// clock against the sender's): gossip delay plus clock offset. Drained
+    /// into `credence_heartbeat_age_seconds` by the actor.
+    pub heartbeat_ages: Vec<Millis>,
     network: NetworkId,
     key: SigningKey,
     me: Key,
@@ -227,6 +231,8 @@ pub struct Escrow {
     pending: std::collections::VecDeque<PendingClaim>,
     /// Certificate encodings by (bucket, seq), as applied here.
     certificates: HashMap<(Digest, u64), (Digest, Vec<u8>)>,
+    /// blake3 of the exact bytes of each certificate in `certificates`.
+    certificate_fingerprints: std::collections::HashSet<[u8; 32]>,
     conflicting_certificates: u64,
     names: HashMap<Key, String>,
     distribution_names: HashMap<Digest, String>,
@@ -416,7 +422,9 @@ impl Escrow {
             timeline_order: Default::default(),
             pending: Default::default(),
             certificates: HashMap::new(),
+            certificate_fingerprints: std::collections::HashSet::new(),
             stage_samples: StageSamples::default(),
+            heartbeat_ages: Vec::new(),
             conflicting_certificates: 0,
             names: genesis.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
             distribution_names,
@@ -715,6 +723,11 @@ impl Escrow {
         }
         self.delay.heartbeat_seqs.insert(v.signer, body.seq);
         self.delay.arrivals.entry(v.signer).or_default().heartbeat(now);
+        let age = now.saturating_sub(body.sent_at);
+        if self.heartbeat_ages.len() < STAGE_SAMPLES_MAX {
+            self.heartbeat_ages.push(age);
+        }
+
         let frontier = body
             .frontier
             .iter()
@@ -1731,6 +1744,14 @@ impl Escrow {
     /// was new here (store and relay it), `Ok(false)` for a duplicate.
     pub fn on_certificate(&mut self, book: &CredentialBook, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
         let _ = book;
+        // Every node stores and serves a certificate as the bytes its owner
+        // formed, so the copies a node meets again (gossip duplicates, the
+        // certificate logs of every peer it pulls, vote requests) are
+        // byte-identical to the one it applied: recognised, not verified
+        // again. Different bytes take the full path.
+        if self.certificate_fingerprints.contains(blake3::hash(raw).as_bytes()) {
+            return Ok(false);
+        }
         let cert = wire::certificate(&self.network, raw, &mut self.known)?;
         self.apply_certificate(cert, raw, now)
     }
@@ -1771,6 +1792,7 @@ impl Escrow {
             Ok(_) => {
                 self.last_heard.insert(region, now);
                 self.certificates.insert((bucket, seq), (id, raw.to_vec()));
+                self.certificate_fingerprints.insert(*blake3::hash(raw).as_bytes());
                 for (to, amount) in transfers {
                     let moved = self.transfers_certified.entry((bucket, to)).or_default();
                     *moved = moved.saturating_add(amount);

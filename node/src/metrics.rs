@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Claims this node owns, by stage: `batching` (received → batch sent for
     /// votes) and `voting` (batch sent → certified).
     pub claim_stage: Family<StageLabels, Histogram>,
+    /// How old validators' heartbeats were on arrival (gossip delay plus
+    /// clock offset).
+    pub heartbeat_age: Histogram,
     /// Connections closed because gossip to the peer stopped draining.
     pub gossip_stuck_resets: Counter,
 }
@@ -106,6 +109,12 @@ impl Metrics {
             "claim_stage_seconds",
             "Claims this node owns, by stage: batching (received to batch sent) and voting (batch sent to certified)",
             claim_stage.clone(),
+        );
+        let heartbeat_age = stage_histogram();
+        registry.register(
+            "heartbeat_age_seconds",
+            "Age of validators' heartbeats on arrival: gossip delay plus clock offset",
+            heartbeat_age.clone(),
         );
         let gossip_stuck_resets = Counter::default();
         registry.register(
@@ -167,6 +176,7 @@ impl Metrics {
             actor_group,
             gossip_stuck_resets,
             claim_stage,
+            heartbeat_age,
         }
     }
 

@@ -805,7 +805,7 @@ impl Actor {
     }
 
     /// [`Self::process`], timed into `credence_actor_group_seconds`, then the
-    /// escrow's claim stage samples exported.
+    /// escrow's claim stage and heartbeat age samples exported.
     async fn process_timed(&mut self, group: &mut Vec<Command>) -> bool {
         let started = std::time::Instant::now();
         let ok = self.process(group).await;
@@ -813,6 +813,9 @@ impl Actor {
         let samples = std::mem::take(&mut self.escrow.stage_samples);
         if !samples.batching.is_empty() {
             self.metrics.claim_stages(&samples.batching, &samples.voting);
+        }
+        for age_ms in self.escrow.heartbeat_ages.drain(..) {
+            self.metrics.heartbeat_age.observe(age_ms as f64 / 1000.0);
         }
         ok
     }

@@ -177,6 +177,29 @@ fn an_owner_measures_how_long_its_claims_waited_for_a_batch_and_for_votes() {
 }
 
 #[test]
+fn a_certificate_met_again_is_a_duplicate_and_a_tampered_copy_is_still_checked() {
+    let now = 1_000_000;
+    let (mut node, book, claim, _) = single_validator_with_claim(now);
+    node.on_claim(&book, &claim, true, now).unwrap();
+    let effects = node.tick(&book, now + 40);
+    let (_, request) = effects.vote_requests.into_iter().next().expect("a vote request");
+    let (_, response) = node.on_vote_request(&book, &request, now + 41);
+    let raw = node
+        .on_vote_response(&book, &response, now + 42)
+        .certificates
+        .pop()
+        .expect("certified");
+    // Met again (gossip, a peer's certificate log): a duplicate.
+    assert!(matches!(node.on_certificate(&book, &raw, now + 43), Ok(false)));
+    // Other bytes take the full path: a vote whose signature was altered is refused.
+    let mut cert = pb::Certificate::decode(raw.as_slice()).unwrap();
+    let mut vote = pb::Signed::decode(cert.votes[0].as_slice()).unwrap();
+    vote.signature[0] ^= 1;
+    cert.votes[0] = vote.encode_to_vec();
+    assert!(node.on_certificate(&book, &cert.encode_to_vec(), now + 44).is_err());
+}
+
+#[test]
 fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double() {
     let now = 1_000_000;
     let (mut node, book, claim, id) = single_validator_with_claim(now);
