@@ -25,6 +25,13 @@ pub const PHI_NEVER_HEARD: f64 = f64::INFINITY;
 pub struct ArrivalHistory {
     last: Option<Millis>,
     intervals: VecDeque<f64>,
+    /// Running sum and sum of squares of `intervals`: phi is asked for
+    /// every validator on every actor pass, far more often than heartbeats
+    /// arrive, so it reads these instead of walking the window.
+    sum: f64,
+    sum_sq: f64,
+    /// Heartbeats since the sums were last recomputed exactly.
+    since_exact: usize,
 }
 
 impl ArrivalHistory {
@@ -32,12 +39,36 @@ impl ArrivalHistory {
     pub fn heartbeat(&mut self, now: Millis) {
         if let Some(last) = self.last {
             let gap = now.saturating_sub(last) as f64;
-            if self.intervals.len() >= ARRIVAL_WINDOW {
-                self.intervals.pop_front();
+            if self.intervals.len() >= ARRIVAL_WINDOW
+                && let Some(old) = self.intervals.pop_front()
+            {
+                self.sum -= old;
+                self.sum_sq -= old * old;
             }
             self.intervals.push_back(gap);
+            self.sum += gap;
+            self.sum_sq += gap * gap;
+            self.since_exact = self.since_exact.saturating_add(1);
+            // Adding and removing drifts by rounding: start again from the
+            // window itself once per window.
+            if self.since_exact >= ARRIVAL_WINDOW {
+                self.sum = self.intervals.iter().sum();
+                self.sum_sq = self.intervals.iter().map(|x| x * x).sum();
+                self.since_exact = 0;
+            }
         }
         self.last = Some(now.max(self.last.unwrap_or(0)));
+    }
+
+    /// Mean and standard deviation of the window (None when empty).
+    fn moments(&self) -> Option<(f64, f64)> {
+        if self.intervals.is_empty() {
+            return None;
+        }
+        let n = self.intervals.len() as f64;
+        let mean = self.sum / n;
+        let var = (self.sum_sq / n - mean * mean).max(0.0);
+        Some((mean, var.sqrt()))
     }
 
     /// When the last heartbeat arrived.
@@ -53,13 +84,9 @@ impl ArrivalHistory {
         let Some(last) = self.last else {
             return PHI_NEVER_HEARD;
         };
-        let n = self.intervals.len() as f64;
-        let (mean, std) = if self.intervals.is_empty() {
-            (expected_interval as f64, MIN_STD_DEV_MS)
-        } else {
-            let mean = self.intervals.iter().sum::<f64>() / n;
-            let var = self.intervals.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
-            (mean, var.sqrt().max(MIN_STD_DEV_MS))
+        let (mean, std) = match self.moments() {
+            None => (expected_interval as f64, MIN_STD_DEV_MS),
+            Some((mean, std)) => (mean, std.max(MIN_STD_DEV_MS)),
         };
         let elapsed = now.saturating_sub(last) as f64;
         let y = (elapsed - mean) / std;
@@ -200,6 +227,27 @@ mod tests {
             h.heartbeat(1_000 + i * every);
         }
         h
+    }
+
+    #[test]
+    fn running_moments_match_the_window_through_many_windows() {
+        // Irregular gaps, long enough to slide the window many times over.
+        let mut h = ArrivalHistory::default();
+        let mut t = 1_000;
+        for i in 0..(ARRIVAL_WINDOW as u64 * 7 + 13) {
+            t += 200 + (i * 7919) % 113;
+            h.heartbeat(t);
+            if i == 0 {
+                assert!(h.moments().is_none(), "one beat is no interval yet");
+                continue;
+            }
+            let n = h.intervals.len() as f64;
+            let mean = h.intervals.iter().sum::<f64>() / n;
+            let var = h.intervals.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            let (m, sd) = h.moments().expect("samples");
+            assert!((m - mean).abs() < 1e-6, "mean {m} vs {mean}");
+            assert!((sd - var.sqrt()).abs() < 1e-6, "std {sd} vs {}", var.sqrt());
+        }
     }
 
     #[test]
