@@ -107,24 +107,34 @@ impl Effects {
     }
 }
 
-/// Most stage samples kept between two drains (the actor drains after every
-/// group of commands, so this only bounds a pathological group).
-pub const STAGE_SAMPLES_MAX: usize = 4096;
+/// Most samples of each kind kept between two drains (the actor drains
+/// after every group of commands, so this only bounds a pathological group).
+pub const SAMPLES_MAX: usize = 4096;
 
-/// Per-claim stage durations at its owner, in ms, waiting to be exported.
+/// Delays the escrow measured, in ms, waiting for the actor to export them
+/// as histograms.
 #[derive(Debug, Default)]
-pub struct StageSamples {
-    /// Received by the owner → its batch closed and sent for votes.
+pub struct Samples {
+    /// Claims this node owns: received → their batch closed and sent for votes.
     pub batching: Vec<Millis>,
-    /// Batch sent → certified.
+    /// Claims this node owns: batch sent → certified.
     pub voting: Vec<Millis>,
+    /// How old each validator's heartbeat was on arrival (this node's clock
+    /// against the sender's): gossip delay plus clock offset.
+    pub heartbeat_age: Vec<Millis>,
 }
 
-impl StageSamples {
-    fn push(&mut self, batching: Millis, voting: Millis) {
-        if self.batching.len() < STAGE_SAMPLES_MAX {
+impl Samples {
+    fn claim_stages(&mut self, batching: Millis, voting: Millis) {
+        if self.batching.len() < SAMPLES_MAX {
             self.batching.push(batching);
             self.voting.push(voting);
+        }
+    }
+
+    fn heartbeat_age(&mut self, age: Millis) {
+        if self.heartbeat_age.len() < SAMPLES_MAX {
+            self.heartbeat_age.push(age);
         }
     }
 }
@@ -207,14 +217,9 @@ impl CredentialView for Credentials<'_> {
 
 /// The node's escrow state.
 pub struct Escrow {
-    /// How long each claim this node owns spent waiting for its batch to
-    /// close and then for the batch's votes, in ms: drained into the
-    /// `credence_claim_stage_seconds` histograms by the actor.
-    pub stage_samples: StageSamples,
-    /// How old each validator's heartbeat was on arrival (ms, this node's
-    /// clock against the sender's): gossip delay plus clock offset. Drained
-    /// into `credence_heartbeat_age_seconds` by the actor.
-    pub heartbeat_ages: Vec<Millis>,
+    /// Measured delays (claim stages, heartbeat ages), drained into the
+    /// metrics by the actor.
+    pub samples: Samples,
     network: NetworkId,
     key: SigningKey,
     me: Key,
@@ -423,8 +428,7 @@ impl Escrow {
             pending: Default::default(),
             certificates: HashMap::new(),
             certificate_fingerprints: std::collections::HashSet::new(),
-            stage_samples: StageSamples::default(),
-            heartbeat_ages: Vec::new(),
+            samples: Samples::default(),
             conflicting_certificates: 0,
             names: genesis.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
             distribution_names,
@@ -723,10 +727,7 @@ impl Escrow {
         }
         self.delay.heartbeat_seqs.insert(v.signer, body.seq);
         self.delay.arrivals.entry(v.signer).or_default().heartbeat(now);
-        let age = now.saturating_sub(body.sent_at);
-        if self.heartbeat_ages.len() < STAGE_SAMPLES_MAX {
-            self.heartbeat_ages.push(age);
-        }
+        self.samples.heartbeat_age(now.saturating_sub(body.sent_at));
 
         let frontier = body
             .frontier
@@ -1828,7 +1829,7 @@ impl Escrow {
                     }
                     t.claim = Some(claim);
                     if let Some((batching, voting)) = stages {
-                        self.stage_samples.push(batching, voting);
+                        self.samples.claim_stages(batching, voting);
                     }
                 }
                 Ok(true)

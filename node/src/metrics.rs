@@ -103,7 +103,6 @@ impl Metrics {
         let store_flushes = Counter::default();
         let sync_pages = Counter::default();
         let published = Family::<PublishLabels, Counter>::default();
-        // 50 µs to about 3.3 s.
         let claim_stage = Family::<StageLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
         registry.register(
             "claim_stage_seconds",
@@ -122,6 +121,7 @@ impl Metrics {
             "Connections closed because gossip to the peer stopped draining",
             gossip_stuck_resets.clone(),
         );
+        // 50 µs to about 3.3 s.
         let lock_log_sync = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
         let actor_group = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
         registry.register(
@@ -180,13 +180,19 @@ impl Metrics {
         }
     }
 
-    /// Exports per-claim stage durations (ms) measured by the escrow.
-    pub fn claim_stages(&self, batching: &[u64], voting: &[u64]) {
-        for (stage, samples) in [("batching", batching), ("voting", voting)] {
+    /// Exports the delays the escrow measured (ms) into their histograms.
+    pub fn export(&self, samples: &crate::escrow::Samples) {
+        for (stage, ms) in [("batching", &samples.batching), ("voting", &samples.voting)] {
+            if ms.is_empty() {
+                continue;
+            }
             let histogram = self.claim_stage.get_or_create(&StageLabels { stage });
-            for ms in samples {
+            for ms in ms {
                 histogram.observe(*ms as f64 / 1000.0);
             }
+        }
+        for ms in &samples.heartbeat_age {
+            self.heartbeat_age.observe(*ms as f64 / 1000.0);
         }
     }
 

@@ -810,13 +810,7 @@ impl Actor {
         let started = std::time::Instant::now();
         let ok = self.process(group).await;
         self.metrics.actor_group.observe(started.elapsed().as_secs_f64());
-        let samples = std::mem::take(&mut self.escrow.stage_samples);
-        if !samples.batching.is_empty() {
-            self.metrics.claim_stages(&samples.batching, &samples.voting);
-        }
-        for age_ms in self.escrow.heartbeat_ages.drain(..) {
-            self.metrics.heartbeat_age.observe(age_ms as f64 / 1000.0);
-        }
+        self.metrics.export(&std::mem::take(&mut self.escrow.samples));
         ok
     }
 

@@ -168,12 +168,12 @@ fn an_owner_measures_how_long_its_claims_waited_for_a_batch_and_for_votes() {
     let (voter, request) = effects.vote_requests.into_iter().next().expect("a vote request");
     assert_eq!(voter, node.me);
     let (_, response) = node.on_vote_request(&book, &request, now + 60);
-    assert!(node.stage_samples.batching.is_empty(), "not certified yet");
+    assert!(node.samples.batching.is_empty(), "not certified yet");
     let _ = node.on_vote_response(&book, &response, now + 65);
     let (_, timeline) = node.claim_status(&book, &id).unwrap();
     assert_eq!(timeline.regional_at, now + 65);
-    assert_eq!(node.stage_samples.batching, vec![40]);
-    assert_eq!(node.stage_samples.voting, vec![25]);
+    assert_eq!(node.samples.batching, vec![40]);
+    assert_eq!(node.samples.voting, vec![25]);
 }
 
 #[test]
