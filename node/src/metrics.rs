@@ -73,6 +73,8 @@ pub struct Metrics {
     pub heartbeat_age: Histogram,
     /// Connections closed because gossip to the peer stopped draining.
     pub gossip_stuck_resets: Counter,
+    /// `WatchClaim` streams open.
+    pub rpc_watches: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +153,8 @@ impl Metrics {
             queue_dropped.clone(),
         );
         registry.register("peers", "Connected peers", peers.clone());
+        let rpc_watches = Gauge::default();
+        registry.register("rpc_watches", "WatchClaim streams open", rpc_watches.clone());
         registry.register(
             "credential_log_len",
             "Entries in the local append-only credential log",
@@ -177,6 +181,7 @@ impl Metrics {
             gossip_stuck_resets,
             claim_stage,
             heartbeat_age,
+            rpc_watches,
         }
     }
 

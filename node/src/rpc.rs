@@ -7,6 +7,7 @@
 
 mod escrow;
 pub mod http;
+pub mod watches;
 
 use std::net::SocketAddr;
 
@@ -83,10 +84,12 @@ pub async fn serve(
     let service = NodeServer::new(NodeService { node: node.clone() })
         .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
         .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
-    let escrow_service =
-        credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService { node: node.clone() })
-            .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-            .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
+    let escrow_service = credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService {
+        node: node.clone(),
+        watches: watches::Watches::start(node.clone(), shutdown.clone()),
+    })
+    .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+    .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
     health_reporter
         .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
         .await;

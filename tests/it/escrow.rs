@@ -768,3 +768,94 @@ async fn a_draining_bucket_is_refilled_from_its_regions_surplus_and_the_region_c
         node.stop().await;
     }
 }
+
+/// The ladder a claim climbs, in order.
+const LADDER: [&str; 4] = ["received", "provisional", "regional", "global"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    let net = TestNet::new(&["eu"], 1);
+    let (nodes, dist) = start_normal(&net, 1).await;
+    let claimant = SigningKey::from_bytes(&blake3_seed(7));
+    let attestation = submit_attestation(
+        &nodes[0],
+        net.attestation(claimant.verifying_key().to_bytes(), "member"),
+    )
+    .await
+    .expect("attest");
+    let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, 7);
+    let id = escrow(&nodes[0])
+        .await
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .expect("claim accepted")
+        .into_inner()
+        .id;
+    let mut stream = escrow(&nodes[0])
+        .await
+        .watch_claim(pb::GetClaimRequest { id: id.clone() })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    let mut statuses = Vec::new();
+    while let Some(status) = tokio::time::timeout(crate::common::DEADLINE, stream.message())
+        .await
+        .expect("the watch neither sent nor ended")
+        .expect("the stream carries no error")
+    {
+        assert_eq!(status.id, id);
+        statuses.push(status.status);
+    }
+    // Every message is a new step up the ladder, and the stream ends at the
+    // last one (a lone validator is its whole network: `global` at once).
+    let steps: Vec<usize> = statuses
+        .iter()
+        .map(|s| {
+            LADDER
+                .iter()
+                .position(|l| l == s)
+                .unwrap_or_else(|| panic!("status {s}"))
+        })
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{statuses:?}");
+    assert_eq!(statuses.last().map(String::as_str), Some("global"), "{statuses:?}");
+
+    // A claim this node never saw is reported as unknown, and the watch
+    // stays open for it.
+    let mut stream = escrow(&nodes[0])
+        .await
+        .watch_claim(pb::GetClaimRequest { id: "00".repeat(32) })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    let first = stream.message().await.expect("no error").expect("a first status");
+    assert_eq!(first.status, "unknown");
+    let more = tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
+    assert!(more.is_err(), "the watch ended or repeated itself: {more:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_past_the_cap_are_refused_until_one_closes() {
+    use credence::rpc::watches::{WATCHES_MAX, Watches};
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    let net = TestNet::new(&["eu"], 1);
+    let nodes = net.start_mesh(1).await;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let watches = Watches::start(nodes[0].handle.clone(), shutdown);
+    let mut open = Vec::new();
+    for n in 0..WATCHES_MAX {
+        let id = blake3_seed(n as u64);
+        open.push(watches.add(id).expect("under the cap"));
+    }
+    let refused = watches.add([0; 32]).expect_err("one past the cap");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(watches.open(), WATCHES_MAX);
+    // A client that goes away frees its slot.
+    drop(open.pop());
+    assert!(
+        eventually(|| async { watches.open() < WATCHES_MAX }).await,
+        "a closed watch kept its slot"
+    );
+    assert!(watches.add([0; 32]).is_ok());
+}

@@ -3,7 +3,6 @@
 //! clock) and, where it depends on another region, that view's age.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use credence_proto::v1 as pb;
 use credence_proto::v1::escrow_server::Escrow as EscrowApi;
@@ -18,10 +17,6 @@ use crate::core::escrow::{ClaimStatus, Digest};
 use crate::escrow::{Credentials, Escrow};
 use crate::node::NodeHandle;
 
-/// Longest a `WatchClaim` stream stays open.
-pub const WATCH_MAX: Duration = Duration::from_secs(600);
-/// How often a watched claim is looked at.
-pub const WATCH_POLL: Duration = Duration::from_millis(50);
 /// Window over which outflow per second is measured (from chain timestamps).
 pub const OUTFLOW_WINDOW_MS: Millis = 10_000;
 
@@ -29,6 +24,7 @@ pub const OUTFLOW_WINDOW_MS: Millis = 10_000;
 #[derive(Clone, Debug)]
 pub struct EscrowService {
     pub node: NodeHandle,
+    pub watches: super::watches::Watches,
 }
 
 impl EscrowService {
@@ -59,7 +55,7 @@ fn hex32(text: &str, field: &str) -> Result<Digest, Status> {
 }
 
 /// A claim's status message, as this node sees it now.
-pub fn claim_message(escrow: &Escrow, book: &CredentialBook, id: &Digest, now: Millis) -> pb::ClaimStatus {
+pub(super) fn claim_message(escrow: &Escrow, book: &CredentialBook, id: &Digest, now: Millis) -> pb::ClaimStatus {
     let mut out = pb::ClaimStatus {
         id: hex::encode(id),
         status: "unknown".into(),
@@ -114,7 +110,7 @@ pub fn claim_message(escrow: &Escrow, book: &CredentialBook, id: &Digest, now: M
     out
 }
 
-fn is_final(status: &str) -> bool {
+pub(super) fn is_final(status: &str) -> bool {
     matches!(status, "global" | "disputed" | "rejected")
 }
 
@@ -275,33 +271,7 @@ impl EscrowApi for EscrowService {
 
     async fn watch_claim(&self, request: Request<pb::GetClaimRequest>) -> Result<Response<WatchStream>, Status> {
         let id = parse_id(&request.get_ref().id, "id")?;
-        let node = self.node.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let mut last = String::new();
-            while started.elapsed() < WATCH_MAX {
-                let Some(status) = node
-                    .escrow_read(move |escrow, book, now| claim_message(escrow, book, &id.0, now))
-                    .await
-                else {
-                    let _ = tx.send(Err(gone())).await;
-                    return;
-                };
-                let changed = status.status != last;
-                let done = is_final(&status.status);
-                if changed {
-                    last = status.status.clone();
-                    if tx.send(Ok(status)).await.is_err() {
-                        return;
-                    }
-                }
-                if done {
-                    return;
-                }
-                tokio::time::sleep(WATCH_POLL).await;
-            }
-        });
+        let rx = self.watches.add(id.0)?;
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
