@@ -75,6 +75,10 @@ pub struct Metrics {
     pub gossip_stuck_resets: Counter,
     /// `WatchClaim` streams open.
     pub rpc_watches: Gauge,
+    /// gRPC connections open.
+    pub rpc_connections: Gauge,
+    /// HTTP connections open.
+    pub http_connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +159,10 @@ impl Metrics {
         registry.register("peers", "Connected peers", peers.clone());
         let rpc_watches = Gauge::default();
         registry.register("rpc_watches", "WatchClaim streams open", rpc_watches.clone());
+        let rpc_connections = Gauge::default();
+        registry.register("rpc_connections", "gRPC connections open", rpc_connections.clone());
+        let http_connections = Gauge::default();
+        registry.register("http_connections", "HTTP connections open", http_connections.clone());
         registry.register(
             "credential_log_len",
             "Entries in the local append-only credential log",
@@ -182,6 +190,8 @@ impl Metrics {
             claim_stage,
             heartbeat_age,
             rpc_watches,
+            rpc_connections,
+            http_connections,
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod escrow;
 pub mod http;
+pub mod limit;
 pub mod watches;
 
 use std::net::SocketAddr;
@@ -94,8 +95,10 @@ pub async fn serve(
         .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
         .await;
     let mut rpc_shutdown = shutdown.clone();
+    let rpc_connections = node.metrics.rpc_connections.clone();
     let rpc_task = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc_listener);
+        let incoming =
+            limit::LimitedListener::new(rpc_listener, limit::RPC_CONNECTIONS_MAX, rpc_connections).into_stream();
         let result = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(RPC_CONCURRENCY_PER_CONNECTION)
             .add_service(health_service)

@@ -15,6 +15,11 @@ use crate::core::envelope::parse_hex32;
 use crate::node::NodeHandle;
 
 pub(super) async fn serve(node: NodeHandle, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let listener = super::limit::LimitedListener::new(
+        listener,
+        super::limit::HTTP_CONNECTIONS_MAX,
+        node.metrics.http_connections.clone(),
+    );
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
