@@ -29,6 +29,12 @@ pub const RPC_MESSAGE_MAX_BYTES: usize = crate::core::limits::ENVELOPE_MAX_BYTES
 pub const RPC_RESPONSE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Concurrent requests per gRPC connection.
 pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
+/// How often an HTTP/2 ping checks a gRPC connection that is otherwise
+/// quiet, and how long its answer may take: a client that vanished without
+/// closing frees its connection slot (`limit::RPC_CONNECTIONS_MAX`) within
+/// about a minute.
+pub const RPC_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const RPC_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why the RPC servers could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +107,8 @@ pub async fn serve(
             limit::LimitedListener::new(rpc_listener, limit::RPC_CONNECTIONS_MAX, rpc_connections).into_stream();
         let result = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(RPC_CONCURRENCY_PER_CONNECTION)
+            .http2_keepalive_interval(Some(RPC_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(RPC_KEEPALIVE_TIMEOUT))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
