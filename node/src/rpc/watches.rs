@@ -113,7 +113,8 @@ async fn run(
                     break;
                 }
             }
-            _ = tick.tick() => {}
+            // Idle (nothing watched) until a watch arrives.
+            _ = tick.tick(), if !watches.is_empty() => {}
         }
         let now = Instant::now();
         // New watches are looked at now; the others only when due.
