@@ -34,6 +34,7 @@ pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
 /// closing frees its connection slot (`limit::RPC_CONNECTIONS_MAX`) within
 /// about a minute.
 pub const RPC_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// See [`RPC_KEEPALIVE_INTERVAL`].
 pub const RPC_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why the RPC servers could not start.

@@ -123,18 +123,18 @@ async fn run(
         let due: Vec<usize> = (0..watches.len())
             .filter(|&i| i >= first || watches[i].next <= now)
             .collect();
-        if due.is_empty() {
-            continue;
-        }
         let ids: Vec<Digest> = due.iter().map(|&i| watches[i].id).collect();
-        let Some(statuses) = node
-            .escrow_read(move |escrow, book, now| {
+        let statuses = if ids.is_empty() {
+            Some(Vec::new())
+        } else {
+            node.escrow_read(move |escrow, book, now| {
                 ids.iter()
                     .map(|id| claim_message(escrow, book, id, now))
                     .collect::<Vec<_>>()
             })
             .await
-        else {
+        };
+        let Some(statuses) = statuses else {
             for w in &watches {
                 let _ = w.tx.try_send(Err(Status::unavailable("node is shutting down")));
             }
