@@ -279,6 +279,63 @@ impl LoadedGenesis {
     pub fn validator(&self, key: &PublicKey) -> Option<&Validator> {
         self.validators.iter().find(|v| &v.key == key)
     }
+
+    /// What the validator state machine is built from: this genesis as plain
+    /// values (the node and the simulator build it the same way).
+    pub fn setup(&self) -> crate::core::validator::Setup {
+        use crate::core::validator::{Member, Params as MachineParams, Setup};
+        let params = &self.genesis.params;
+        let network = self.network_id;
+        let operator = self.operators.iter().next().copied().unwrap_or([0; 32]);
+        Setup {
+            network,
+            params: MachineParams {
+                fault_model: match params.fault_model {
+                    FaultModel::Byzantine => crate::core::escrow::FaultModel::Byzantine,
+                    FaultModel::Crash => crate::core::escrow::FaultModel::Crash,
+                },
+                heartbeat_interval_ms: params.heartbeat_interval_ms,
+                max_clock_skew_ms: params.max_clock_skew_ms,
+                phi_threshold: params.phi_threshold,
+                batch_min_ms: params.batch_min_ms,
+                batch_claims_max: params.batch_claims_max as usize,
+                takeover_after_ms: params.takeover_after_ms,
+            },
+            validators: self
+                .validators
+                .iter()
+                .map(|v| Member {
+                    key: v.key,
+                    name: v.name.clone(),
+                    region: v.region.clone(),
+                    weight: v.weight,
+                })
+                .collect(),
+            distributions: self
+                .genesis
+                .distributions
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let distribution = crate::core::escrow::Distribution {
+                        id: crate::core::wire::genesis_distribution_id(&network, i),
+                        operator,
+                        asset: d.asset.clone(),
+                        total: d.total,
+                        schema: d.schema.clone(),
+                        issuers: vec![],
+                        amount_per_claim: d.amount_per_claim,
+                        opens_at: d.opens_at,
+                        closes_at: crate::core::wire::closes_at(d.closes_at),
+                        allocations: d.allocations.iter().map(|a| (a.region.clone(), a.amount)).collect(),
+                        max_outflow_per_window: 0,
+                        outflow_window_ms: 0,
+                    };
+                    (distribution, d.name.clone())
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One node's configuration file.

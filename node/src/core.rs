@@ -22,7 +22,9 @@ pub mod credentials;
 pub mod envelope;
 pub mod escrow;
 pub mod limits;
+pub mod mutation;
 pub mod quorum;
+pub mod validator;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch.

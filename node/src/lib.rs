@@ -12,7 +12,6 @@
 pub mod cli;
 pub mod config;
 pub mod core;
-pub mod escrow;
 pub mod keys;
 pub mod metrics;
 pub mod net;

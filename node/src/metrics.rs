@@ -196,7 +196,7 @@ impl Metrics {
     }
 
     /// Exports the delays the escrow measured (ms) into their histograms.
-    pub fn export(&self, samples: &crate::escrow::Samples) {
+    pub fn export(&self, samples: &crate::core::validator::Samples) {
         for (stage, ms) in [("batching", &samples.batching), ("voting", &samples.voting)] {
             if ms.is_empty() {
                 continue;

@@ -23,8 +23,8 @@ use credence_proto::v1 as pb;
 use crate::config::LoadedGenesis;
 use crate::core::credentials::{Applied, CredentialBook, CredentialError, CredentialRules, CredentialView};
 use crate::core::envelope::{self, EnvelopeError, Kind, ObjectId, Verified};
+use crate::core::validator::{Input, Outputs as Effects, Validator as Escrow};
 use crate::core::{Millis, PublicKey};
-use crate::escrow::{Effects, Escrow};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetHandle};
 use crate::store::locks::{LockLog, LockRecord};
@@ -513,7 +513,8 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     let metrics = Metrics::new();
     let store = Store::open(&settings.store_dir, &genesis.network_id)?;
     let (lock_log, lock_records) = LockLog::open(&settings.store_dir.join("locks.log"))?;
-    let escrow = Escrow::new(genesis, settings.key.clone(), &lock_records).map_err(StartError::Escrow)?;
+    let escrow = Escrow::new(&genesis.setup(), Box::new(settings.key.clone()), &lock_records)
+        .map_err(|e| StartError::Escrow(e.to_string()))?;
     let (book, escrow) = replay(&store, genesis, started_at, escrow)?;
     metrics
         .credential_log_len
@@ -557,7 +558,6 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
     let actor = Actor {
         last_now: started_at,
-        me: node_id,
         network_id: genesis.network_id,
         durable_len: store.credential_log_len()?,
         durable_cert_len: store.certificate_log_len()?,
@@ -655,7 +655,7 @@ fn replay(
     }
     for raw in store.certificate_log() {
         let raw = raw?;
-        if let Err(e) = escrow.on_certificate(&book, &raw, now) {
+        if let Err(e) = escrow.step(now, &book, Input::Certificate { raw: &raw }) {
             tracing::warn!(error = %e, "a stored certificate does not apply");
         }
     }
@@ -682,7 +682,6 @@ fn replay(
 struct Actor {
     /// Latest time handed to the protocol (monotonic).
     last_now: Millis,
-    me: PublicKey,
     network_id: envelope::NetworkId,
     /// Entries of the credential log known to be flushed.
     durable_len: u64,
@@ -828,9 +827,6 @@ impl Actor {
         let mut vote_replies = Vec::new();
         let mut reads = Vec::new();
         let mut effects = Effects::default();
-        // Positions in `effects.certificates` of certificates that arrived
-        // from peers: stored in order with the rest, not published again.
-        let mut received_certificates = std::collections::HashSet::new();
         for command in group.drain(..) {
             match command {
                 Command::Ingest { objects, source, reply } => {
@@ -858,7 +854,14 @@ impl Actor {
                     from_client,
                     reply,
                 } => {
-                    let result = self.escrow.on_claim(&self.book, &claim, from_client, now);
+                    let result = self.escrow.step(
+                        now,
+                        &self.book,
+                        Input::Claim {
+                            claim: &claim,
+                            from_client,
+                        },
+                    );
                     let answer = match result {
                         Ok(more) => {
                             effects.append(more);
@@ -871,15 +874,12 @@ impl Actor {
                     }
                 }
                 Command::Certificate { raw, reply } => {
-                    let answer = match self.escrow.on_certificate(&self.book, &raw, now) {
-                        Ok(true) => {
-                            // Stored, not published again: gossip relays what
-                            // it delivered, and a synced one is old news.
-                            received_certificates.insert(effects.certificates.len());
-                            effects.certificates.push(raw);
-                            Ok(true)
+                    let answer = match self.escrow.step(now, &self.book, Input::Certificate { raw: &raw }) {
+                        Ok(more) => {
+                            let news = more.news;
+                            effects.append(more);
+                            Ok(news)
                         }
-                        Ok(false) => Ok(false),
                         Err(e) => Err(e.to_string()),
                     };
                     if let Some(reply) = reply {
@@ -901,49 +901,54 @@ impl Actor {
                             appended.push((now, v.raw, v.kind, Source::Sync, v.id));
                         }
                     }
-                    let (more, response) = self.escrow.on_vote_request(&self.book, &request, now);
+                    let mut more = match self
+                        .escrow
+                        .step(now, &self.book, Input::VoteRequest { request: &request })
+                    {
+                        Ok(more) => more,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "a vote request was not taken");
+                            Effects::default()
+                        }
+                    };
+                    vote_replies.push((reply, more.vote_reply.take().unwrap_or_default()));
                     effects.append(more);
-                    vote_replies.push((reply, response));
                 }
                 Command::VoteResponse { response } => {
-                    let more = self.escrow.on_vote_response(&self.book, &response, now);
-                    effects.append(more);
+                    match self
+                        .escrow
+                        .step(now, &self.book, Input::VoteResponse { response: &response })
+                    {
+                        Ok(more) => effects.append(more),
+                        Err(e) => tracing::debug!(error = %e, "a vote response was not taken"),
+                    }
                 }
                 Command::Heartbeat { heartbeat, reply } => {
-                    let result = self.escrow.on_heartbeat(&heartbeat, now);
-                    if matches!(result, Ok(true)) && self.escrow.is_behind(&heartbeat.signer) {
-                        self.net.sync_now(heartbeat.signer);
-                    }
+                    let result = match self
+                        .escrow
+                        .step(now, &self.book, Input::Heartbeat { heartbeat: &heartbeat })
+                    {
+                        Ok(more) => {
+                            let news = more.news;
+                            effects.append(more);
+                            Ok(news)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
                     let _ = reply.send(result);
                 }
-                Command::Rtt { key, rtt_ms } => self.escrow.on_rtt(key, rtt_ms),
+                Command::Rtt { key, rtt_ms } => {
+                    if let Ok(more) = self.escrow.step(now, &self.book, Input::Rtt { key, rtt_ms }) {
+                        effects.append(more);
+                    }
+                }
                 read => reads.push(read),
             }
         }
-        let book = &self.book;
-        self.escrow.attach_attestations(|id| {
-            let view = book.credential(&ObjectId(*id), 0);
-            view.attestation.map(|a| a.raw)
-        });
-        effects.append(self.escrow.tick(&self.book, now));
-        let heartbeat = self.escrow.heartbeat_due(now);
-        for key in self.escrow.newly_suspected(now) {
+        effects.append(self.escrow.tick(now, &self.book));
+        for key in std::mem::take(&mut effects.disconnect) {
             // A silent connection is not trusted: close it; the redial timer reopens it.
             self.net.disconnect(key);
-        }
-        // This node's own vote on its own batches: judged here, its lock made
-        // durable with everything else below, then counted.
-        let me = self.escrow_me();
-        let mut self_responses = Vec::new();
-        let mut remote_requests = Vec::new();
-        for (voter, request) in std::mem::take(&mut effects.vote_requests) {
-            if voter == me {
-                let (more, response) = self.escrow.on_vote_request(&self.book, &request, now);
-                effects.locks.extend(more.locks);
-                self_responses.push(response);
-            } else {
-                remote_requests.push((voter, request));
-            }
         }
         // Applied objects are visible to queries at once; durability follows
         // with the store write that takes them, before any client is
@@ -974,9 +979,13 @@ impl Actor {
             }
         }
         if failure.is_none() {
-            for response in self_responses {
-                let more = self.escrow.on_vote_response(&self.book, &response, now);
-                effects.append(more);
+            // This validator's own votes count now that their locks are durable.
+            match self.escrow.step(now, &self.book, Input::Persisted) {
+                Ok(more) => {
+                    debug_assert!(more.locks.is_empty(), "counting own votes locks nothing new");
+                    effects.append(more);
+                }
+                Err(e) => tracing::debug!(error = %e, "own votes not counted"),
             }
         }
         if failure.is_none() {
@@ -999,8 +1008,11 @@ impl Actor {
             for (reply, response) in vote_replies {
                 let _ = reply.send(response);
             }
-            for (voter, request) in remote_requests {
+            for (voter, request) in std::mem::take(&mut effects.vote_requests) {
                 self.net.request_vote(voter, request);
+            }
+            for key in std::mem::take(&mut effects.sync_from) {
+                self.net.sync_now(key);
             }
             for (region, raw) in std::mem::take(&mut effects.claims_to_publish) {
                 self.net.publish_claim(&region, raw);
@@ -1008,23 +1020,21 @@ impl Actor {
             // Certificates that arrived from peers are stored in order with
             // the rest but not published again: gossip relays what it
             // delivered, and a synced one is old news.
-            for (i, raw) in effects.certificates.iter().enumerate() {
-                if !received_certificates.contains(&i) {
-                    self.net.publish_certificate(raw.clone());
-                }
+            for raw in std::mem::take(&mut effects.certificates_to_publish) {
+                self.net.publish_certificate(raw);
             }
-            if let Some(raw) = heartbeat {
+            if let Some(raw) = effects.heartbeat.take() {
                 self.net.publish(Kind::Heartbeat, raw);
             }
         }
-        let writes = !appended.is_empty() || !effects.certificates.is_empty() || !effects.held.is_empty();
+        let writes = !appended.is_empty() || !effects.store_certificates.is_empty() || !effects.held.is_empty();
         let release = Release {
             since: writes.then(std::time::Instant::now),
             appended: appended.len() as u64,
-            certificates_appended: effects.certificates.len() as u64,
+            certificates_appended: effects.store_certificates.len() as u64,
             held_changes: effects.held.len() as u64,
             entries: appended.into_iter().map(|(at, raw, _, _, _)| (at, raw)).collect(),
-            stored_certificates: effects.certificates,
+            stored_certificates: effects.store_certificates,
             held: effects.held,
             rpc_replies,
             claim_replies,
@@ -1130,10 +1140,6 @@ impl Actor {
 
     fn book_network(&self) -> envelope::NetworkId {
         self.network_id
-    }
-
-    fn escrow_me(&self) -> PublicKey {
-        self.me
     }
 
     fn answer(&self, command: Command, now: Millis) {

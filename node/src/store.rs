@@ -68,17 +68,7 @@ pub struct Write {
     pub held: Vec<HeldChange>,
 }
 
-/// A change to the claims held while they wait for their owner, applied in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeldChange {
-    Hold {
-        id: [u8; 32],
-        received_at: Millis,
-        envelope: Vec<u8>,
-    },
-    /// Certified or refused: no longer held.
-    Release([u8; 32]),
-}
+pub use crate::core::validator::HeldChange;
 
 /// Handle to the node's store; cheap to clone.
 #[derive(Clone)]

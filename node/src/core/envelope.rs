@@ -6,7 +6,7 @@
 //! object and never verifies as the original.
 
 use credence_proto::v1 as pb;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use prost::Message;
 
 use super::limits::{ENVELOPE_MAX_BYTES, body_max_bytes};
@@ -448,13 +448,23 @@ pub fn verify_known(network: &NetworkId, raw: &[u8], known: &mut KnownSignatures
 
 /// Signs a body and returns the encoded envelope and its id.
 pub fn seal(network: &NetworkId, key: &SigningKey, kind: Kind, body: Vec<u8>) -> (Vec<u8>, ObjectId) {
+    seal_with(network, key, kind, body)
+}
+
+/// [`seal`] through any [`Signer`](crate::core::validator::Signer).
+pub fn seal_with(
+    network: &NetworkId,
+    signer: &(impl crate::core::validator::Signer + ?Sized),
+    kind: Kind,
+    body: Vec<u8>,
+) -> (Vec<u8>, ObjectId) {
     let id = digest(network, kind, &body);
-    let signature = key.sign(&id.0);
+    let signature = signer.sign(&id.0);
     let signed = pb::Signed {
         kind: kind.to_wire() as i32,
         body,
-        signer: key.verifying_key().to_bytes().to_vec(),
-        signature: signature.to_bytes().to_vec(),
+        signer: signer.public_key().to_vec(),
+        signature: signature.to_vec(),
     };
     (signed.encode_to_vec(), id)
 }

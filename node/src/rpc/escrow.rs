@@ -14,7 +14,7 @@ use crate::core::Millis;
 use crate::core::credentials::CredentialBook;
 use crate::core::envelope::{Kind, parse_hex32};
 use crate::core::escrow::{ClaimStatus, Digest};
-use crate::escrow::{Credentials, Escrow};
+use crate::core::validator::{Credentials, Validator as Escrow};
 use crate::node::NodeHandle;
 
 /// Window over which outflow per second is measured (from chain timestamps).

@@ -51,18 +51,7 @@ const LEGACY_HEADER_BYTES: usize = 12;
 /// Largest payload: a batch envelope at the cap plus its tag byte.
 const PAYLOAD_MAX_BYTES: usize = LOCK_RECORD_MAX_BYTES + 1;
 
-/// A safety-critical record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LockRecord {
-    /// "I voted for `object_id` at `(bucket, seq)`."
-    Vote {
-        bucket: [u8; 32],
-        seq: u64,
-        object_id: [u8; 32],
-    },
-    /// An owner's own signed batch (encoded `Signed`), before it is sent.
-    OwnBatch { envelope: Vec<u8> },
-}
+pub use crate::core::validator::LockRecord;
 
 /// Why the lock log failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,36 +1,41 @@
-//! The escrow shell: drives the pure escrow core (ledger, voter, owners) for
-//! the node actor, signs what leaves the node, and keeps each claim's
-//! timeline.
+//! The validator state machine: everything a node decides about claims,
+//! batches, votes, certificates, heartbeats, suspicion, takeovers, needs and
+//! global promotion, as one sans-IO program that the node and the simulator
+//! both run.
 //!
-//! Owned by the actor in `node.rs`, which calls it synchronously and carries
-//! out the [`Effects`] it returns in order: first it makes `locks` durable
-//! (`locks.log`, fdatasync, one group commit for everything the actor drained
-//! together), and only then sends votes and batches. That order is the
-//! safety argument of DESIGN.md "Durability": a validator never lets a vote
-//! leave before its lock is on disk, and an owner never sends a batch it could
-//! forget.
+//! Shape (raft-rs `RawNode`, quinn-proto): [`Validator::step`] takes one
+//! [`Input`] at `now` and [`Validator::tick`] does the periodic work; both
+//! return [`Outputs`], plain records the shell carries out **in order**:
+//! first every persist record (`locks`, then `held`, then
+//! `store_certificates`) is made durable, then the sends go out, then the
+//! shell steps [`Input::Persisted`], which counts this validator's own votes
+//! (whose locks were among what it just made durable) and may form
+//! certificates. That order is the safety argument of DESIGN.md
+//! "Durability": nothing that depends on a lock or an own batch leaves before
+//! the lock is on disk, and an owner never sends a batch it could forget.
+//!
+//! No clock reads, no randomness, no I/O: time comes in as `now`, signing
+//! goes through [`Signer`], and nothing that feeds an output iterates a hash
+//! map (every map here is ordered). The node (`node.rs`) drives it from its
+//! actor; the simulator (`sim/`) drives N of them over a virtual network.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use credence_proto::v1 as pb;
-use ed25519_dalek::SigningKey;
 use prost::Message;
 
-use crate::config::LoadedGenesis;
 use crate::core::Millis;
 use crate::core::credentials::{CredentialBook, CredentialStatus};
-use crate::core::envelope::{Kind, KnownSignatures, NetworkId, ObjectId, Verified, seal};
+use crate::core::envelope::{Kind, KnownSignatures, NetworkId, ObjectId, Verified, seal_with};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
     Digest, Distribution, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
-    Validator, ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
+    ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
 };
-use crate::core::quorum::{self, ArrivalHistory, Member, Mode, RttEstimate, ScopeView};
-use crate::core::wire::{self, WireError};
-use crate::store::HeldChange;
-use crate::store::locks::LockRecord;
-
 use crate::core::escrow::{Entry, NEEDS_PER_HEARTBEAT_MAX, NeedAd, answer_needs};
+use crate::core::mutation::{Mutation, mutated};
+use crate::core::quorum::{self, ArrivalHistory, Mode, RttEstimate, ScopeView};
+use crate::core::wire::{self, WireError};
 
 #[cfg(test)]
 mod tests;
@@ -80,31 +85,159 @@ pub struct Timeline {
     pub published_at: Millis,
 }
 
-/// What the actor must do after a call, in this order.
+/// A safety-critical record the shell makes durable (fdatasync) before
+/// anything of the same [`Outputs`] leaves the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockRecord {
+    /// "I voted for `object_id` at `(bucket, seq)`."
+    Vote {
+        bucket: [u8; 32],
+        seq: u64,
+        object_id: [u8; 32],
+    },
+    /// An owner's own signed batch (encoded `Signed`), before it is sent.
+    OwnBatch { envelope: Vec<u8> },
+}
+
+/// A change to the claims this node holds durably while they wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldChange {
+    Hold {
+        id: [u8; 32],
+        received_at: Millis,
+        envelope: Vec<u8>,
+    },
+    /// Certified or refused: no longer held.
+    Release([u8; 32]),
+}
+
+/// What the shell must do after a [`Validator::step`] or [`Validator::tick`],
+/// in this order: persist, then send, then step [`Input::Persisted`].
 #[derive(Debug, Default)]
-pub struct Effects {
-    /// Make these durable before anything below leaves the node.
+pub struct Outputs {
+    // Persist, in this order, before anything below leaves the node.
+    /// Vote locks and own batches (`locks.log`, fdatasync).
     pub locks: Vec<LockRecord>,
-    /// Vote requests to send: (voter key, encoded `VoteRequest`).
-    pub vote_requests: Vec<(Key, pb::VoteRequest)>,
-    /// Claims to gossip on their home region's topic.
-    pub claims_to_publish: Vec<(String, Vec<u8>)>,
-    /// New certificates to store and gossip (encoded `Certificate`).
-    pub certificates: Vec<Vec<u8>>,
     /// Claims to hold durably while they wait, and held ones that were
     /// certified or refused, in the order they happened.
     pub held: Vec<HeldChange>,
+    /// Certificates to append to the certificate log (encoded `Certificate`).
+    pub store_certificates: Vec<Vec<u8>>,
+
+    // Send, once the records above are durable.
+    /// The answer to the vote request this step was given.
+    pub vote_reply: Option<pb::VoteResponse>,
+    /// Vote requests to send: (voter key, request). Never addressed to this
+    /// validator: its own votes are judged inside and counted at
+    /// [`Input::Persisted`].
+    pub vote_requests: Vec<(Key, pb::VoteRequest)>,
+    /// Claims to gossip on their home region's topic.
+    pub claims_to_publish: Vec<(String, Vec<u8>)>,
+    /// Certificates formed here, to gossip.
+    pub certificates_to_publish: Vec<Vec<u8>>,
+    /// This validator's heartbeat, to gossip.
+    pub heartbeat: Option<Vec<u8>>,
+    /// Validators whose connections are not trusted any more: close and redial.
+    pub disconnect: Vec<Key>,
+    /// Validators whose frontier is ahead of this ledger: pull from them now.
+    pub sync_from: Vec<Key>,
+    /// The certificate or heartbeat this step was given was news here (relay it).
+    pub news: bool,
 }
 
-impl Effects {
-    /// Appends `other`'s effects after these.
-    pub fn append(&mut self, mut other: Effects) {
+impl Outputs {
+    /// Appends `other`'s outputs after these.
+    pub fn append(&mut self, mut other: Outputs) {
         self.locks.append(&mut other.locks);
+        self.held.append(&mut other.held);
+        self.store_certificates.append(&mut other.store_certificates);
+        if other.vote_reply.is_some() {
+            self.vote_reply = other.vote_reply;
+        }
         self.vote_requests.append(&mut other.vote_requests);
         self.claims_to_publish.append(&mut other.claims_to_publish);
-        self.certificates.append(&mut other.certificates);
-        self.held.append(&mut other.held);
+        self.certificates_to_publish.append(&mut other.certificates_to_publish);
+        if other.heartbeat.is_some() {
+            self.heartbeat = other.heartbeat;
+        }
+        self.disconnect.append(&mut other.disconnect);
+        self.sync_from.append(&mut other.sync_from);
+        self.news |= other.news;
     }
+
+    /// Whether anything must be persisted before the sends.
+    pub fn has_persist(&self) -> bool {
+        !self.locks.is_empty() || !self.held.is_empty() || !self.store_certificates.is_empty()
+    }
+}
+
+/// One input to [`Validator::step`].
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A claim from a client (`from_client`), gossip, a hand-off or a retry.
+    Claim { claim: &'a Verified, from_client: bool },
+    /// A certificate from gossip, sync or a vote request.
+    Certificate { raw: &'a [u8] },
+    /// A validator of this region asks for this validator's vote (or hands
+    /// it a claim). The answer is [`Outputs::vote_reply`].
+    VoteRequest { request: &'a pb::VoteRequest },
+    /// A voter answered one of this validator's vote requests.
+    VoteResponse { response: &'a pb::VoteResponse },
+    /// A signed heartbeat of a validator.
+    Heartbeat { heartbeat: &'a Verified },
+    /// A round-trip time sample to a validator.
+    Rtt { key: Key, rtt_ms: f64 },
+    /// Everything persisted by the outputs returned so far is durable.
+    Persisted,
+}
+
+/// Signs what this validator sends: ed25519 in the node; the simulator may
+/// use the same or a stand-in.
+pub trait Signer: Send {
+    /// The public key signatures verify under.
+    fn public_key(&self) -> Key;
+    /// A signature of `message` (an envelope digest).
+    fn sign(&self, message: &[u8; 32]) -> [u8; 64];
+}
+
+impl Signer for ed25519_dalek::SigningKey {
+    fn public_key(&self) -> Key {
+        self.verifying_key().to_bytes()
+    }
+    fn sign(&self, message: &[u8; 32]) -> [u8; 64] {
+        ed25519_dalek::Signer::sign(self, message).to_bytes()
+    }
+}
+
+/// The protocol parameters of a network (the genesis `[params]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub fault_model: FaultModel,
+    pub heartbeat_interval_ms: Millis,
+    pub max_clock_skew_ms: Millis,
+    pub phi_threshold: f64,
+    pub batch_min_ms: Millis,
+    pub batch_claims_max: usize,
+    pub takeover_after_ms: Millis,
+}
+
+/// A validator of the genesis, with its name.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub key: Key,
+    pub name: String,
+    pub region: String,
+    pub weight: u64,
+}
+
+/// What a [`Validator`] is built from: the genesis, as plain values.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub network: NetworkId,
+    pub params: Params,
+    pub validators: Vec<Member>,
+    /// Genesis distributions (trusted by being in the genesis), with names.
+    pub distributions: Vec<(Distribution, String)>,
 }
 
 /// Most samples of each kind kept between two drains (the actor drains
@@ -139,9 +272,9 @@ impl Samples {
     }
 }
 
-/// Why a claim or certificate was refused.
+/// Why an input was refused.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum EscrowError {
+pub enum ValidatorError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("unknown distribution {0}")]
@@ -154,6 +287,12 @@ pub enum EscrowError {
     NoLiveBucket,
     #[error("{HELD_CLAIMS_MAX} claims are already waiting here for their owners; try again later")]
     TooManyWaiting,
+    #[error("invalid heartbeat: {0}")]
+    Heartbeat(&'static str),
+    #[error("{0}")]
+    Operator(String),
+    #[error("cannot build the validator: {0}")]
+    Setup(String),
 }
 
 /// The answer to a vote request.
@@ -215,49 +354,66 @@ impl CredentialView for Credentials<'_> {
     }
 }
 
-/// The node's escrow state.
-pub struct Escrow {
+/// Counts of protocol decisions, for metrics and the simulator's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Times a validator of this region began to be suspected (takeover clock started).
+    pub peers_suspected: u64,
+    /// Ticks on which a takeover was due but withheld: this region's quorum
+    /// had not been reachable for the whole `takeover_after`.
+    pub takeovers_withheld: u64,
+    /// Takeovers this validator started (its owner's pending batch or a freeze).
+    pub takeovers_proposed: u64,
+}
+
+/// The validator state machine (observers run it too, without a voter).
+pub struct Validator {
     /// Measured delays (claim stages, heartbeat ages), drained into the
     /// metrics by the actor.
     pub samples: Samples,
+    /// Counts of protocol decisions.
+    pub stats: Stats,
     network: NetworkId,
-    key: SigningKey,
+    signer: Box<dyn Signer>,
     me: Key,
+    /// This validator's own votes on its own batches, judged at the last
+    /// tick, counted once their locks are durable ([`Input::Persisted`]).
+    own_votes: Vec<pb::VoteResponse>,
     region: Option<String>,
     ledger: Ledger,
     voter: Option<Voter>,
-    owners: HashMap<Digest, Owner>,
+    owners: BTreeMap<Digest, Owner>,
     owner_config: OwnerConfig,
-    collecting: HashMap<Digest, Collecting>,
+    collecting: BTreeMap<Digest, Collecting>,
     /// Raw claim envelopes by claim id (for batch bodies and re-publication).
-    claim_envelopes: HashMap<Digest, Vec<u8>>,
-    timelines: HashMap<Digest, Timeline>,
-    timeline_order: std::collections::VecDeque<Digest>,
-    pending: std::collections::VecDeque<PendingClaim>,
+    claim_envelopes: BTreeMap<Digest, Vec<u8>>,
+    timelines: BTreeMap<Digest, Timeline>,
+    timeline_order: VecDeque<Digest>,
+    pending: VecDeque<PendingClaim>,
     /// Certificate encodings by (bucket, seq), as applied here.
-    certificates: HashMap<(Digest, u64), (Digest, Vec<u8>)>,
+    certificates: BTreeMap<(Digest, u64), (Digest, Vec<u8>)>,
     /// blake3 of the exact bytes of each certificate in `certificates`.
-    certificate_fingerprints: std::collections::HashSet<[u8; 32]>,
+    certificate_fingerprints: BTreeSet<[u8; 32]>,
     conflicting_certificates: u64,
-    names: HashMap<Key, String>,
-    distribution_names: HashMap<Digest, String>,
+    names: BTreeMap<Key, String>,
+    distribution_names: BTreeMap<Digest, String>,
     /// When this node last heard from each region (a vote or certificate of it).
-    last_heard: HashMap<String, Millis>,
+    last_heard: BTreeMap<String, Millis>,
     delay: DelayState,
     /// Own batches from the lock log, resumed after the certificates replay.
     to_resume: Vec<(Batch, Vec<u8>)>,
     /// Newest batch seen per bucket of this region (from vote requests).
-    seen_batches: HashMap<Digest, (Batch, Vec<u8>)>,
+    seen_batches: BTreeMap<Digest, (Batch, Vec<u8>)>,
     /// Buckets frozen since the last tick: their waiting claims move on.
     frozen: Vec<Digest>,
     /// Claims held durably here (a subset of `claim_envelopes`).
-    held: std::collections::HashSet<Digest>,
+    held: BTreeSet<Digest>,
     /// Claims held, certified or refused since the last tick, in order.
     held_changes: Vec<HeldChange>,
     /// Held claims restored from the store, submitted again on the first tick.
     restored: Vec<(Verified, Millis)>,
     /// Waiting claims of other owners, judged again in turn.
-    recheck: std::collections::VecDeque<(Digest, Millis)>,
+    recheck: VecDeque<(Digest, Millis)>,
     /// Envelopes whose signature verified here (each checked once).
     known: KnownSignatures,
     /// Operator rebalances known here, by id.
@@ -265,10 +421,10 @@ pub struct Escrow {
     /// What rebalances ask each (source, destination) bucket pair to move, in total.
     transfers_owed: BTreeMap<(Digest, Digest), u64>,
     /// What certified batches moved per (source, destination) bucket pair.
-    transfers_certified: HashMap<(Digest, Digest), u64>,
+    transfers_certified: BTreeMap<(Digest, Digest), u64>,
     /// The needs each validator of this region advertised in its latest
     /// heartbeat (at most one entry per validator of the region).
-    needs_heard: HashMap<Key, HeardNeeds>,
+    needs_heard: BTreeMap<Key, HeardNeeds>,
 }
 
 /// The needs one validator's latest heartbeat carried.
@@ -286,22 +442,22 @@ struct HeardNeeds {
 struct DelayState {
     heartbeat_interval_ms: Millis,
     phi_threshold: f64,
-    arrivals: HashMap<Key, ArrivalHistory>,
-    rtts: HashMap<Key, RttEstimate>,
+    arrivals: BTreeMap<Key, ArrivalHistory>,
+    rtts: BTreeMap<Key, RttEstimate>,
     /// Latest frontier each validator reported: bucket → certified length.
-    frontiers: HashMap<Key, HashMap<Digest, u64>>,
+    frontiers: BTreeMap<Key, BTreeMap<Digest, u64>>,
     /// Highest heartbeat seq seen per validator (older ones are stale).
-    heartbeat_seqs: HashMap<Key, u64>,
+    heartbeat_seqs: BTreeMap<Key, u64>,
     heartbeat_seq: u64,
     last_sent: Millis,
     /// Certified positions not yet known to every region, with their claims.
     awaiting_global: BTreeMap<(Digest, u64), Vec<Digest>>,
     /// Validators currently suspected (acted on once per transition).
-    suspected: std::collections::BTreeSet<Key>,
+    suspected: BTreeSet<Key>,
     /// Since when each validator has been suspected without a break.
-    suspect_spells: HashMap<Key, Millis>,
+    suspect_spells: BTreeMap<Key, Millis>,
     /// Since when each validator of this region has been suspected (takeover).
-    suspected_since: HashMap<Key, Millis>,
+    suspected_since: BTreeMap<Key, Millis>,
     /// Since when this node's own region's quorum has been reachable without a break.
     quorum_since: Option<Millis>,
     takeover_after_ms: Millis,
@@ -338,61 +494,42 @@ pub struct QuorumReport {
     pub suspected: Vec<(Key, String, f64)>,
 }
 
-impl std::fmt::Debug for Escrow {
+impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Escrow").field("region", &self.region).finish()
+        f.debug_struct("Validator").field("region", &self.region).finish()
     }
 }
 
-impl Escrow {
+impl Validator {
     /// The escrow state of a node with `key`, from the genesis and the
     /// records of its lock log.
-    pub fn new(genesis: &LoadedGenesis, key: SigningKey, locks: &[LockRecord]) -> Result<Escrow, String> {
-        let network = genesis.network_id;
-        let me = key.verifying_key().to_bytes();
-        let fault_model = match genesis.genesis.params.fault_model {
-            crate::config::FaultModel::Byzantine => FaultModel::Byzantine,
-            crate::config::FaultModel::Crash => FaultModel::Crash,
-        };
+    pub fn new(setup: &Setup, signer: Box<dyn Signer>, locks: &[LockRecord]) -> Result<Validator, ValidatorError> {
+        let network = setup.network;
+        let me = signer.public_key();
+        let params = setup.params;
         let validators = ValidatorSet::new(
-            genesis
+            setup
                 .validators
                 .iter()
-                .map(|v| Validator {
+                .map(|v| crate::core::escrow::Validator {
                     key: v.key,
                     region: v.region.clone(),
                     weight: v.weight,
                 })
                 .collect(),
-            fault_model,
+            params.fault_model,
         )
-        .map_err(|e| format!("validator set: {e}"))?;
+        .map_err(|e| ValidatorError::Setup(format!("validator set: {e}")))?;
         let mut ledger = Ledger::new(validators, LEDGER_WAITING_MAX);
-        let mut distribution_names = HashMap::new();
-        for (i, d) in genesis.genesis.distributions.iter().enumerate() {
-            let id = wire::genesis_distribution_id(&network, i);
-            let operator = genesis.operators.iter().next().copied().unwrap_or([0; 32]);
+        let mut distribution_names = BTreeMap::new();
+        for (d, name) in &setup.distributions {
             ledger
-                .add_distribution(Distribution {
-                    id,
-                    operator,
-                    asset: d.asset.clone(),
-                    total: d.total,
-                    schema: d.schema.clone(),
-                    issuers: vec![],
-                    amount_per_claim: d.amount_per_claim,
-                    opens_at: d.opens_at,
-                    closes_at: wire::closes_at(d.closes_at),
-                    allocations: d.allocations.iter().map(|a| (a.region.clone(), a.amount)).collect(),
-                    max_outflow_per_window: 0,
-                    outflow_window_ms: 0,
-                })
-                .map_err(|e| format!("genesis distribution {}: {e}", d.name))?;
-            distribution_names.insert(id, d.name.clone());
+                .add_distribution(d.clone())
+                .map_err(|e| ValidatorError::Setup(format!("genesis distribution {name}: {e}")))?;
+            distribution_names.insert(d.id, name.clone());
         }
-        let validator = genesis.validator(&me);
-        let region = validator.map(|v| v.region.clone());
-        let skew = genesis.genesis.params.max_clock_skew_ms;
+        let region = setup.validators.iter().find(|v| v.key == me).map(|v| v.region.clone());
+        let skew = params.max_clock_skew_ms;
         let vote_locks = locks.iter().filter_map(|r| match r {
             LockRecord::Vote { bucket, seq, object_id } => Some(Lock {
                 bucket: *bucket,
@@ -409,39 +546,41 @@ impl Escrow {
                 vote_locks.collect::<Vec<_>>(),
             )
         });
-        let mut escrow = Escrow {
+        let mut escrow = Validator {
             network,
-            key,
+            signer,
             me,
+            own_votes: Vec::new(),
+            stats: Stats::default(),
             region,
             ledger,
             voter,
-            owners: HashMap::new(),
+            owners: BTreeMap::new(),
             owner_config: OwnerConfig {
-                batch_claims_max: genesis.genesis.params.batch_claims_max as usize,
+                batch_claims_max: params.batch_claims_max,
                 clock_skew_ms: skew,
             },
-            collecting: HashMap::new(),
-            claim_envelopes: HashMap::new(),
-            timelines: HashMap::new(),
+            collecting: BTreeMap::new(),
+            claim_envelopes: BTreeMap::new(),
+            timelines: BTreeMap::new(),
             timeline_order: Default::default(),
             pending: Default::default(),
-            certificates: HashMap::new(),
-            certificate_fingerprints: std::collections::HashSet::new(),
+            certificates: BTreeMap::new(),
+            certificate_fingerprints: BTreeSet::new(),
             samples: Samples::default(),
             conflicting_certificates: 0,
-            names: genesis.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
+            names: setup.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
             distribution_names,
-            last_heard: HashMap::new(),
+            last_heard: BTreeMap::new(),
             delay: DelayState {
-                heartbeat_interval_ms: genesis.genesis.params.heartbeat_interval_ms.max(1),
-                phi_threshold: genesis.genesis.params.phi_threshold,
-                batch_min_ms: genesis.genesis.params.batch_min_ms,
-                takeover_after_ms: genesis.genesis.params.takeover_after_ms,
+                heartbeat_interval_ms: params.heartbeat_interval_ms.max(1),
+                phi_threshold: params.phi_threshold,
+                batch_min_ms: params.batch_min_ms,
+                takeover_after_ms: params.takeover_after_ms,
                 ..Default::default()
             },
             to_resume: Vec::new(),
-            seen_batches: HashMap::new(),
+            seen_batches: BTreeMap::new(),
             frozen: Vec::new(),
             held: Default::default(),
             held_changes: Vec::new(),
@@ -450,12 +589,12 @@ impl Escrow {
             known: KnownSignatures::new(KNOWN_SIGNATURES_MAX),
             rebalances: BTreeMap::new(),
             transfers_owed: BTreeMap::new(),
-            transfers_certified: HashMap::new(),
-            needs_heard: HashMap::new(),
+            transfers_certified: BTreeMap::new(),
+            needs_heard: BTreeMap::new(),
         };
         escrow.adopt_buckets();
         // An owner resumes the last batch it signed, never signs another at its seq.
-        let mut last_batches: HashMap<Digest, (Batch, Vec<u8>)> = HashMap::new();
+        let mut last_batches: BTreeMap<Digest, (Batch, Vec<u8>)> = BTreeMap::new();
         for r in locks {
             if let LockRecord::OwnBatch { envelope } = r
                 && let Ok(v) = wire::verify_nested(&network, envelope, "own batch", &mut escrow.known)
@@ -593,7 +732,7 @@ impl Escrow {
         self.delay.load = load;
     }
 
-    fn members(&self, keys: &[Key], now: Millis) -> Vec<Member> {
+    fn members(&self, keys: &[Key], now: Millis) -> Vec<quorum::Member> {
         keys.iter()
             .filter_map(|k| {
                 let v = self.ledger.validators().get(k)?;
@@ -604,7 +743,7 @@ impl Escrow {
                     // than infinity, so start-up is not mistaken for slowness.
                     self.delay.rtts.get(k).map_or(UNMEASURED_RTT_MS, |r| r.ewma_ms)
                 };
-                Some(Member {
+                Some(quorum::Member {
                     weight: v.weight,
                     reachable: !self.is_suspected(k, now),
                     rtt_ms,
@@ -667,7 +806,7 @@ impl Escrow {
     }
 
     /// A signed heartbeat, when one is due (validators only).
-    pub fn heartbeat_due(&mut self, now: Millis) -> Option<Vec<u8>> {
+    fn heartbeat_due(&mut self, now: Millis) -> Option<Vec<u8>> {
         self.region.as_ref()?;
         if now.saturating_sub(self.delay.last_sent) < self.delay.heartbeat_interval_ms {
             return None;
@@ -706,17 +845,26 @@ impl Escrow {
             seq: self.delay.heartbeat_seq,
             needs,
         };
-        Some(seal(&self.network, &self.key, Kind::Heartbeat, body.encode_to_vec()).0)
+        Some(
+            seal_with(
+                &self.network,
+                self.signer.as_ref(),
+                Kind::Heartbeat,
+                body.encode_to_vec(),
+            )
+            .0,
+        )
     }
 
     /// A heartbeat arrived. `Ok(true)` when it is news (relay it).
-    pub fn on_heartbeat(&mut self, v: &Verified, now: Millis) -> Result<bool, String> {
-        let body = pb::Heartbeat::decode(v.body.as_slice()).map_err(|e| format!("heartbeat: {e}"))?;
+    fn on_heartbeat(&mut self, v: &Verified, now: Millis) -> Result<bool, ValidatorError> {
+        let body = pb::Heartbeat::decode(v.body.as_slice())
+            .map_err(|_| ValidatorError::Heartbeat("its body does not decode"))?;
         if body.validator.as_slice() != v.signer.as_slice() {
-            return Err("heartbeat signed by someone other than its validator".into());
+            return Err(ValidatorError::Heartbeat("signed by someone other than its validator"));
         }
         if self.ledger.validators().get(&v.signer).is_none() {
-            return Err("heartbeat from a key that is not a validator".into());
+            return Err(ValidatorError::Heartbeat("from a key that is not a validator"));
         }
         if v.signer == self.me {
             return Ok(false);
@@ -873,7 +1021,7 @@ impl Escrow {
     /// True when a validator's reported frontier is ahead of this node's
     /// ledger for some bucket: catch up from it now (frontier difference)
     /// rather than at the next periodic pull.
-    pub fn is_behind(&self, validator: &Key) -> bool {
+    fn is_behind(&self, validator: &Key) -> bool {
         self.delay.frontiers.get(validator).is_some_and(|frontier| {
             frontier
                 .iter()
@@ -882,7 +1030,7 @@ impl Escrow {
     }
 
     /// An RTT sample to a validator (ping or request-response).
-    pub fn on_rtt(&mut self, key: Key, rtt_ms: f64) {
+    fn on_rtt(&mut self, key: Key, rtt_ms: f64) {
         self.delay.rtts.entry(key).or_default().sample(rtt_ms);
     }
 
@@ -891,7 +1039,7 @@ impl Escrow {
     /// and redials them). A short spell of suspicion — an overloaded node
     /// late with its heartbeats — changes the mode and the waiting, but
     /// does not cut the connection and the gossip in flight on it.
-    pub fn newly_suspected(&mut self, now: Millis) -> Vec<Key> {
+    fn newly_suspected(&mut self, now: Millis) -> Vec<Key> {
         let all: Vec<Key> = self
             .ledger
             .validators()
@@ -945,8 +1093,8 @@ impl Escrow {
 
     /// Claim outflow per region of a distribution over the window ending at
     /// `now`, from certified batch timestamps.
-    pub fn outflow_by_region(&self, distribution: &Digest, now: Millis, window_ms: Millis) -> HashMap<String, u64> {
-        let mut out: HashMap<String, u64> = HashMap::new();
+    pub fn outflow_by_region(&self, distribution: &Digest, now: Millis, window_ms: Millis) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
         for c in self.ledger.certified_claims() {
             if &c.claim.distribution_id != distribution || c.batch_timestamp.saturating_add(window_ms) < now {
                 continue;
@@ -965,11 +1113,7 @@ impl Escrow {
     }
 
     /// Adds an operator-signed distribution.
-    pub fn add_distribution(
-        &mut self,
-        v: &Verified,
-        operators: &std::collections::BTreeSet<Key>,
-    ) -> Result<(), String> {
+    pub fn add_distribution(&mut self, v: &Verified, operators: &BTreeSet<Key>) -> Result<(), String> {
         let d = wire::distribution(v).map_err(|e| e.to_string())?;
         if !operators.contains(&d.operator) {
             return Err("the signer is not an operator of this network".into());
@@ -988,7 +1132,7 @@ impl Escrow {
     /// "Transfers"). Owed amounts accumulate per bucket pair, and an owner
     /// moves what its own chain has not moved yet, so a request applies once
     /// however often it is replayed or re-delivered.
-    pub fn add_rebalance(&mut self, v: &Verified, operators: &std::collections::BTreeSet<Key>) -> Result<(), String> {
+    pub fn add_rebalance(&mut self, v: &Verified, operators: &BTreeSet<Key>) -> Result<(), String> {
         let r = wire::rebalance(v).map_err(|e| e.to_string())?;
         if !operators.contains(&r.operator) {
             return Err("the signer is not an operator of this network".into());
@@ -1099,18 +1243,18 @@ impl Escrow {
     }
 
     /// A claim arrives (from a client, gossip or a retry).
-    pub fn on_claim(
+    fn on_claim(
         &mut self,
         book: &CredentialBook,
         v: &Verified,
         from_client: bool,
         now: Millis,
-    ) -> Result<Effects, EscrowError> {
+    ) -> Result<Outputs, ValidatorError> {
         let claim = wire::claim(v)?;
         self.known.remember(v);
-        let mut effects = Effects::default();
+        let mut effects = Outputs::default();
         if self.ledger.distribution(&claim.distribution_id).is_none() {
-            return Err(EscrowError::UnknownDistribution(hex::encode(claim.distribution_id)));
+            return Err(ValidatorError::UnknownDistribution(hex::encode(claim.distribution_id)));
         }
         if self.ledger.certified_claim(&claim.id).is_some() {
             // Already certified: submitting it again changes nothing.
@@ -1119,11 +1263,11 @@ impl Escrow {
         }
         let home = self
             .route(&claim.distribution_id, &claim.claimant)
-            .ok_or(EscrowError::NoLiveBucket)?;
+            .ok_or(ValidatorError::NoLiveBucket)?;
         let fresh = !self.claim_envelopes.contains_key(&claim.id);
         if fresh {
             if self.claim_envelopes.len() >= HELD_CLAIMS_MAX {
-                return Err(EscrowError::TooManyWaiting);
+                return Err(ValidatorError::TooManyWaiting);
             }
             // Held durably until certified or refused: a node that restarts,
             // or a successor taking the bucket over, still has it.
@@ -1169,7 +1313,7 @@ impl Escrow {
                 && !reason.is_retryable()
             {
                 self.reject(claim.id, &reason, now);
-                return Err(EscrowError::Refused(reason));
+                return Err(ValidatorError::Refused(reason));
             }
         }
         Ok(effects)
@@ -1179,7 +1323,7 @@ impl Escrow {
     /// with its credential. The region's gossip tells every voter; this is
     /// the copy the owner must get, sent point to point so that no mesh
     /// state can lose it (and sent again with each republish).
-    fn hand_to_owner(book: &CredentialBook, claim: &Claim, raw: &[u8], owner: Key, effects: &mut Effects) {
+    fn hand_to_owner(book: &CredentialBook, claim: &Claim, raw: &[u8], owner: Key, effects: &mut Outputs) {
         let attestation = book
             .credential(&ObjectId(claim.attestation_id), 0)
             .attestation
@@ -1201,8 +1345,8 @@ impl Escrow {
         claim: Claim,
         digest: Digest,
         now: Millis,
-        effects: &mut Effects,
-    ) -> Result<(), EscrowError> {
+        effects: &mut Outputs,
+    ) -> Result<(), ValidatorError> {
         let Some(owner) = self.owners.get_mut(&digest) else {
             return Ok(());
         };
@@ -1230,7 +1374,7 @@ impl Escrow {
             }
             Err(reason) => {
                 self.reject(id, &reason, now);
-                Err(EscrowError::Refused(reason))
+                Err(ValidatorError::Refused(reason))
             }
         }
     }
@@ -1246,8 +1390,8 @@ impl Escrow {
         }
     }
 
-    fn owner_outputs(&mut self, outputs: Vec<OwnerOutput>, now: Millis) -> Effects {
-        let mut effects = Effects::default();
+    fn owner_outputs(&mut self, outputs: Vec<OwnerOutput>, now: Millis) -> Outputs {
+        let mut effects = Outputs::default();
         for output in outputs {
             match output {
                 OwnerOutput::PersistBatch(batch) => {
@@ -1256,7 +1400,8 @@ impl Escrow {
                         tracing::error!("a batch names a claim whose envelope is gone; not sending it");
                         continue;
                     };
-                    let (envelope, _) = seal(&self.network, &self.key, Kind::Batch, body.encode_to_vec());
+                    let (envelope, _) =
+                        seal_with(&self.network, self.signer.as_ref(), Kind::Batch, body.encode_to_vec());
                     effects.locks.push(LockRecord::OwnBatch {
                         envelope: envelope.clone(),
                     });
@@ -1283,7 +1428,7 @@ impl Escrow {
     }
 
     /// The attestation envelopes a batch's claims present, for its voters.
-    pub fn attach_attestations(&mut self, book_raw: impl Fn(&Digest) -> Option<Vec<u8>>) {
+    fn attach_attestations(&mut self, book_raw: impl Fn(&Digest) -> Option<Vec<u8>>) {
         for c in self.collecting.values_mut() {
             if c.attestations.is_empty()
                 && let CertifiedObject::Batch(batch) = &c.object
@@ -1296,10 +1441,91 @@ impl Escrow {
         }
     }
 
-    /// Periodic work: close open batches, retry pending claims, ask missing
-    /// voters (first ask, or again after [`VOTE_RETRY_MS`]).
-    pub fn tick(&mut self, book: &CredentialBook, now: Millis) -> Effects {
-        let mut effects = Effects::default();
+    /// Takes one input at `now`; see the module comment for what the shell
+    /// does with the outputs.
+    pub fn step(&mut self, now: Millis, book: &CredentialBook, input: Input<'_>) -> Result<Outputs, ValidatorError> {
+        let outputs = match input {
+            Input::Claim { claim, from_client } => self.on_claim(book, claim, from_client, now)?,
+            Input::Certificate { raw } => {
+                let news = self.on_certificate(book, raw, now)?;
+                let mut out = Outputs {
+                    news,
+                    ..Outputs::default()
+                };
+                if news {
+                    // Stored, not published again: gossip relays what it
+                    // delivered, and a synced one is old news.
+                    out.store_certificates.push(raw.to_vec());
+                }
+                out
+            }
+            Input::VoteRequest { request } => {
+                let (mut out, reply) = self.on_vote_request(book, request, now);
+                out.vote_reply = Some(reply);
+                out
+            }
+            Input::VoteResponse { response } => self.on_vote_response(book, response, now),
+            Input::Heartbeat { heartbeat } => {
+                let news = self.on_heartbeat(heartbeat, now)?;
+                let mut out = Outputs {
+                    news,
+                    ..Outputs::default()
+                };
+                if news && self.is_behind(&heartbeat.signer) {
+                    out.sync_from.push(heartbeat.signer);
+                }
+                out
+            }
+            Input::Rtt { key, rtt_ms } => {
+                self.on_rtt(key, rtt_ms);
+                Outputs::default()
+            }
+            Input::Persisted => {
+                let mut out = Outputs::default();
+                for response in std::mem::take(&mut self.own_votes) {
+                    out.append(self.on_vote_response(book, &response, now));
+                }
+                out
+            }
+        };
+        Ok(self.divert_own_requests(book, outputs, now))
+    }
+
+    /// Periodic work: restore and retry claims, execute rebalances, answer
+    /// needs, close batches, move and recheck waiting claims, take over
+    /// suspected owners' buckets, ask missing voters, send the heartbeat when
+    /// due and name the validators whose connections are not trusted.
+    pub fn tick(&mut self, now: Millis, book: &CredentialBook) -> Outputs {
+        self.attach_attestations(|id| book.credential(&ObjectId(*id), 0).attestation.map(|a| a.raw));
+        let mut out = self.tick_claims(book, now);
+        out.heartbeat = self.heartbeat_due(now);
+        out.disconnect = self.newly_suspected(now);
+        self.divert_own_requests(book, out, now)
+    }
+
+    /// This validator's vote requests to itself are judged here: the lock
+    /// joins the outputs' persist records, and the vote is counted at
+    /// [`Input::Persisted`], once that lock is durable.
+    fn divert_own_requests(&mut self, book: &CredentialBook, mut out: Outputs, now: Millis) -> Outputs {
+        if !out.vote_requests.iter().any(|(voter, _)| *voter == self.me) {
+            return out;
+        }
+        let requests = std::mem::take(&mut out.vote_requests);
+        for (voter, request) in requests {
+            if voter == self.me {
+                let (more, response) = self.on_vote_request(book, &request, now);
+                out.append(more);
+                self.own_votes.push(response);
+            } else {
+                out.vote_requests.push((voter, request));
+            }
+        }
+        out
+    }
+
+    /// Claims, batches, takeovers and vote requests of a tick.
+    fn tick_claims(&mut self, book: &CredentialBook, now: Millis) -> Outputs {
+        let mut effects = Outputs::default();
         for (claim, received_at) in std::mem::take(&mut self.restored) {
             self.timeline(claim.id.0).received_at = received_at;
             match self.on_claim(book, &claim, false, now) {
@@ -1403,13 +1629,13 @@ impl Escrow {
     /// was frozen or closed, or this node's own chain ended under them) go
     /// to the bucket that funds them now: this node's own owner if that is
     /// this node, else the region's topic.
-    fn move_waiting_claims(&mut self, book: &CredentialBook, now: Millis, effects: &mut Effects) {
+    fn move_waiting_claims(&mut self, book: &CredentialBook, now: Millis, effects: &mut Outputs) {
         let mut moving: Vec<Digest> = Vec::new();
         for owner in self.owners.values_mut() {
             moving.extend(owner.sync(&self.ledger).into_iter().map(|c| c.id));
         }
         if !self.frozen.is_empty() {
-            let frozen: std::collections::HashSet<Digest> = self.frozen.drain(..).collect();
+            let frozen: BTreeSet<Digest> = self.frozen.drain(..).collect();
             moving.extend(self.claim_envelopes.keys().copied().filter(|id| {
                 self.timelines
                     .get(id)
@@ -1446,7 +1672,7 @@ impl Escrow {
     /// owner refuses it then, but only the owner knows; so each tick this
     /// node judges a few waiting claims again by the owner's deterministic
     /// rules (as on entry) and records the refusal, with its reason, here too.
-    fn recheck_waiting(&mut self, book: &CredentialBook, now: Millis, effects: &mut Effects) {
+    fn recheck_waiting(&mut self, book: &CredentialBook, now: Millis, effects: &mut Outputs) {
         for _ in 0..RECHECK_PER_TICK {
             match self.recheck.front() {
                 Some((_, at)) if now.saturating_sub(*at) >= RECHECK_INTERVAL_MS => {}
@@ -1493,8 +1719,11 @@ impl Escrow {
     fn takeovers(&mut self, region: &str, now: Millis) {
         let members = self.ledger.validators().members(region).to_vec();
         for key in members {
-            if key != self.me && self.is_suspected(&key, now) {
-                self.delay.suspected_since.entry(key).or_insert(now);
+            if key != self.me && (self.is_suspected(&key, now) || mutated(Mutation::TakeoverWithoutSuspicion)) {
+                if let std::collections::btree_map::Entry::Vacant(spell) = self.delay.suspected_since.entry(key) {
+                    spell.insert(now);
+                    self.stats.peers_suspected = self.stats.peers_suspected.saturating_add(1);
+                }
             } else {
                 self.delay.suspected_since.remove(&key);
             }
@@ -1513,7 +1742,19 @@ impl Escrow {
             .delay
             .quorum_since
             .is_some_and(|since| now.saturating_sub(since) >= self.delay.takeover_after_ms);
-        if self.delay.suspected_since.is_empty() || !settled {
+        if self.delay.suspected_since.is_empty() {
+            return;
+        }
+        if !settled {
+            let takeover_after = self.delay.takeover_after_ms;
+            if self
+                .delay
+                .suspected_since
+                .values()
+                .any(|since| now.saturating_sub(*since) >= takeover_after)
+            {
+                self.stats.takeovers_withheld = self.stats.takeovers_withheld.saturating_add(1);
+            }
             return;
         }
         let suspected = &self.delay.suspected_since;
@@ -1561,6 +1802,7 @@ impl Escrow {
         if underway {
             return;
         }
+        self.stats.takeovers_proposed = self.stats.takeovers_proposed.saturating_add(1);
         if let Some((batch, envelope)) = self.seen_batches.get(&digest)
             && batch.seq == next
         {
@@ -1573,7 +1815,7 @@ impl Escrow {
         }
         let freeze = Freeze::new(self.me, bucket, next.checked_sub(1), None);
         let body = wire::freeze_body(&freeze, None);
-        let (envelope, _) = seal(&self.network, &self.key, Kind::Freeze, body.encode_to_vec());
+        let (envelope, _) = seal_with(&self.network, self.signer.as_ref(), Kind::Freeze, body.encode_to_vec());
         tracing::warn!(owner = %self.name_of(&freeze.bucket.owner), at_seq = next, "owner suspected past takeover_after: proposing a freeze of its bucket");
         self.collecting
             .insert(freeze.id, Collecting::new(CertifiedObject::Freeze(freeze), envelope));
@@ -1581,13 +1823,13 @@ impl Escrow {
 
     /// A validator of this region asks for this node's vote. Returns the
     /// effects (the lock to persist) and the answer to send after it.
-    pub fn on_vote_request(
+    fn on_vote_request(
         &mut self,
         book: &CredentialBook,
         request: &pb::VoteRequest,
         now: Millis,
-    ) -> (Effects, pb::VoteResponse) {
-        let mut effects = Effects::default();
+    ) -> (Outputs, pb::VoteResponse) {
+        let mut effects = Outputs::default();
         for raw in &request.certificates {
             let _ = self.on_certificate(book, raw, now);
         }
@@ -1639,6 +1881,7 @@ impl Escrow {
                 let mut need = None;
                 for output in outputs {
                     match output {
+                        VoterOutput::Persist(_) if mutated(Mutation::VoteWithoutLock) => {}
                         VoterOutput::Persist(lock) => effects.locks.push(LockRecord::Vote {
                             bucket: lock.bucket,
                             seq: lock.seq,
@@ -1646,7 +1889,9 @@ impl Escrow {
                         }),
                         VoterOutput::SendVote(v) => {
                             let body = wire::vote_body(&v, &bucket);
-                            vote.get_or_insert(seal(&self.network, &self.key, Kind::Vote, body.encode_to_vec()).0);
+                            vote.get_or_insert(
+                                seal_with(&self.network, self.signer.as_ref(), Kind::Vote, body.encode_to_vec()).0,
+                            );
                         }
                         VoterOutput::NeedData(missing) => need = Some(format!("need data: {missing:?}")),
                     }
@@ -1688,9 +1933,9 @@ impl Escrow {
     }
 
     /// A voter answered this node's request.
-    pub fn on_vote_response(&mut self, book: &CredentialBook, response: &pb::VoteResponse, now: Millis) -> Effects {
+    fn on_vote_response(&mut self, book: &CredentialBook, response: &pb::VoteResponse, now: Millis) -> Outputs {
         let _ = book;
-        let mut effects = Effects::default();
+        let mut effects = Outputs::default();
         if response.vote.is_empty() {
             if !response.retry && !response.refusal.is_empty() {
                 tracing::warn!(refusal = %response.refusal, "a voter refused a batch");
@@ -1736,14 +1981,15 @@ impl Escrow {
             )
             .is_ok()
         {
-            effects.certificates.push(raw);
+            effects.store_certificates.push(raw.clone());
+            effects.certificates_to_publish.push(raw);
         }
         effects
     }
 
     /// A certificate from gossip, sync or a vote request. `Ok(true)` when it
     /// was new here (store and relay it), `Ok(false)` for a duplicate.
-    pub fn on_certificate(&mut self, book: &CredentialBook, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
+    fn on_certificate(&mut self, book: &CredentialBook, raw: &[u8], now: Millis) -> Result<bool, ValidatorError> {
         let _ = book;
         // Every node stores and serves a certificate as the bytes its owner
         // formed, so the copies a node meets again (gossip duplicates, the
@@ -1757,9 +2003,9 @@ impl Escrow {
         self.apply_certificate(cert, raw, now)
     }
 
-    fn apply_certificate(&mut self, cert: Certificate, raw: &[u8], now: Millis) -> Result<bool, EscrowError> {
+    fn apply_certificate(&mut self, cert: Certificate, raw: &[u8], now: Millis) -> Result<bool, ValidatorError> {
         cert.check(self.ledger.validators())
-            .map_err(|e| EscrowError::Certificate(e.to_string()))?;
+            .map_err(|e| ValidatorError::Certificate(e.to_string()))?;
         let id = cert.object.id();
         let bucket = cert.object.bucket().digest();
         let seq = cert.object.seq().unwrap_or(u64::MAX);
@@ -1767,7 +2013,7 @@ impl Escrow {
             Some((existing, _)) if *existing == id => return Ok(false),
             Some(_) => {
                 self.conflicting_certificates = self.conflicting_certificates.saturating_add(1);
-                return Err(EscrowError::Certificate(
+                return Err(ValidatorError::Certificate(
                     "a different certificate exists at this position".into(),
                 ));
             }
@@ -1834,7 +2080,7 @@ impl Escrow {
                 }
                 Ok(true)
             }
-            Err(e) => Err(EscrowError::Certificate(e.to_string())),
+            Err(e) => Err(ValidatorError::Certificate(e.to_string())),
         }
     }
 
@@ -1861,7 +2107,7 @@ impl Escrow {
 /// `global`: in every region, validators holding more than the threshold of
 /// its weight report a frontier past the position (this node's own ledger
 /// counts for itself).
-impl GlobalView for Escrow {
+impl GlobalView for Validator {
     fn is_global(&self, bucket: &Digest, seq: u64) -> bool {
         let (num, den) = self.threshold();
         let validators = self.ledger.validators();

@@ -1,0 +1,338 @@
+//! Shell tests: what heartbeats carry about needs, and what this node keeps of
+//! the needs it hears.
+
+use credence_proto::v1 as pb;
+use ed25519_dalek::SigningKey;
+use prost::Message;
+
+use super::LockRecord;
+use super::{Input, NEED_MAX_AGE_HEARTBEATS, Validator};
+use crate::config::local_network;
+use crate::core::credentials::{CredentialBook, CredentialRules};
+use crate::core::envelope::{self, Kind, NetworkId, ObjectId, Verified, seal};
+use crate::core::escrow::{Digest, Key, Millis, NEEDS_PER_HEARTBEAT_MAX};
+use crate::core::wire;
+
+fn key_of(signer: &SigningKey) -> Key {
+    signer.verifying_key().to_bytes()
+}
+
+/// A heartbeat of `signer` at `seq` carrying `needs`, verified as the node would.
+fn heartbeat(network: &NetworkId, signer: &SigningKey, seq: u64, needs: Vec<pb::BucketNeed>) -> Verified {
+    let body = pb::Heartbeat {
+        validator: key_of(signer).to_vec(),
+        sent_at: seq,
+        frontier: vec![],
+        liquidity: vec![],
+        state_digest: vec![],
+        load: 0.0,
+        seq,
+        needs,
+    };
+    let (raw, _) = seal(network, signer, Kind::Heartbeat, body.encode_to_vec());
+    envelope::decode(network, &raw).unwrap().verify().unwrap()
+}
+
+fn need(bucket: &[u8], amount: u64) -> pb::BucketNeed {
+    pb::BucketNeed {
+        bucket_id: bucket.to_vec(),
+        amount,
+    }
+}
+
+#[test]
+fn a_node_keeps_only_the_needs_a_validator_of_its_region_has_for_its_own_buckets() {
+    // eu-0 (this node), eu-1, us-0, us-1; the genesis distribution has a bucket per validator.
+    let local = local_network(&["eu", "us"], 2, 11, 1_000, 10).unwrap();
+    let network = local.genesis.network_id;
+    let [eu0, eu1, us0, _us1] = [0, 1, 2, 3].map(|i| local.validators[i].clone());
+    let mut node = Validator::new(&local.genesis.setup(), Box::new(eu0.clone()), &[]).unwrap();
+    let distribution = wire::genesis_distribution_id(&network, 0);
+    let bucket_of = |owner: &SigningKey| -> Digest {
+        let active = node.ledger().distribution(&distribution).unwrap();
+        active.buckets().find(|b| b.id.owner == key_of(owner)).unwrap().digest
+    };
+    let (mine, theirs, abroad) = (bucket_of(&eu0), bucket_of(&eu1), bucket_of(&us0));
+    let now = 1_000_000;
+    let interval = local.genesis.genesis.params.heartbeat_interval_ms;
+
+    // Past the cap, entries are not read.
+    let mut needs: Vec<pb::BucketNeed> = (0..NEEDS_PER_HEARTBEAT_MAX).map(|_| need(&theirs, 0)).collect();
+    needs.push(need(&theirs, 30));
+    assert_eq!(
+        node.on_heartbeat(&heartbeat(&network, &eu1, 1, needs), now).ok(),
+        Some(true)
+    );
+    assert_eq!(node.advertised_need(&theirs, now), 0);
+
+    // eu-1 asks for its own bucket; what it says of others' buckets, malformed
+    // ids and empty needs are dropped.
+    let needs = vec![
+        need(&theirs, 0),
+        need(&theirs, 30),
+        need(&mine, 50),
+        need(&abroad, 50),
+        need(&theirs[..3], 50),
+        need(&[7; 32], 50),
+    ];
+    assert_eq!(
+        node.on_heartbeat(&heartbeat(&network, &eu1, 2, needs), now).ok(),
+        Some(true)
+    );
+    assert_eq!(node.advertised_need(&theirs, now), 30);
+    assert_eq!(
+        node.advertised_need(&mine, now),
+        0,
+        "nobody speaks for this node's bucket"
+    );
+    assert_eq!(node.advertised_need(&abroad, now), 0);
+
+    // Another region's validator is not answered here, even for its own bucket.
+    let from_abroad = heartbeat(&network, &us0, 1, vec![need(&abroad, 30)]);
+    assert_eq!(node.on_heartbeat(&from_abroad, now).ok(), Some(true));
+    assert_eq!(node.advertised_need(&abroad, now), 0);
+
+    // An older heartbeat changes nothing; a newer one replaces what was heard.
+    let older = heartbeat(&network, &eu1, 1, vec![need(&theirs, 99)]);
+    assert_eq!(node.on_heartbeat(&older, now).ok(), Some(false));
+    assert_eq!(node.advertised_need(&theirs, now), 30);
+    let newer = heartbeat(&network, &eu1, 3, vec![need(&theirs, 20)]);
+    assert_eq!(node.on_heartbeat(&newer, now).ok(), Some(true));
+    assert_eq!(node.advertised_need(&theirs, now), 20);
+
+    // A need not repeated for too long is forgotten.
+    let stale = now + interval * NEED_MAX_AGE_HEARTBEATS + 1;
+    assert_eq!(node.advertised_need(&theirs, stale), 0);
+    let cleared = heartbeat(&network, &eu1, 4, vec![]);
+    assert_eq!(node.on_heartbeat(&cleared, now).ok(), Some(true));
+    assert_eq!(
+        node.advertised_need(&theirs, now),
+        0,
+        "a heartbeat without needs clears them"
+    );
+
+    // This node's own bucket is full and untouched: its heartbeat asks nothing.
+    let raw = node.heartbeat_due(now).unwrap();
+    let own = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+    assert!(pb::Heartbeat::decode(own.body.as_slice()).unwrap().needs.is_empty());
+}
+
+/// A one-validator network (eu-0 owns every bucket), its escrow and
+/// credential book, and a valid claim by a claimant holding a credential.
+fn single_validator_with_claim(now: Millis) -> (Validator, CredentialBook, Verified, Digest) {
+    let local = local_network(&["eu"], 1, 12, 1_000, 10).unwrap();
+    let network = local.genesis.network_id;
+    let node = Validator::new(&local.genesis.setup(), Box::new(local.validators[0].clone()), &[]).unwrap();
+    let mut book = CredentialBook::new(
+        CredentialRules {
+            max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
+            operators: local.genesis.operators.clone(),
+        },
+        local.genesis.issuer_grants.iter().cloned(),
+    );
+    let claimant = SigningKey::from_bytes(&[42; 32]);
+    let attestation = pb::Attestation {
+        issuer: key_of(&local.issuer).to_vec(),
+        subject: key_of(&claimant).to_vec(),
+        schema: crate::config::DEMO_SCHEMA.into(),
+        data: vec![],
+        issued_at: now,
+        expires_at: 0,
+        nonce: 1,
+    };
+    let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
+    let verified = envelope::decode(&network, &raw)
+        .and_then(envelope::Unverified::verify)
+        .unwrap();
+    book.apply(now, &verified).unwrap();
+    let claim = pb::Claim {
+        distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
+        claimant: key_of(&claimant).to_vec(),
+        attestation_id: attestation_id.0.to_vec(),
+        amount: 10,
+        recipient: vec![],
+        created_at: now,
+        nonce: 1,
+    };
+    let (raw, id) = seal(&network, &claimant, Kind::Claim, claim.encode_to_vec());
+    let claim = envelope::decode(&network, &raw)
+        .and_then(envelope::Unverified::verify)
+        .unwrap();
+    (node, book, claim, id.0)
+}
+
+fn claim<'a>(claim: &'a Verified, from_client: bool) -> Input<'a> {
+    Input::Claim { claim, from_client }
+}
+
+#[test]
+fn an_owner_measures_how_long_its_claims_waited_for_a_batch_and_for_votes() {
+    let now = 1_000_000;
+    let (mut node, book, verified, id) = single_validator_with_claim(now);
+    node.step(now, &book, claim(&verified, true)).unwrap();
+    // The batch closes 40 ms after the claim arrived; the lone validator
+    // judges its own vote at once, and counts it once its lock is durable,
+    // 25 ms later here.
+    let out = node.tick(now + 40, &book);
+    assert!(out.locks.iter().any(|l| matches!(l, LockRecord::OwnBatch { .. })));
+    assert!(out.locks.iter().any(|l| matches!(l, LockRecord::Vote { .. })));
+    assert!(out.vote_requests.is_empty(), "its own vote request is judged inside");
+    assert!(node.samples.batching.is_empty(), "not certified yet");
+    let out = node.step(now + 65, &book, Input::Persisted).unwrap();
+    assert_eq!(out.certificates_to_publish.len(), 1);
+    let (_, timeline) = node.claim_status(&book, &id).unwrap();
+    assert_eq!(timeline.regional_at, now + 65);
+    assert_eq!(node.samples.batching, vec![40]);
+    assert_eq!(node.samples.voting, vec![25]);
+}
+
+#[test]
+fn nothing_that_depends_on_a_lock_leaves_before_the_shell_says_it_is_durable() {
+    let now = 1_000_000;
+    let (mut node, book, verified, id) = single_validator_with_claim(now);
+    let out = node.step(now, &book, claim(&verified, true)).unwrap();
+    assert!(out.locks.is_empty() && out.vote_requests.is_empty());
+    // The tick that signs the batch and the vote returns both locks, and no
+    // send and no certificate that depends on them.
+    let out = node.tick(now + 40, &book);
+    let locked_batch = out.locks.iter().find_map(|l| match l {
+        LockRecord::OwnBatch { envelope } => Some(envelope.clone()),
+        LockRecord::Vote { .. } => None,
+    });
+    assert!(locked_batch.is_some(), "the batch is persisted before it is sent");
+    assert!(out.certificates_to_publish.is_empty() && out.store_certificates.is_empty());
+    // Further ticks do not count the vote either, while the shell has not said
+    // the locks are durable.
+    let later = node.tick(now + 80, &book);
+    assert!(later.certificates_to_publish.is_empty());
+    let (status, _) = node.claim_status(&book, &id).unwrap();
+    assert!(!matches!(status, crate::core::escrow::ClaimStatus::Regional { .. }));
+    // Once they are, the vote counts and the certificate is both stored and sent.
+    let out = node.step(now + 81, &book, Input::Persisted).unwrap();
+    assert_eq!(out.store_certificates, out.certificates_to_publish);
+    assert_eq!(out.store_certificates.len(), 1);
+    let (status, _) = node.claim_status(&book, &id).unwrap();
+    assert!(matches!(
+        status,
+        crate::core::escrow::ClaimStatus::Regional { .. } | crate::core::escrow::ClaimStatus::Global { .. }
+    ));
+}
+
+#[test]
+fn a_vote_reply_comes_with_the_lock_it_depends_on() {
+    // eu-0 owns a bucket and asks eu-1 for its vote: eu-1's answer holds a
+    // vote, and the same outputs hold the lock for exactly that vote.
+    let now = 1_000_000;
+    let local = local_network(&["eu"], 4, 12, 1_000, 10).unwrap();
+    let setup = local.genesis.setup();
+    let network = local.genesis.network_id;
+    let mut owner_in_four = Validator::new(&setup, Box::new(local.validators[0].clone()), &[]).unwrap();
+    let mut voter = Validator::new(&setup, Box::new(local.validators[1].clone()), &[]).unwrap();
+    let voter_key = key_of(&local.validators[1]);
+    // A claim of a claimant credentialed in this network, routed to eu-0's bucket.
+    let mut book = None;
+    let request = (0..64u8)
+        .find_map(|n| {
+            let claimant = SigningKey::from_bytes(&[n; 32]);
+            let attestation = pb::Attestation {
+                issuer: key_of(&local.issuer).to_vec(),
+                subject: key_of(&claimant).to_vec(),
+                schema: crate::config::DEMO_SCHEMA.into(),
+                data: vec![],
+                issued_at: now,
+                expires_at: 0,
+                nonce: u64::from(n),
+            };
+            let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
+            let v = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+            let mut fresh = CredentialBook::new(
+                CredentialRules {
+                    max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
+                    operators: local.genesis.operators.clone(),
+                },
+                local.genesis.issuer_grants.iter().cloned(),
+            );
+            fresh.apply(now, &v).unwrap();
+            let body = pb::Claim {
+                distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
+                claimant: key_of(&claimant).to_vec(),
+                attestation_id: attestation_id.0.to_vec(),
+                amount: 10,
+                recipient: vec![],
+                created_at: now,
+                nonce: 1,
+            };
+            let (raw, _) = seal(&network, &claimant, Kind::Claim, body.encode_to_vec());
+            let c = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+            // Each try at its own time, so the owner's batch timer is due.
+            let at = now + 1_000 * u64::from(n);
+            owner_in_four.step(at, &fresh, claim(&c, true)).ok()?;
+            let out = owner_in_four.tick(at + 40, &fresh);
+            book = Some(fresh);
+            out.vote_requests
+                .into_iter()
+                .find(|(to, _)| *to == voter_key)
+                .map(|(_, request)| request)
+        })
+        .expect("some claimant's home is eu-0's bucket");
+    let book = book.unwrap();
+    let out = voter
+        .step(now + 100_000, &book, Input::VoteRequest { request: &request })
+        .unwrap();
+    let reply = out.vote_reply.clone().expect("an answer");
+    let vote = envelope::decode(&network, &reply.vote).unwrap().verify().unwrap();
+    let vote = wire::vote(&vote).unwrap();
+    assert!(
+        out.locks.contains(&LockRecord::Vote {
+            bucket: vote.bucket,
+            seq: vote.seq,
+            object_id: vote.object_id,
+        }),
+        "the lock of the vote in the reply is in the same outputs"
+    );
+}
+
+#[test]
+fn a_certificate_met_again_is_a_duplicate_and_a_tampered_copy_is_still_checked() {
+    let now = 1_000_000;
+    let (mut node, book, verified, _) = single_validator_with_claim(now);
+    node.step(now, &book, claim(&verified, true)).unwrap();
+    let _ = node.tick(now + 40, &book);
+    let raw = node
+        .step(now + 42, &book, Input::Persisted)
+        .unwrap()
+        .certificates_to_publish
+        .pop()
+        .expect("certified");
+    // Met again (gossip, a peer's certificate log): a duplicate.
+    let again = node.step(now + 43, &book, Input::Certificate { raw: &raw }).unwrap();
+    assert!(!again.news && again.store_certificates.is_empty());
+    // Other bytes take the full path: a vote whose signature was altered is refused.
+    let mut cert = pb::Certificate::decode(raw.as_slice()).unwrap();
+    let mut vote = pb::Signed::decode(cert.votes[0].as_slice()).unwrap();
+    vote.signature[0] ^= 1;
+    cert.votes[0] = vote.encode_to_vec();
+    let tampered = cert.encode_to_vec();
+    assert!(
+        node.step(now + 44, &book, Input::Certificate { raw: &tampered })
+            .is_err()
+    );
+}
+
+#[test]
+fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double() {
+    let now = 1_000_000;
+    let (mut node, book, verified, id) = single_validator_with_claim(now);
+    let id = ObjectId(id);
+    node.step(now, &book, claim(&verified, true)).unwrap();
+    // The same claim again (from gossip, a republish): nothing changes.
+    node.step(now + 1, &book, claim(&verified, false)).unwrap();
+    let (_, timeline) = node.claim_status(&book, &id.0).unwrap();
+    assert_eq!(timeline.rejected_at, 0, "refused: {}", timeline.reason);
+    // Batched and sent; met again while in flight, it is still not refused.
+    let _ = node.tick(now + 1_000, &book);
+    node.step(now + 1_001, &book, claim(&verified, false)).unwrap();
+    let (_, timeline) = node.claim_status(&book, &id.0).unwrap();
+    assert_eq!(timeline.rejected_at, 0, "refused: {}", timeline.reason);
+    assert!(timeline.provisional_at > 0, "the claim was batched");
+}
