@@ -247,7 +247,13 @@ pub struct GenesisArgs {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    init_tracing(cli.log_format);
+    // The simulator runs hundreds of state machines whose warnings (refused votes, takeovers)
+    // are its subject, reported in its summary: it logs errors only unless RUST_LOG says more.
+    let default_filter = match cli.command {
+        Command::Sim(_) => "error",
+        _ => "info,libp2p_gossipsub=warn,libp2p_swarm=warn",
+    };
+    init_tracing(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -264,9 +270,9 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p_gossipsub=warn,libp2p_swarm=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

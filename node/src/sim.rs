@@ -30,7 +30,7 @@ pub use self::invariants::{Registry, Violation, check_liquidity};
 pub use self::report::Summary;
 pub use self::scenario::Scenario;
 pub use self::world::{
-    CertRecord, ClaimTrace, Config, FailureRecord, RunOutcome, RunRecord, Snapshot, TAKEOVER_AFTER_MS, World,
+    CertRecord, ClaimTrace, Config, FailureRecord, RunOutcome, RunRecord, Snapshot, World, takeover_after_ms,
 };
 
 /// Arguments of `credence sim`.
@@ -215,7 +215,6 @@ impl SimArgs {
             rate_per_s: self.rate,
             monotonic_clock: !self.raw_clock,
             durable_ledger: !self.volatile_ledger,
-            skip_signature_checks: false,
             heartbeats: true,
             takeover: self.takeover,
             script: None,

@@ -59,6 +59,9 @@ pub const RECHECK_INTERVAL_MS: Millis = 1_000;
 /// peers take it anew): an owner that was cut off or too slow when the claim
 /// first went out still gets it.
 pub const CLAIM_REPUBLISH_MS: Millis = 30_000;
+/// A client's submission of a claim still waiting here hands it to its owner
+/// again, at most this often.
+pub const CLIENT_RESUBMIT_MIN_MS: Millis = 1_000;
 /// Envelopes remembered as verified (claims, batches, votes), so one met
 /// again inside a vote request or certificate is not checked again.
 pub const KNOWN_SIGNATURES_MAX: usize = 131_072;
@@ -1292,7 +1295,19 @@ impl Validator {
         self.ledger.note_received(claim.id);
         // A client's claim goes to its home region's topic unless this node
         // is the owner itself.
-        if from_client && fresh && (self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me) {
+        // A client that submits a waiting claim again is answered by handing it
+        // on again (at most every CLIENT_RESUBMIT_MIN_MS): the first copies may
+        // have been lost while its owner was down or cut off.
+        let resubmitted = from_client
+            && !fresh
+            && self
+                .timelines
+                .get(&claim.id)
+                .is_some_and(|t| now.saturating_sub(t.published_at) >= CLIENT_RESUBMIT_MIN_MS);
+        if from_client
+            && (fresh || resubmitted)
+            && (self.region.as_deref() != Some(home.region.as_str()) || home.owner != self.me)
+        {
             effects.claims_to_publish.push((home.region.clone(), v.raw.clone()));
             Self::hand_to_owner(book, &claim, &v.raw, home.owner, &mut effects);
             self.timeline(claim.id).published_at = now;
@@ -1528,7 +1543,9 @@ impl Validator {
         let mut effects = Outputs::default();
         for (claim, received_at) in std::mem::take(&mut self.restored) {
             self.timeline(claim.id.0).received_at = received_at;
-            match self.on_claim(book, &claim, false, now) {
+            // Handed on again as when it entered: copies sent before the restart
+            // may never have reached the owner.
+            match self.on_claim(book, &claim, true, now) {
                 Ok(more) => effects.append(more),
                 Err(e) => tracing::debug!(error = %e, "a held claim no longer waits"),
             }

@@ -20,7 +20,7 @@ use crate::core::escrow::Digest;
 
 use super::faults::{FaultEvent, Profile, Script};
 use super::net::{Micros, Partition};
-use super::world::{CertRecord, ClaimTrace, Config, RunOutcome, RunRecord, TAKEOVER_AFTER_MS};
+use super::world::{CertRecord, ClaimTrace, Config, RunOutcome, RunRecord, takeover_after_ms};
 
 /// Validators and regions of every scenario (node i is in region i mod 3).
 pub const NODES: usize = 12;
@@ -96,7 +96,6 @@ impl Scenario {
             rate_per_s,
             monotonic_clock: true,
             durable_ledger: true,
-            skip_signature_checks: false,
             heartbeats: true,
             takeover: true,
             script: Some(self.script()),
@@ -326,11 +325,12 @@ impl View<'_> {
                 frozen.proposer, frozen.collector
             ));
         }
-        let earliest = failure.at_us + TAKEOVER_AFTER_MS * 1_000;
+        let earliest = failure.at_us + takeover_after_ms() * 1_000;
         if frozen.formed_us < earliest {
             return Err(format!(
-                "frozen at {} ms, before the owner had been suspected for {TAKEOVER_AFTER_MS} ms",
-                frozen.formed_us / 1_000
+                "frozen at {} ms, before the owner had been suspected for {} ms",
+                frozen.formed_us / 1_000,
+                takeover_after_ms()
             ));
         }
         if frozen.seq != pending_seq + 1 {
