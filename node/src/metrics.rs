@@ -73,8 +73,10 @@ pub struct Metrics {
     pub heartbeat_age: Histogram,
     /// Connections closed because gossip to the peer stopped draining.
     pub gossip_stuck_resets: Counter,
-    /// `WatchClaim` streams open.
+    /// `WatchClaim` streams open on claims this node knows.
     pub rpc_watches: Gauge,
+    /// `WatchClaim` streams open on ids this node does not know (yet).
+    pub rpc_watches_unknown: Gauge,
     /// gRPC connections open.
     pub rpc_connections: Gauge,
     /// HTTP connections open.
@@ -158,7 +160,17 @@ impl Metrics {
         );
         registry.register("peers", "Connected peers", peers.clone());
         let rpc_watches = Gauge::default();
-        registry.register("rpc_watches", "WatchClaim streams open", rpc_watches.clone());
+        registry.register(
+            "rpc_watches",
+            "WatchClaim streams open on claims this node knows",
+            rpc_watches.clone(),
+        );
+        let rpc_watches_unknown = Gauge::default();
+        registry.register(
+            "rpc_watches_unknown",
+            "WatchClaim streams open on ids this node does not know yet",
+            rpc_watches_unknown.clone(),
+        );
         let rpc_connections = Gauge::default();
         registry.register("rpc_connections", "gRPC connections open", rpc_connections.clone());
         let http_connections = Gauge::default();
@@ -190,6 +202,7 @@ impl Metrics {
             claim_stage,
             heartbeat_age,
             rpc_watches,
+            rpc_watches_unknown,
             rpc_connections,
             http_connections,
         }
