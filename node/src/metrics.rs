@@ -32,6 +32,15 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// Why a gRPC or HTTP connection was closed by the node (`rpc::limit`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionClosedLabels {
+    /// `grpc` or `http`.
+    pub server: &'static str,
+    /// `first_request_deadline`, `idle` or `per_ip_cap`.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: &'static str,
@@ -81,6 +90,9 @@ pub struct Metrics {
     pub rpc_connections: Gauge,
     /// HTTP connections open.
     pub http_connections: Gauge,
+    /// gRPC and HTTP connections the node closed or refused, by server and
+    /// reason (`rpc::limit`).
+    pub rpc_connections_closed: Family<ConnectionClosedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -175,6 +187,12 @@ impl Metrics {
         registry.register("rpc_connections", "gRPC connections open", rpc_connections.clone());
         let http_connections = Gauge::default();
         registry.register("http_connections", "HTTP connections open", http_connections.clone());
+        let rpc_connections_closed = Family::<ConnectionClosedLabels, Counter>::default();
+        registry.register(
+            "rpc_connections_closed",
+            "gRPC and HTTP connections closed or refused by the node, by server and reason",
+            rpc_connections_closed.clone(),
+        );
         registry.register(
             "credential_log_len",
             "Entries in the local append-only credential log",
@@ -205,6 +223,7 @@ impl Metrics {
             rpc_watches_unknown,
             rpc_connections,
             http_connections,
+            rpc_connections_closed,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod limit;
 pub mod watches;
 
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 
 use credence_proto::v1 as pb;
 use credence_proto::v1::node_server::{Node, NodeServer};
@@ -27,8 +28,18 @@ pub const RPC_MESSAGE_MAX_BYTES: usize = crate::core::limits::ENVELOPE_MAX_BYTES
 /// Largest gRPC answer sent: an audit lists every funded slot (about 100
 /// bytes each), so it grows with the network's history.
 pub const RPC_RESPONSE_MAX_BYTES: usize = 64 * 1024 * 1024;
-/// Concurrent requests per gRPC connection.
+/// Concurrent requests per gRPC connection (calls past it wait for one to
+/// finish; a stream counts only until its first answer).
 pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
+/// Most HTTP/2 streams open at once on one gRPC connection (the
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` the node announces; a client queues
+/// calls past it). It bounds what one connection holds in long streams
+/// such as `WatchClaim`, so [`limit::RPC_CONNECTIONS_PER_IP_MAX`] of them
+/// bound a host; as many as the requests one connection may have in flight.
+pub const RPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Largest header block (metadata included) of one gRPC request: a call's
+/// headers take well under 1 KiB.
+pub const RPC_HEADER_LIST_MAX_BYTES: u32 = 16 * 1024;
 /// How often an HTTP/2 ping checks a gRPC connection that is otherwise
 /// quiet, and how long its answer may take: a client that vanished without
 /// closing frees its connection slot (`limit::RPC_CONNECTIONS_MAX`) within
@@ -102,14 +113,20 @@ pub async fn serve(
         .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
         .await;
     let mut rpc_shutdown = shutdown.clone();
-    let rpc_connections = node.metrics.rpc_connections.clone();
+    let counters = limit::ConnectionCounters {
+        server: "grpc",
+        open: node.metrics.rpc_connections.clone(),
+        closed: node.metrics.rpc_connections_closed.clone(),
+    };
     let rpc_task = tokio::spawn(async move {
-        let incoming =
-            limit::LimitedListener::new(rpc_listener, limit::RPC_CONNECTIONS_MAX, rpc_connections).into_stream();
+        let incoming = limit::LimitedListener::new(rpc_listener, limit::ConnectionLimits::RPC, counters).into_stream();
         let result = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(RPC_CONCURRENCY_PER_CONNECTION)
+            .max_concurrent_streams(Some(RPC_STREAMS_PER_CONNECTION_MAX))
+            .http2_max_header_list_size(Some(RPC_HEADER_LIST_MAX_BYTES))
             .http2_keepalive_interval(Some(RPC_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(RPC_KEEPALIVE_TIMEOUT))
+            .layer(RequestLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -126,6 +143,84 @@ pub async fn serve(
     let http_task = tokio::spawn(http::serve(node, http_listener, shutdown));
     tracing::info!(%rpc_addr, %http_addr, "RPC listening");
     Ok((rpc_addr, http_addr, vec![rpc_task, http_task]))
+}
+
+/// Applied to every request of both servers: records the request on its
+/// connection (the deadlines of [`limit`]) and answers a request over
+/// [`RPC_MESSAGE_MAX_BYTES`] with `RESOURCE_EXHAUSTED`. tonic refuses such
+/// a request with `OUT_OF_RANGE` before any handler runs, as a status in the
+/// answer's headers; no handler of this node answers `OUT_OF_RANGE`, so that
+/// status in the headers is always the size check's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestLayer;
+
+impl<S> tower::Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
+
+    fn layer(&self, inner: S) -> RequestService<S> {
+        RequestService { inner }
+    }
+}
+
+/// See [`RequestLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestService<S> {
+    inner: S,
+}
+
+type Answer<R, E> = Result<tonic::codegen::http::Response<R>, E>;
+
+impl<S, B, R> tower::Service<tonic::codegen::http::Request<B>> for RequestService<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>, Response = tonic::codegen::http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Map<S::Future, fn(Answer<R, S::Error>) -> Answer<R, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let extensions = request.extensions();
+        if let Some(info) = extensions.get::<limit::ConnectionInfo>() {
+            info.activity.record();
+        } else if let Some(axum::extract::ConnectInfo(info)) =
+            extensions.get::<axum::extract::ConnectInfo<limit::ConnectionInfo>>()
+        {
+            info.activity.record();
+        }
+        futures::FutureExt::map(
+            self.inner.call(request),
+            oversize_status::<R, S::Error> as fn(Answer<R, S::Error>) -> Answer<R, S::Error>,
+        )
+    }
+}
+
+/// gRPC's `OUT_OF_RANGE` code, which tonic's size check answers.
+const GRPC_OUT_OF_RANGE: &[u8] = b"11";
+
+fn oversize_status<R, E>(answer: Answer<R, E>) -> Answer<R, E> {
+    answer.map(|mut response| {
+        let headers = response.headers_mut();
+        if headers
+            .get("grpc-status")
+            .is_some_and(|code| code.as_bytes() == GRPC_OUT_OF_RANGE)
+        {
+            let detail = Status::from_header_map(headers)
+                .map(|s| s.message().to_string())
+                .unwrap_or_default();
+            let status = Status::resource_exhausted(format!(
+                "request too large ({detail}): a request carries at most one envelope of {} bytes",
+                crate::core::limits::ENVELOPE_MAX_BYTES
+            ));
+            if status.add_header(headers).is_err() {
+                tracing::warn!("could not rewrite an oversized request's status");
+            }
+        }
+        response
+    })
 }
 
 /// The `credence.v1.Node` service.

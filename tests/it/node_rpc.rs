@@ -155,3 +155,52 @@ async fn fault_injection_is_refused_unless_enabled() {
     assert!(err.message().contains("--enable-fault-injection"));
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_cap_is_refused_as_resource_exhausted_and_the_node_goes_on() {
+    let net = TestNet::new(&["eu"], 1);
+    let node = net.start(0, vec![]).await;
+    let oversized = vec![0u8; 2 << 20];
+    let err = client(&node)
+        .await
+        .submit_attestation(pb::SubmitRequest { envelope: oversized })
+        .await
+        .expect_err("a 2 MiB request is refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+    // The escrow service has the same cap and the same answer.
+    let err = credence_proto::v1::escrow_client::EscrowClient::connect(format!("http://{}", node.rpc_addr))
+        .await
+        .expect("connects")
+        .submit_claim(pb::SubmitRequest {
+            envelope: vec![0u8; 2 << 20],
+        })
+        .await
+        .expect_err("a 2 MiB claim is refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Just over the envelope cap but under the request cap: the envelope's
+    // own check, INVALID_ARGUMENT.
+    let err = client(&node)
+        .await
+        .submit_attestation(pb::SubmitRequest {
+            envelope: vec![0u8; credence::core::limits::ENVELOPE_MAX_BYTES + 1],
+        })
+        .await
+        .expect_err("an oversized envelope is refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // The node still answers, on the same connection and on a new one.
+    let mut c = client(&node).await;
+    assert!(
+        c.submit_attestation(pb::SubmitRequest {
+            envelope: vec![0u8; 2 << 20]
+        })
+        .await
+        .is_err()
+    );
+    c.status(pb::StatusRequest {}).await.expect("status after refusals");
+    let id = submit_attestation(&node, net.attestation([3u8; 32], "after"))
+        .await
+        .expect("attest");
+    assert_eq!(credential_status(&node, &id).await, "valid");
+    node.stop().await;
+}
