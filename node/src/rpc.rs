@@ -5,12 +5,14 @@
 //! The only module that touches tonic and axum. Maps every node error to a
 //! gRPC status code with a message that says what went wrong.
 
+pub mod admin;
 mod escrow;
 pub mod http;
 pub mod limit;
 pub mod watches;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::task::{Context, Poll};
 
 use credence_proto::v1 as pb;
@@ -38,7 +40,7 @@ pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
 /// bound a host; as many as the requests one connection may have in flight.
 pub const RPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Largest header block (metadata included) of one gRPC request: a call's
-/// headers take well under 1 KiB.
+/// headers and the admin token take well under 1 KiB.
 pub const RPC_HEADER_LIST_MAX_BYTES: u32 = 16 * 1024;
 /// How often an HTTP/2 ping checks a gRPC connection that is otherwise
 /// quiet, and how long its answer may take: a client that vanished without
@@ -57,15 +59,24 @@ pub enum RpcError {
     HttpBind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    AdminToken(#[from] admin::AdminTokenError),
 }
 
-/// Binds both servers and spawns them; returns their bound addresses.
+/// Binds both servers and spawns them; returns their bound addresses. With
+/// `admin_token_dir` (fault injection on), a fresh admin token is written
+/// there first and the admin calls require it; without, they are refused.
 pub async fn serve(
     node: NodeHandle,
     rpc_listen: SocketAddr,
     http_listen: SocketAddr,
+    admin_token_dir: Option<PathBuf>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, SocketAddr, Vec<tokio::task::JoinHandle<()>>), RpcError> {
+    let admin = admin_token_dir.as_deref().map(admin::AdminToken::create).transpose()?;
+    if let Some(token) = &admin {
+        tracing::info!(path = %token.path().display(), "admin token written");
+    }
     let rpc_listener = tokio::net::TcpListener::bind(rpc_listen)
         .await
         .map_err(|source| RpcError::RpcBind {
@@ -100,9 +111,12 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeService>>().await;
 
-    let service = NodeServer::new(NodeService { node: node.clone() })
-        .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-        .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
+    let service = NodeServer::new(NodeService {
+        node: node.clone(),
+        admin,
+    })
+    .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+    .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
     let escrow_service = credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService {
         node: node.clone(),
         watches: watches::Watches::start(node.clone(), shutdown.clone()),
@@ -227,6 +241,8 @@ fn oversize_status<R, E>(answer: Answer<R, E>) -> Answer<R, E> {
 #[derive(Clone, Debug)]
 pub struct NodeService {
     node: NodeHandle,
+    /// The admin calls' token; `None` when fault injection is off.
+    admin: Option<admin::AdminToken>,
 }
 
 pub(crate) fn submit_status(e: SubmitError) -> Status {
@@ -431,17 +447,25 @@ impl Node for NodeService {
         &self,
         request: Request<pb::SetPeerBlockedRequest>,
     ) -> Result<Response<pb::SetPeerBlockedResponse>, Status> {
+        self.check_admin(request.metadata())?;
         self.set_blocked(request.into_inner()).await.map(Response::new)
     }
 }
 
 impl NodeService {
-    async fn set_blocked(&self, request: pb::SetPeerBlockedRequest) -> Result<pb::SetPeerBlockedResponse, Status> {
-        if !self.node.info.fault_injection {
-            return Err(Status::failed_precondition(
-                "fault injection is disabled on this node; start it with --enable-fault-injection",
-            ));
+    /// Every admin call passes here first: fault injection must be on and
+    /// the call must carry the node's admin token.
+    fn check_admin(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        match &self.admin {
+            Some(token) if self.node.info.fault_injection => token.check(metadata),
+            _ => Err(Status::failed_precondition(
+                "fault injection is disabled on this node; start it with --enable-fault-injection (admin calls \
+                 then also need the admin token it writes)",
+            )),
         }
+    }
+
+    async fn set_blocked(&self, request: pb::SetPeerBlockedRequest) -> Result<pb::SetPeerBlockedResponse, Status> {
         let peer = match parse_hex32(&request.peer) {
             Some(key) => crate::keys::peer_id_of(&key),
             None => request.peer.parse::<libp2p::PeerId>().ok(),

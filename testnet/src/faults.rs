@@ -60,18 +60,17 @@ pub async fn apply_block_list(
             continue;
         }
         let (url, peer_id, a, b) = (node.rpc.clone(), peer.peer_id.clone(), a.clone(), b.clone());
+        let config = node.config.clone();
         calls.push(async move {
             let ch = rpc::channel(&url)?;
-            rpc::node(&ch)
-                .set_peer_blocked(pb::SetPeerBlockedRequest { peer: peer_id, blocked })
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "{a} could not {} {b}: {}",
-                        if blocked { "block" } else { "unblock" },
-                        rpc::describe(&e)
-                    )
-                })?;
+            let request = rpc::admin_request(&config, pb::SetPeerBlockedRequest { peer: peer_id, blocked })?;
+            rpc::node(&ch).set_peer_blocked(request).await.map_err(|e| {
+                anyhow!(
+                    "{a} could not {} {b}: {}",
+                    if blocked { "block" } else { "unblock" },
+                    rpc::describe(&e)
+                )
+            })?;
             anyhow::Ok(())
         });
     }

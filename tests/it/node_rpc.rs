@@ -153,6 +153,57 @@ async fn fault_injection_is_refused_unless_enabled() {
         .expect_err("refused");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("--enable-fault-injection"));
+    assert!(
+        !credence::rpc::admin::token_file(&net.store_dir(0)).exists(),
+        "a node without fault injection left an admin token"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token_the_node_wrote_at_start() {
+    use credence::rpc::admin::{read_token_file, token_file, with_token};
+    let net = TestNet::new(&["eu"], 1);
+    let node = net.start(0, vec![]).await;
+    let request = || pb::SetPeerBlockedRequest {
+        peer: hex::encode([1u8; 32]),
+        blocked: true,
+    };
+    let bare = client(&node)
+        .await
+        .set_peer_blocked(request())
+        .await
+        .expect_err("refused without a token");
+    assert_eq!(bare.code(), Code::Unauthenticated, "{bare:?}");
+    assert!(bare.message().contains("token"), "{bare:?}");
+    let wrong = with_token(request(), &"ab".repeat(32)).expect("metadata");
+    let wrong = client(&node)
+        .await
+        .set_peer_blocked(wrong)
+        .await
+        .expect_err("refused with a wrong token");
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert!(wrong.message().contains("token"), "{wrong:?}");
+
+    let token = read_token_file(&token_file(&net.store_dir(0))).expect("the node wrote its token");
+    let answer = client(&node)
+        .await
+        .set_peer_blocked(with_token(request(), &token).expect("metadata"))
+        .await
+        .expect("accepted with the token")
+        .into_inner();
+    assert!(answer.blocked);
+    assert_eq!(answer.blocked_peers.len(), 1);
+
+    // A restart writes a new token: the old one no longer passes.
+    node.stop().await;
+    let node = net.start(0, vec![]).await;
+    let stale = client(&node)
+        .await
+        .set_peer_blocked(with_token(request(), &token).expect("metadata"))
+        .await
+        .expect_err("refused with the last start's token");
+    assert_eq!(stale.code(), Code::Unauthenticated, "{stale:?}");
     node.stop().await;
 }
 
