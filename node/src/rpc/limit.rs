@@ -509,4 +509,29 @@ mod tests {
             "a connection that brought a request was closed: {read:?}"
         );
     }
+
+    #[tokio::test]
+    async fn a_connection_with_an_idle_limit_is_closed_once_requests_stop() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counters = counters();
+        let rules = ConnectionLimits {
+            max: 1,
+            per_ip_max: 1,
+            first_request: Duration::from_secs(2),
+            idle_max: Some(Duration::from_millis(200)),
+        };
+        let limited = LimitedListener::new(listener, rules, counters.clone());
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (mut served, _) = limited.next().await;
+        // One request, then none: closed as idle, not for its first request.
+        served.info().activity.record();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(30), served.read(&mut buf))
+            .await
+            .expect("the idle limit closed the connection");
+        assert_eq!(read.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert_eq!(closed(&counters, "idle"), 1);
+        assert_eq!(closed(&counters, "first_request_deadline"), 0);
+    }
 }
