@@ -103,10 +103,13 @@ pub enum Command {
         /// The attestation id, 64 hex characters.
         id: String,
     },
-    /// Fault injection: block or unblock a peer (the node must run with --enable-fault-injection).
+    /// Fault injection: block or unblock a peer (the node must run with --enable-fault-injection;
+    /// the call carries the admin token the node wrote, see --admin-token-file).
     BlockPeer {
         #[command(flatten)]
         rpc: RpcArgs,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// PeerId, or the peer's public key (64 hex).
         peer: String,
         /// Unblock instead of block.
@@ -197,6 +200,15 @@ pub struct RpcArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the admin (fault-injection) calls carry besides `--rpc`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The node's admin token file: a node started with --enable-fault-injection writes a fresh
+    /// one at every start to DATA_DIR/store/admin.token (DIR/store/admin.token with --dev --data-dir DIR).
+    #[arg(long, env = "CREDENCE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -372,7 +384,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             escrow::rebalance(&rpc, &key, body).await
         }
-        Command::BlockPeer { rpc, peer, unblock } => client::block_peer(&rpc, &peer, !unblock).await,
+        Command::BlockPeer {
+            rpc,
+            admin,
+            peer,
+            unblock,
+        } => client::block_peer(&rpc, &admin, &peer, !unblock).await,
     }
 }
 
@@ -424,7 +441,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         let settings = NodeSettings {
             key: keys::load(&cfg.key)?,
             genesis,
-            store_dir: cfg.data_dir.join("store"),
+            store_dir: cfg.store_dir(),
             rpc_listen: args.rpc_listen.unwrap_or(cfg.rpc_listen),
             http_listen: args.http_listen.unwrap_or(cfg.http_listen),
             p2p_listen: args.p2p_listen.map(|a| vec![a]).unwrap_or(cfg.p2p_listen),
@@ -436,6 +453,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         };
         (settings, None, None)
     };
+    let admin_token = settings
+        .enable_fault_injection
+        .then(|| crate::rpc::admin::token_file(&settings.store_dir));
     let running = node::start(settings).await?;
     let info = running.handle.info.clone();
     println!("credence node {} ({})", info.name, info.mode_label);
@@ -443,6 +463,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     println!("  node id  {}", hex::encode(info.node_id));
     println!("  RPC      http://{}", running.rpc_addr);
     println!("  HTTP     http://{}/metrics  /healthz  /v1/status", running.http_addr);
+    if let Some(path) = admin_token {
+        println!("  admin    token in {} (--admin-token-file)", path.display());
+    }
     if let Some(dir) = keys_dir {
         println!("  keys     {}/{{issuer,operator,claimant}}.key", dir.display());
         println!("try:");

@@ -399,6 +399,11 @@ pub const DEFAULT_RPC_URL: &str = "http://127.0.0.1:7100";
 pub const DEFAULT_MAX_INCOMING_CONNECTIONS: u32 = 128;
 
 impl NodeConfig {
+    /// Where the node keeps its store (and its admin token): `data_dir/store`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+
     /// Reads a node config and resolves its relative paths.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -32,6 +32,15 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// Why a gRPC or HTTP connection was closed by the node (`rpc::limit`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionClosedLabels {
+    /// `grpc` or `http`.
+    pub server: &'static str,
+    /// `first_request_deadline`, `idle` or `per_ip_cap`.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub queue: &'static str,
@@ -73,12 +82,17 @@ pub struct Metrics {
     pub heartbeat_age: Histogram,
     /// Connections closed because gossip to the peer stopped draining.
     pub gossip_stuck_resets: Counter,
-    /// `WatchClaim` streams open.
+    /// `WatchClaim` streams open on claims this node knows.
     pub rpc_watches: Gauge,
+    /// `WatchClaim` streams open on ids this node does not know (yet).
+    pub rpc_watches_unknown: Gauge,
     /// gRPC connections open.
     pub rpc_connections: Gauge,
     /// HTTP connections open.
     pub http_connections: Gauge,
+    /// gRPC and HTTP connections the node closed or refused, by server and
+    /// reason (`rpc::limit`).
+    pub rpc_connections_closed: Family<ConnectionClosedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,11 +172,27 @@ impl Metrics {
         );
         registry.register("peers", "Connected peers", peers.clone());
         let rpc_watches = Gauge::default();
-        registry.register("rpc_watches", "WatchClaim streams open", rpc_watches.clone());
+        registry.register(
+            "rpc_watches",
+            "WatchClaim streams open on claims this node knows",
+            rpc_watches.clone(),
+        );
+        let rpc_watches_unknown = Gauge::default();
+        registry.register(
+            "rpc_watches_unknown",
+            "WatchClaim streams open on ids this node does not know yet",
+            rpc_watches_unknown.clone(),
+        );
         let rpc_connections = Gauge::default();
         registry.register("rpc_connections", "gRPC connections open", rpc_connections.clone());
         let http_connections = Gauge::default();
         registry.register("http_connections", "HTTP connections open", http_connections.clone());
+        let rpc_connections_closed = Family::<ConnectionClosedLabels, Counter>::default();
+        registry.register(
+            "rpc_connections_closed",
+            "gRPC and HTTP connections closed or refused by the node, by server and reason",
+            rpc_connections_closed.clone(),
+        );
         registry.register(
             "credential_log_len",
             "Entries in the local append-only credential log",
@@ -190,8 +220,10 @@ impl Metrics {
             claim_stage,
             heartbeat_age,
             rpc_watches,
+            rpc_watches_unknown,
             rpc_connections,
             http_connections,
+            rpc_connections_closed,
         }
     }
 

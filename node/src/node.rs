@@ -581,8 +581,22 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         let _ = actor_shutdown.send(true);
     }));
     tasks.push(net_task);
-    let (rpc_addr, http_addr, rpc_tasks) =
-        crate::rpc::serve(handle.clone(), settings.rpc_listen, settings.http_listen, shutdown_rx).await?;
+    // The admin calls' token is written at every start with fault injection
+    // on; a token left by an earlier start with it on is removed.
+    let admin_token_dir = if settings.enable_fault_injection {
+        Some(settings.store_dir.clone())
+    } else {
+        let _ = std::fs::remove_file(crate::rpc::admin::token_file(&settings.store_dir));
+        None
+    };
+    let (rpc_addr, http_addr, rpc_tasks) = crate::rpc::serve(
+        handle.clone(),
+        settings.rpc_listen,
+        settings.http_listen,
+        admin_token_dir,
+        shutdown_rx,
+    )
+    .await?;
     tasks.extend(rpc_tasks);
     Ok(RunningNode {
         handle,

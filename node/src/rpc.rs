@@ -5,12 +5,15 @@
 //! The only module that touches tonic and axum. Maps every node error to a
 //! gRPC status code with a message that says what went wrong.
 
+pub mod admin;
 mod escrow;
 pub mod http;
 pub mod limit;
 pub mod watches;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::task::{Context, Poll};
 
 use credence_proto::v1 as pb;
 use credence_proto::v1::node_server::{Node, NodeServer};
@@ -27,8 +30,18 @@ pub const RPC_MESSAGE_MAX_BYTES: usize = crate::core::limits::ENVELOPE_MAX_BYTES
 /// Largest gRPC answer sent: an audit lists every funded slot (about 100
 /// bytes each), so it grows with the network's history.
 pub const RPC_RESPONSE_MAX_BYTES: usize = 64 * 1024 * 1024;
-/// Concurrent requests per gRPC connection.
+/// Concurrent requests per gRPC connection (calls past it wait for one to
+/// finish; a stream counts only until its first answer).
 pub const RPC_CONCURRENCY_PER_CONNECTION: usize = 256;
+/// Most HTTP/2 streams open at once on one gRPC connection (the
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` the node announces; a client queues
+/// calls past it). It bounds what one connection holds in long streams
+/// such as `WatchClaim`, so [`limit::RPC_CONNECTIONS_PER_IP_MAX`] of them
+/// bound a host; as many as the requests one connection may have in flight.
+pub const RPC_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Largest header block (metadata included) of one gRPC request: a call's
+/// headers and the admin token take well under 1 KiB.
+pub const RPC_HEADER_LIST_MAX_BYTES: u32 = 16 * 1024;
 /// How often an HTTP/2 ping checks a gRPC connection that is otherwise
 /// quiet, and how long its answer may take: a client that vanished without
 /// closing frees its connection slot (`limit::RPC_CONNECTIONS_MAX`) within
@@ -46,15 +59,24 @@ pub enum RpcError {
     HttpBind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    AdminToken(#[from] admin::AdminTokenError),
 }
 
-/// Binds both servers and spawns them; returns their bound addresses.
+/// Binds both servers and spawns them; returns their bound addresses. With
+/// `admin_token_dir` (fault injection on), a fresh admin token is written
+/// there first and the admin calls require it; without, they are refused.
 pub async fn serve(
     node: NodeHandle,
     rpc_listen: SocketAddr,
     http_listen: SocketAddr,
+    admin_token_dir: Option<PathBuf>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, SocketAddr, Vec<tokio::task::JoinHandle<()>>), RpcError> {
+    let admin = admin_token_dir.as_deref().map(admin::AdminToken::create).transpose()?;
+    if let Some(token) = &admin {
+        tracing::info!(path = %token.path().display(), "admin token written");
+    }
     let rpc_listener = tokio::net::TcpListener::bind(rpc_listen)
         .await
         .map_err(|source| RpcError::RpcBind {
@@ -89,9 +111,12 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeService>>().await;
 
-    let service = NodeServer::new(NodeService { node: node.clone() })
-        .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-        .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
+    let service = NodeServer::new(NodeService {
+        node: node.clone(),
+        admin,
+    })
+    .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+    .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
     let escrow_service = credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService {
         node: node.clone(),
         watches: watches::Watches::start(node.clone(), shutdown.clone()),
@@ -102,14 +127,20 @@ pub async fn serve(
         .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
         .await;
     let mut rpc_shutdown = shutdown.clone();
-    let rpc_connections = node.metrics.rpc_connections.clone();
+    let counters = limit::ConnectionCounters {
+        server: "grpc",
+        open: node.metrics.rpc_connections.clone(),
+        closed: node.metrics.rpc_connections_closed.clone(),
+    };
     let rpc_task = tokio::spawn(async move {
-        let incoming =
-            limit::LimitedListener::new(rpc_listener, limit::RPC_CONNECTIONS_MAX, rpc_connections).into_stream();
+        let incoming = limit::LimitedListener::new(rpc_listener, limit::ConnectionLimits::RPC, counters).into_stream();
         let result = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(RPC_CONCURRENCY_PER_CONNECTION)
+            .max_concurrent_streams(Some(RPC_STREAMS_PER_CONNECTION_MAX))
+            .http2_max_header_list_size(Some(RPC_HEADER_LIST_MAX_BYTES))
             .http2_keepalive_interval(Some(RPC_KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(RPC_KEEPALIVE_TIMEOUT))
+            .layer(RequestLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -128,10 +159,90 @@ pub async fn serve(
     Ok((rpc_addr, http_addr, vec![rpc_task, http_task]))
 }
 
+/// Applied to every request of both servers: records the request on its
+/// connection (the deadlines of [`limit`]) and answers a request over
+/// [`RPC_MESSAGE_MAX_BYTES`] with `RESOURCE_EXHAUSTED`. tonic refuses such
+/// a request with `OUT_OF_RANGE` before any handler runs, as a status in the
+/// answer's headers; no handler of this node answers `OUT_OF_RANGE`, so that
+/// status in the headers is always the size check's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestLayer;
+
+impl<S> tower::Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
+
+    fn layer(&self, inner: S) -> RequestService<S> {
+        RequestService { inner }
+    }
+}
+
+/// See [`RequestLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestService<S> {
+    inner: S,
+}
+
+type Answer<R, E> = Result<tonic::codegen::http::Response<R>, E>;
+
+impl<S, B, R> tower::Service<tonic::codegen::http::Request<B>> for RequestService<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>, Response = tonic::codegen::http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Map<S::Future, fn(Answer<R, S::Error>) -> Answer<R, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let extensions = request.extensions();
+        if let Some(info) = extensions.get::<limit::ConnectionInfo>() {
+            info.activity.record();
+        } else if let Some(axum::extract::ConnectInfo(info)) =
+            extensions.get::<axum::extract::ConnectInfo<limit::ConnectionInfo>>()
+        {
+            info.activity.record();
+        }
+        futures::FutureExt::map(
+            self.inner.call(request),
+            oversize_status::<R, S::Error> as fn(Answer<R, S::Error>) -> Answer<R, S::Error>,
+        )
+    }
+}
+
+/// gRPC's `OUT_OF_RANGE` code, which tonic's size check answers.
+const GRPC_OUT_OF_RANGE: &[u8] = b"11";
+
+fn oversize_status<R, E>(answer: Answer<R, E>) -> Answer<R, E> {
+    answer.map(|mut response| {
+        let headers = response.headers_mut();
+        if headers
+            .get("grpc-status")
+            .is_some_and(|code| code.as_bytes() == GRPC_OUT_OF_RANGE)
+        {
+            let detail = Status::from_header_map(headers)
+                .map(|s| s.message().to_string())
+                .unwrap_or_default();
+            let status = Status::resource_exhausted(format!(
+                "request too large ({detail}): a request carries at most one envelope of {} bytes",
+                crate::core::limits::ENVELOPE_MAX_BYTES
+            ));
+            if status.add_header(headers).is_err() {
+                tracing::warn!("could not rewrite an oversized request's status");
+            }
+        }
+        response
+    })
+}
+
 /// The `credence.v1.Node` service.
 #[derive(Clone, Debug)]
 pub struct NodeService {
     node: NodeHandle,
+    /// The admin calls' token; `None` when fault injection is off.
+    admin: Option<admin::AdminToken>,
 }
 
 pub(crate) fn submit_status(e: SubmitError) -> Status {
@@ -336,17 +447,25 @@ impl Node for NodeService {
         &self,
         request: Request<pb::SetPeerBlockedRequest>,
     ) -> Result<Response<pb::SetPeerBlockedResponse>, Status> {
+        self.check_admin(request.metadata())?;
         self.set_blocked(request.into_inner()).await.map(Response::new)
     }
 }
 
 impl NodeService {
-    async fn set_blocked(&self, request: pb::SetPeerBlockedRequest) -> Result<pb::SetPeerBlockedResponse, Status> {
-        if !self.node.info.fault_injection {
-            return Err(Status::failed_precondition(
-                "fault injection is disabled on this node; start it with --enable-fault-injection",
-            ));
+    /// Every admin call passes here first: fault injection must be on and
+    /// the call must carry the node's admin token.
+    fn check_admin(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        match &self.admin {
+            Some(token) if self.node.info.fault_injection => token.check(metadata),
+            _ => Err(Status::failed_precondition(
+                "fault injection is disabled on this node; start it with --enable-fault-injection (admin calls \
+                 then also need the admin token it writes)",
+            )),
         }
+    }
+
+    async fn set_blocked(&self, request: pb::SetPeerBlockedRequest) -> Result<pb::SetPeerBlockedResponse, Status> {
         let peer = match parse_hex32(&request.peer) {
             Some(key) => crate::keys::peer_id_of(&key),
             None => request.peer.parse::<libp2p::PeerId>().ok(),

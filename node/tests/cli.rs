@@ -125,3 +125,71 @@ fn a_dev_node_is_driven_by_the_client_subcommands() {
     assert_eq!(json(&["credential", "--rpc", &rpc, "--json", &id])["status"], "revoked");
     drop(node);
 }
+
+#[test]
+fn admin_calls_need_the_token_the_node_wrote() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("dev");
+    let port = free_port();
+    let rpc = format!("http://127.0.0.1:{port}");
+    let node = Node(
+        Command::new(BIN)
+            .args(["node", "--dev", "--enable-fault-injection", "--data-dir"])
+            .arg(&data)
+            .args(["--rpc-listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn node"),
+    );
+    let start = Instant::now();
+    while !run(&["status", "--rpc", &rpc, "--json"]).0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "dev node never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let token = data.join("store").join("admin.token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).expect("token file").permissions());
+    assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
+    let peer = "11".repeat(32);
+
+    // No token, and nothing in the environment to find one.
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(["block-peer", "--rpc", &rpc, &peer])
+        .output()
+        .expect("run credence");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "block-peer without a token was accepted");
+    assert!(stderr.contains("token"), "{stderr}");
+    // A wrong token.
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).expect("write");
+    let (ok, _, stderr) = run(&[
+        "block-peer",
+        "--rpc",
+        &rpc,
+        "--admin-token-file",
+        wrong.to_str().expect("utf8"),
+        &peer,
+    ]);
+    assert!(!ok, "block-peer with a wrong token was accepted");
+    assert!(stderr.contains("wrong admin token"), "{stderr}");
+    // The node's own token, by flag and by environment.
+    let blocked = json(&[
+        "block-peer",
+        "--rpc",
+        &rpc,
+        "--json",
+        "--admin-token-file",
+        token.to_str().expect("utf8"),
+        &peer,
+    ]);
+    assert_eq!(blocked["blocked"], true);
+    let out = Command::new(BIN)
+        .env("CREDENCE_ADMIN_TOKEN_FILE", &token)
+        .args(["block-peer", "--rpc", &rpc, "--json", "--unblock", &peer])
+        .output()
+        .expect("run credence");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(node);
+}

@@ -15,6 +15,13 @@ use crate::layout::{Layout, LinkRule, RuleEntry, RunState, State};
 use crate::rpc;
 use crate::shaper::{Control, Request};
 
+/// How long a block-list call is retried while its node is not answering
+/// yet or still has the last start's admin token on disk: a node restarted
+/// into a partition writes its new token and listens within a few seconds.
+const ADMIN_CALL_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(15);
+/// Pause between two such attempts.
+const ADMIN_CALL_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Ordered pairs (a, b) of node names on different sides.
 fn cross_pairs(groups: &[Vec<String>]) -> Vec<(String, String)> {
     let mut pairs = Vec::new();
@@ -60,18 +67,35 @@ pub async fn apply_block_list(
             continue;
         }
         let (url, peer_id, a, b) = (node.rpc.clone(), peer.peer_id.clone(), a.clone(), b.clone());
+        let config = node.config.clone();
         calls.push(async move {
             let ch = rpc::channel(&url)?;
-            rpc::node(&ch)
-                .set_peer_blocked(pb::SetPeerBlockedRequest { peer: peer_id, blocked })
-                .await
-                .map_err(|e| {
-                    anyhow!(
+            let give_up = tokio::time::Instant::now() + ADMIN_CALL_RETRY_FOR;
+            loop {
+                let request = rpc::admin_request(
+                    &config,
+                    pb::SetPeerBlockedRequest {
+                        peer: peer_id.clone(),
+                        blocked,
+                    },
+                )?;
+                match rpc::node(&ch).set_peer_blocked(request).await {
+                    Ok(_) => break,
+                    // A node just (re)started: not listening yet, or its
+                    // token file still the last start's until it is.
+                    Err(e)
+                        if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unauthenticated)
+                            && tokio::time::Instant::now() < give_up =>
+                    {
+                        tokio::time::sleep(ADMIN_CALL_RETRY_PAUSE).await;
+                    }
+                    Err(e) => bail!(
                         "{a} could not {} {b}: {}",
                         if blocked { "block" } else { "unblock" },
                         rpc::describe(&e)
-                    )
-                })?;
+                    ),
+                }
+            }
             anyhow::Ok(())
         });
     }

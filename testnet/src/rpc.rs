@@ -29,6 +29,14 @@ pub fn node(channel: &Channel) -> NodeClient<Channel> {
     NodeClient::new(channel.clone()).max_decoding_message_size(MESSAGE_MAX_BYTES)
 }
 
+/// An admin call's request for the node whose config is `config`: the
+/// message with the admin token the node wrote at its last start.
+pub fn admin_request<T>(config: &std::path::Path, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let node = credence::config::NodeConfig::load(config)?;
+    let token = credence::rpc::admin::read_token_file(&credence::rpc::admin::token_file(&node.store_dir()))?;
+    credence::rpc::admin::with_token(message, &token).map_err(|e| anyhow!("{}", e.message()))
+}
+
 pub fn escrow(channel: &Channel) -> EscrowClient<Channel> {
     EscrowClient::new(channel.clone()).max_decoding_message_size(MESSAGE_MAX_BYTES)
 }

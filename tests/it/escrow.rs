@@ -822,7 +822,7 @@ async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
     assert_eq!(statuses.last().map(String::as_str), Some("global"), "{statuses:?}");
 
     // A claim this node never saw is reported as unknown, and the watch
-    // stays open for it.
+    // stays open for it (for `UNKNOWN_WATCH_GRACE`).
     let mut stream = escrow(&nodes[0])
         .await
         .watch_claim(pb::GetClaimRequest { id: "00".repeat(32) })
@@ -835,27 +835,115 @@ async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
     assert!(more.is_err(), "the watch ended or repeated itself: {more:?}");
 }
 
+/// The first item of a watch's stream, or its end.
+async fn first_item(
+    rx: &mut tokio::sync::mpsc::Receiver<credence::rpc::watches::WatchItem>,
+) -> Option<credence::rpc::watches::WatchItem> {
+    tokio::time::timeout(crate::common::DEADLINE, rx.recv())
+        .await
+        .expect("a watch neither sent nor ended")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watches_past_the_cap_are_refused_until_one_closes() {
-    use credence::rpc::watches::{WATCHES_MAX, Watches};
+async fn watches_on_unknown_ids_have_their_own_cap_and_end_not_found_after_the_grace() {
+    use credence::rpc::watches::{UNKNOWN_WATCHES_MAX, WatchLimits, Watches};
     let _serial = crate::common::NETWORK_TESTS.lock().await;
     let net = TestNet::new(&["eu"], 1);
-    let nodes = net.start_mesh(1).await;
+    let (nodes, dist) = start_normal(&net, 1).await;
+    let claimant = SigningKey::from_bytes(&blake3_seed(11));
+    let attestation = submit_attestation(
+        &nodes[0],
+        net.attestation(claimant.verifying_key().to_bytes(), "member"),
+    )
+    .await
+    .expect("attest");
+    let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, 11);
+    let real = escrow(&nodes[0])
+        .await
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .expect("claim accepted")
+        .into_inner()
+        .id;
+    let real: [u8; 32] = hex::decode(&real).expect("hex").try_into().expect("32 bytes");
+
+    // The node's own limits: more watches on made-up ids than both pools
+    // hold do not keep a watch on a real claim from its first status.
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let watches = Watches::start(nodes[0].handle.clone(), shutdown);
-    let mut open = Vec::new();
-    for n in 0..WATCHES_MAX {
-        let id = blake3_seed(n as u64);
-        open.push(watches.add(id).expect("under the cap"));
+    let watches = Watches::start(nodes[0].handle.clone(), shutdown.clone());
+    let mut bogus = Vec::new();
+    for n in 0..UNKNOWN_WATCHES_MAX + 100 {
+        bogus.push(
+            watches
+                .add(blake3_seed(1_000_000 + n as u64))
+                .expect("handed to the hub"),
+        );
     }
-    let refused = watches.add([0; 32]).expect_err("one past the cap");
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
-    assert_eq!(watches.open(), WATCHES_MAX);
-    // A client that goes away frees its slot.
-    drop(open.pop());
+    let mut rx = watches.add(real).expect("handed to the hub");
+    let first = first_item(&mut rx)
+        .await
+        .expect("a first item")
+        .expect("a status, not a refusal");
+    assert_ne!(first.status, "unknown", "{first:?}");
     assert!(
-        eventually(|| async { watches.open() < WATCHES_MAX }).await,
-        "a closed watch kept its slot"
+        eventually(|| async { watches.open_unknown() == UNKNOWN_WATCHES_MAX }).await,
+        "unknown watches: {}",
+        watches.open_unknown()
     );
-    assert!(watches.add([0; 32]).is_ok());
+    // Those past the unknown pool's cap were refused at their first look.
+    let refused = first_item(bogus.last_mut().expect("some")).await.expect("an item");
+    assert_eq!(refused.expect_err("refused").code(), tonic::Code::ResourceExhausted);
+    // Clients that go away free their slots.
+    drop(bogus);
+    assert!(
+        eventually(|| async { watches.open_unknown() == 0 }).await,
+        "closed watches kept their slots: {}",
+        watches.open_unknown()
+    );
+
+    // Small limits: the unknown pool's watches get `unknown`, then
+    // `not_found` after the grace, which frees their slots.
+    let limits = WatchLimits {
+        known_max: 0,
+        unknown_max: 2,
+        unknown_grace: std::time::Duration::from_secs(1),
+    };
+    let small = Watches::start_with(nodes[0].handle.clone(), shutdown, limits);
+    let mut a = small.add(blake3_seed(1)).expect("handed to the hub");
+    let mut b = small.add(blake3_seed(2)).expect("handed to the hub");
+    for rx in [&mut a, &mut b] {
+        let first = first_item(rx).await.expect("an item").expect("a status");
+        assert_eq!(first.status, "unknown");
+    }
+    let mut c = small.add(blake3_seed(3)).expect("handed to the hub");
+    let third = first_item(&mut c)
+        .await
+        .expect("an item")
+        .expect_err("past the unknown cap");
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    // A known claim counts against the other pool (here of size 0).
+    let mut k = small.add(real).expect("handed to the hub");
+    let known = first_item(&mut k)
+        .await
+        .expect("an item")
+        .expect_err("past the known cap");
+    assert_eq!(known.code(), tonic::Code::ResourceExhausted, "{known:?}");
+    for rx in [&mut a, &mut b] {
+        let end = first_item(rx)
+            .await
+            .expect("an item")
+            .expect_err("ends after the grace");
+        assert_eq!(end.code(), tonic::Code::NotFound, "{end:?}");
+        assert!(end.message().contains("unknown"), "{end:?}");
+    }
+    assert!(
+        eventually(|| async { small.open_unknown() == 0 }).await,
+        "expired watches kept their slots"
+    );
+    let mut again = small.add(blake3_seed(4)).expect("handed to the hub");
+    let first = first_item(&mut again)
+        .await
+        .expect("an item")
+        .expect("a slot was freed");
+    assert_eq!(first.status, "unknown");
 }

@@ -8,4 +8,5 @@ mod common;
 mod escrow;
 mod gossip;
 mod node_rpc;
+mod rpc_limits;
 mod testnet;

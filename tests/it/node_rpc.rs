@@ -153,5 +153,105 @@ async fn fault_injection_is_refused_unless_enabled() {
         .expect_err("refused");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("--enable-fault-injection"));
+    assert!(
+        !credence::rpc::admin::token_file(&net.store_dir(0)).exists(),
+        "a node without fault injection left an admin token"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_the_token_the_node_wrote_at_start() {
+    use credence::rpc::admin::{read_token_file, token_file, with_token};
+    let net = TestNet::new(&["eu"], 1);
+    let node = net.start(0, vec![]).await;
+    let request = || pb::SetPeerBlockedRequest {
+        peer: hex::encode([1u8; 32]),
+        blocked: true,
+    };
+    let bare = client(&node)
+        .await
+        .set_peer_blocked(request())
+        .await
+        .expect_err("refused without a token");
+    assert_eq!(bare.code(), Code::Unauthenticated, "{bare:?}");
+    assert!(bare.message().contains("token"), "{bare:?}");
+    let wrong = with_token(request(), &"ab".repeat(32)).expect("metadata");
+    let wrong = client(&node)
+        .await
+        .set_peer_blocked(wrong)
+        .await
+        .expect_err("refused with a wrong token");
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert!(wrong.message().contains("token"), "{wrong:?}");
+
+    let token = read_token_file(&token_file(&net.store_dir(0))).expect("the node wrote its token");
+    let answer = client(&node)
+        .await
+        .set_peer_blocked(with_token(request(), &token).expect("metadata"))
+        .await
+        .expect("accepted with the token")
+        .into_inner();
+    assert!(answer.blocked);
+    assert_eq!(answer.blocked_peers.len(), 1);
+
+    // A restart writes a new token: the old one no longer passes.
+    node.stop().await;
+    let node = net.start(0, vec![]).await;
+    let stale = client(&node)
+        .await
+        .set_peer_blocked(with_token(request(), &token).expect("metadata"))
+        .await
+        .expect_err("refused with the last start's token");
+    assert_eq!(stale.code(), Code::Unauthenticated, "{stale:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_cap_is_refused_as_resource_exhausted_and_the_node_goes_on() {
+    let net = TestNet::new(&["eu"], 1);
+    let node = net.start(0, vec![]).await;
+    let oversized = vec![0u8; 2 << 20];
+    let err = client(&node)
+        .await
+        .submit_attestation(pb::SubmitRequest { envelope: oversized })
+        .await
+        .expect_err("a 2 MiB request is refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+    // The escrow service has the same cap and the same answer.
+    let err = credence_proto::v1::escrow_client::EscrowClient::connect(format!("http://{}", node.rpc_addr))
+        .await
+        .expect("connects")
+        .submit_claim(pb::SubmitRequest {
+            envelope: vec![0u8; 2 << 20],
+        })
+        .await
+        .expect_err("a 2 MiB claim is refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Just over the envelope cap but under the request cap: the envelope's
+    // own check, INVALID_ARGUMENT.
+    let err = client(&node)
+        .await
+        .submit_attestation(pb::SubmitRequest {
+            envelope: vec![0u8; credence::core::limits::ENVELOPE_MAX_BYTES + 1],
+        })
+        .await
+        .expect_err("an oversized envelope is refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // The node still answers, on the same connection and on a new one.
+    let mut c = client(&node).await;
+    assert!(
+        c.submit_attestation(pb::SubmitRequest {
+            envelope: vec![0u8; 2 << 20]
+        })
+        .await
+        .is_err()
+    );
+    c.status(pb::StatusRequest {}).await.expect("status after refusals");
+    let id = submit_attestation(&node, net.attestation([3u8; 32], "after"))
+        .await
+        .expect("attest");
+    assert_eq!(credential_status(&node, &id).await, "valid");
     node.stop().await;
 }

@@ -10,7 +10,7 @@ use prost::Message;
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
 
-use super::RpcArgs;
+use super::{AdminArgs, RpcArgs};
 use crate::core::envelope::{Kind, NetworkId, parse_hex32, seal};
 use crate::keys;
 use crate::node::now_ms;
@@ -268,15 +268,44 @@ pub(super) async fn credentials(rpc: &RpcArgs, subject: &str) -> anyhow::Result<
     Ok(())
 }
 
-pub(super) async fn block_peer(rpc: &RpcArgs, peer: &str, blocked: bool) -> anyhow::Result<()> {
+/// An admin call's request: the message and, with `--admin-token-file`, the
+/// token. Without one the call goes out bare and the node's refusal says
+/// where the token is.
+fn admin_request<T>(admin: &AdminArgs, message: T) -> anyhow::Result<tonic::Request<T>> {
+    match &admin.admin_token_file {
+        Some(path) => {
+            let token = crate::rpc::admin::read_token_file(path)?;
+            crate::rpc::admin::with_token(message, &token).map_err(rpc_error)
+        }
+        None => Ok(tonic::Request::new(message)),
+    }
+}
+
+/// An admin call's error, with the flag to pass when the token was missing.
+fn admin_error(admin: &AdminArgs, status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unauthenticated && admin.admin_token_file.is_none() {
+        anyhow!(
+            "{} (unauthenticated; pass --admin-token-file or set CREDENCE_ADMIN_TOKEN_FILE)",
+            status.message()
+        )
+    } else {
+        rpc_error(status)
+    }
+}
+
+pub(super) async fn block_peer(rpc: &RpcArgs, admin: &AdminArgs, peer: &str, blocked: bool) -> anyhow::Result<()> {
     let mut client = connect(rpc).await?;
-    let answer = client
-        .set_peer_blocked(pb::SetPeerBlockedRequest {
+    let request = admin_request(
+        admin,
+        pb::SetPeerBlockedRequest {
             peer: peer.to_string(),
             blocked,
-        })
+        },
+    )?;
+    let answer = client
+        .set_peer_blocked(request)
         .await
-        .map_err(rpc_error)?
+        .map_err(|e| admin_error(admin, e))?
         .into_inner();
     if rpc.json {
         println!(

@@ -15,18 +15,21 @@ use crate::core::envelope::parse_hex32;
 use crate::node::NodeHandle;
 
 pub(super) async fn serve(node: NodeHandle, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let listener = super::limit::LimitedListener::new(
-        listener,
-        super::limit::HTTP_CONNECTIONS_MAX,
-        node.metrics.http_connections.clone(),
-    );
+    let counters = super::limit::ConnectionCounters {
+        server: "http",
+        open: node.metrics.http_connections.clone(),
+        closed: node.metrics.rpc_connections_closed.clone(),
+    };
+    let listener = super::limit::LimitedListener::new(listener, super::limit::ConnectionLimits::HTTP, counters);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/v1/status", get(status))
         .route("/v1/credentials/{id}", get(credential))
         .route("/v1/subjects/{subject}/credentials", get(subject_credentials))
+        .layer(super::RequestLayer)
         .with_state(node);
+    let app = app.into_make_service_with_connect_info::<super::limit::ConnectionInfo>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
