@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod net;

@@ -3,11 +3,13 @@
 //! TCP + noise + yamux, identify, ping, gossipsub (anonymous, application
 //! validated, content-addressed ids), request-response for credential
 //! catch-up, connection limits and an admin block-list. Others talk to it
-//! through [`NetHandle`]; inbound gossip flows through the validation
-//! pipeline in [`pipeline`] to the node actor and back as Accept / Reject /
-//! Ignore.
+//! through [`NetHandle`]; what it learns it reports as [`NetEvent`]s (see
+//! `event.rs`), and it knows nothing of the node. Inbound gossip flows through
+//! the validation pipeline in [`pipeline`] to those events and back as
+//! Accept / Reject / Ignore.
 
 mod codec;
+mod event;
 pub mod pipeline;
 
 use std::collections::{HashMap, HashSet};
@@ -26,12 +28,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 pub use codec::{SYNC_PROTOCOL, SYNC_RESPONSE_MAX_BYTES, VOTE_PROTOCOL};
+pub use event::{NET_EVENTS_CAPACITY, NetEvent, NodeLink};
 
 use crate::config::Validator;
 use crate::core::envelope::{self, Kind, NetworkId};
 use crate::core::limits::GOSSIP_MAX_BYTES;
 use crate::metrics::Metrics;
-use crate::node::NodeHandle;
 use pipeline::{Pipeline, QueueStats};
 
 /// Commands from handles to the network loop. Publishing is fire-and-forget:
@@ -413,7 +415,7 @@ pub fn peer_score_params(topics: &[TopicHash]) -> (gossipsub::PeerScoreParams, g
 pub async fn spawn(
     config: NetConfig,
     driver: NetDriver,
-    node: NodeHandle,
+    node: NodeLink,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, NetError> {
     let network_id = config.network_id;
@@ -615,7 +617,7 @@ fn message_id(network: &NetworkId, data: &[u8]) -> MessageId {
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     network_id: NetworkId,
-    node: NodeHandle,
+    node: NodeLink,
     commands: mpsc::Receiver<Command>,
     internal_rx: mpsc::Receiver<Internal>,
     internal_tx: mpsc::Sender<Internal>,

@@ -22,13 +22,14 @@ use credence_proto::v1 as pb;
 
 use crate::config::LoadedGenesis;
 use crate::core::credentials::{Applied, CredentialBook, CredentialError, CredentialRules, CredentialView};
-use crate::core::envelope::{self, EnvelopeError, Kind, ObjectId, Verified};
+use crate::core::envelope::{self, Kind, ObjectId, Verified};
 use crate::core::validator::{Input, Outputs as Effects, Validator as Escrow};
 use crate::core::{Millis, PublicKey};
+pub use crate::ingest::{Source, SubmitError, SyncPage, Verdict};
 use crate::metrics::Metrics;
-use crate::net::{self, NetConfig, NetHandle};
+use crate::net::{self, NetConfig, NetEvent, NetHandle};
 use crate::store::locks::{LockLog, LockRecord};
-use crate::store::{LogEntry, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Commands waiting for the actor. Full means the node is overloaded: RPC
 /// callers get `RESOURCE_EXHAUSTED`, gossip is shed (and counted) upstream.
@@ -102,52 +103,6 @@ pub struct NodeInfo {
     pub fault_injection: bool,
 }
 
-/// Where an object came from; decides whether it is published and how a
-/// rejection is counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    Rpc,
-    Gossip,
-    Sync,
-}
-
-impl Source {
-    fn name(self) -> &'static str {
-        match self {
-            Source::Rpc => "rpc",
-            Source::Gossip => "gossip",
-            Source::Sync => "sync",
-        }
-    }
-}
-
-/// The actor's verdict on one verified object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    New,
-    Duplicate,
-    Rejected(CredentialError),
-}
-
-/// Why a submission was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error("invalid envelope: {0}")]
-    Envelope(#[from] EnvelopeError),
-    #[error("expected a {expected} envelope, got a {got}")]
-    WrongKind { expected: &'static str, got: &'static str },
-    #[error("{0}")]
-    Rejected(#[from] CredentialError),
-    #[error("node is overloaded; retry shortly")]
-    Overloaded,
-    #[error("node is shutting down")]
-    ShuttingDown,
-    #[error("storage failed: {0}")]
-    Store(String),
-    #[error("{0}")]
-    Escrow(String),
-}
-
 /// Result of an accepted submission.
 #[derive(Clone, Debug)]
 pub struct SubmitOutcome {
@@ -218,15 +173,6 @@ enum Command {
 
 /// A read-only query run on the actor against the escrow state.
 type EscrowRead = Box<dyn FnOnce(&Escrow, &CredentialBook, Millis) + Send>;
-
-/// One answer to a sync request: a page of each log.
-#[derive(Debug, Default)]
-pub struct SyncPage {
-    pub entries: Vec<LogEntry>,
-    pub log_len: u64,
-    pub certificates: Vec<(u64, Vec<u8>)>,
-    pub cert_log_len: u64,
-}
 
 /// A cloneable handle to a running node's actor.
 #[derive(Clone)]
@@ -555,7 +501,9 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
         dial_genesis_addresses: settings.dial_genesis_addresses,
         region: validator.as_ref().map(|v| v.region.clone()),
     };
-    let net_task = net::spawn(net_config, net_driver, handle.clone(), shutdown_rx.clone()).await?;
+    let (link, net_events) = net::NodeLink::channel(metrics.clone(), net_handle.clone());
+    let net_task = net::spawn(net_config, net_driver, link, shutdown_rx.clone()).await?;
+    tasks.push(tokio::spawn(forward_net_events(net_events, handle.tx.clone())));
     let actor = Actor {
         last_now: started_at,
         network_id: genesis.network_id,
@@ -616,6 +564,52 @@ pub async fn run(settings: NodeSettings, shutdown: impl Future<Output = ()>) -> 
     }
     node.stop().await;
     Ok(())
+}
+
+/// Hands what the network reports to the actor, each event as the command
+/// that carries its reply: the wiring between `net` and the node, which know
+/// nothing of each other. Ends when either side closes.
+async fn forward_net_events(mut events: mpsc::Receiver<NetEvent>, actor: mpsc::Sender<Command>) {
+    while let Some(event) = events.recv().await {
+        let command = match event {
+            NetEvent::Ingest { objects, source, reply } => Command::Ingest {
+                objects,
+                source,
+                reply: Some(reply),
+            },
+            NetEvent::LogPage {
+                cursor,
+                limit,
+                cert_cursor,
+                reply,
+            } => Command::LogPage {
+                cursor,
+                limit,
+                cert_cursor,
+                reply,
+            },
+            NetEvent::Claim { claim, reply } => Command::Claim {
+                claim,
+                from_client: false,
+                reply: Some(reply),
+            },
+            NetEvent::Certificate { raw, reply } => Command::Certificate {
+                raw,
+                reply: Some(reply),
+            },
+            NetEvent::VoteRequest { request, reply } => Command::VoteRequest { request, reply },
+            NetEvent::VoteResponse { response } => Command::VoteResponse { response },
+            NetEvent::Heartbeat { heartbeat, reply } => Command::Heartbeat { heartbeat, reply },
+            NetEvent::Rtt { key, rtt_ms } => {
+                // A sample is worth nothing late: dropped when the actor is busy.
+                let _ = actor.try_send(Command::Rtt { key, rtt_ms });
+                continue;
+            }
+        };
+        if actor.send(command).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Rebuilds the credential book and the escrow ledger from the durable logs.

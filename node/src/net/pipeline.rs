@@ -24,11 +24,12 @@ use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
+use super::NodeLink;
 use super::{CRED_TOPIC_MAX_BYTES, Internal, SYNC_RESPONSE_MAX_BYTES, topic_of};
 use crate::core::envelope::{self, EnvelopeError, Kind, NetworkId, Unverified, Verified};
 use crate::core::limits::GOSSIP_MAX_BYTES;
+use crate::ingest::{Source, Verdict};
 use crate::metrics::QueueLabels;
-use crate::node::{NodeHandle, Source, Verdict};
 
 /// Revocations and grants waiting for verification (drained first).
 pub const PRIORITY_QUEUE_CAPACITY: usize = 4096;
@@ -133,16 +134,12 @@ pub(super) struct Pipeline {
     bulk: mpsc::Sender<Pending>,
     stats: Arc<Vec<Arc<QueueStats>>>,
     seen: SharedSeen,
-    node: NodeHandle,
+    node: NodeLink,
 }
 
 impl Pipeline {
     /// Starts the verification worker.
-    pub(super) fn start(
-        node: NodeHandle,
-        results: mpsc::Sender<Internal>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Pipeline {
+    pub(super) fn start(node: NodeLink, results: mpsc::Sender<Internal>, shutdown: watch::Receiver<bool>) -> Pipeline {
         let (priority, priority_rx) = mpsc::channel(PRIORITY_QUEUE_CAPACITY);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE_CAPACITY);
         let stats = node.net.queues.clone();
@@ -249,7 +246,7 @@ impl Pipeline {
 }
 
 async fn worker(
-    node: NodeHandle,
+    node: NodeLink,
     mut priority: mpsc::Receiver<Pending>,
     mut bulk: mpsc::Receiver<Pending>,
     results: mpsc::Sender<Internal>,
@@ -348,7 +345,7 @@ async fn verify(items: Vec<Unverified>) -> Option<Vec<Result<Verified, EnvelopeE
 fn remember_held<'a>(
     seen: &SharedSeen,
     fingerprints: impl Iterator<Item = &'a [u8; 32]>,
-    verdicts: &[Result<Verdict, crate::node::SubmitError>],
+    verdicts: &[Result<Verdict, crate::ingest::SubmitError>],
 ) {
     let mut seen = seen_lock(seen);
     for (fingerprint, verdict) in fingerprints.zip(verdicts) {
@@ -358,7 +355,7 @@ fn remember_held<'a>(
     }
 }
 
-fn note_taken(stats: &[Arc<QueueStats>], index: usize, n: usize, node: &NodeHandle) {
+fn note_taken(stats: &[Arc<QueueStats>], index: usize, n: usize, node: &NodeLink) {
     if let Some(s) = stats.get(index) {
         let before = s.depth.fetch_sub(n as u64, Ordering::Relaxed);
         node.metrics
@@ -394,7 +391,7 @@ impl Submissions {
 
 /// Answers a peer's sync request with a page of the local credential log and
 /// of the certificate log, cut to fit the response cap.
-pub(super) async fn sync_page(node: &NodeHandle, request: pb::SyncRequest) -> pb::SyncResponse {
+pub(super) async fn sync_page(node: &NodeLink, request: pb::SyncRequest) -> pb::SyncResponse {
     let empty = pb::SyncResponse {
         envelopes: vec![],
         next_cursor: request.cursor,
@@ -444,7 +441,7 @@ pub(super) async fn sync_page(node: &NodeHandle, request: pb::SyncRequest) -> pb
 /// the peer has more.
 pub(super) async fn apply_sync_page(
     network: &NetworkId,
-    node: &NodeHandle,
+    node: &NodeLink,
     seen: &SharedSeen,
     peer: PeerId,
     response: pb::SyncResponse,

@@ -1,0 +1,63 @@
+//! What the network layer and the RPC layer hand to the node's actor and get
+//! back: where an object came from, the actor's verdict, why a submission was
+//! refused, and a page of the logs for catch-up. Shared by `net`, `node` and
+//! `rpc`, so that none of them names another's types.
+
+use crate::core::credentials::CredentialError;
+use crate::core::envelope::EnvelopeError;
+use crate::store::LogEntry;
+
+/// Where an object came from; decides whether it is published and how a
+/// rejection is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Rpc,
+    Gossip,
+    Sync,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Rpc => "rpc",
+            Source::Gossip => "gossip",
+            Source::Sync => "sync",
+        }
+    }
+}
+
+/// The actor's verdict on one verified object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    New,
+    Duplicate,
+    Rejected(CredentialError),
+}
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("invalid envelope: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("expected a {expected} envelope, got a {got}")]
+    WrongKind { expected: &'static str, got: &'static str },
+    #[error("{0}")]
+    Rejected(#[from] CredentialError),
+    #[error("node is overloaded; retry shortly")]
+    Overloaded,
+    #[error("node is shutting down")]
+    ShuttingDown,
+    #[error("storage failed: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Escrow(String),
+}
+
+/// One answer to a sync request: a page of each log.
+#[derive(Debug, Default)]
+pub struct SyncPage {
+    pub entries: Vec<LogEntry>,
+    pub log_len: u64,
+    pub certificates: Vec<(u64, Vec<u8>)>,
+    pub cert_log_len: u64,
+}
