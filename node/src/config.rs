@@ -342,13 +342,19 @@ pub const DEFAULT_RPC_URL: &str = "http://127.0.0.1:7100";
 pub const DEFAULT_MAX_INCOMING_CONNECTIONS: u32 = 128;
 
 impl NodeConfig {
-    /// Reads a node config and resolves its relative paths.
+    /// Reads a node config and resolves its relative paths (see [`NodeConfig::parse`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(path, &text)
+    }
+
+    /// Parses a node config's text and resolves its relative paths against
+    /// `path`'s directory, touching no file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;

@@ -7,7 +7,7 @@
 //! pipeline in [`pipeline`] to the node actor and back as Accept / Reject /
 //! Ignore.
 
-mod codec;
+pub mod codec;
 pub mod pipeline;
 
 use std::collections::{HashMap, HashSet};
