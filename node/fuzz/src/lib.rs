@@ -1,5 +1,5 @@
 //! What the fuzz targets share: one deterministic local network (the same
-//! one `node/examples/fuzz_corpus.rs` signs the seed corpora with, so seeds
+//! one `examples/gen_corpus.rs` signs the seed corpora with, so seeds
 //! carry signatures that verify here), fresh node state built on it, and
 //! envelopes taken as verified so the fuzzer reaches the code behind the
 //! signature check.
