@@ -404,13 +404,19 @@ impl NodeConfig {
         self.data_dir.join("store")
     }
 
-    /// Reads a node config and resolves its relative paths.
+    /// Reads a node config and resolves its relative paths (see [`NodeConfig::parse`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(path, &text)
+    }
+
+    /// Parses a node config's text and resolves its relative paths against
+    /// `path`'s directory, touching no file.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;

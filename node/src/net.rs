@@ -8,7 +8,7 @@
 //! the validation pipeline in [`pipeline`] to those events and back as
 //! Accept / Reject / Ignore.
 
-mod codec;
+pub mod codec;
 mod event;
 pub mod pipeline;
 

@@ -29,7 +29,7 @@ pub use crate::ingest::{Source, SubmitError, SyncPage, Verdict};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetEvent, NetHandle};
 use crate::store::locks::{LockLog, LockRecord};
-use crate::store::{Store, StoreError};
+use crate::store::{LogEntry, Store, StoreError};
 
 /// Commands waiting for the actor. Full means the node is overloaded: RPC
 /// callers get `RESOURCE_EXHAUSTED`, gossip is shed (and counted) upstream.
@@ -612,6 +612,38 @@ async fn forward_net_events(mut events: mpsc::Receiver<NetEvent>, actor: mpsc::S
     }
 }
 
+/// Applies one credential log entry on start. Entries were verified before
+/// they were appended, so only their encoding is checked here; what is wrong
+/// with one is said with its position.
+pub fn replay_entry(
+    genesis: &LoadedGenesis,
+    book: &mut CredentialBook,
+    escrow: &mut Escrow,
+    entry: &LogEntry,
+) -> Result<(), String> {
+    let unverified = envelope::decode(&genesis.network_id, &entry.envelope)
+        .map_err(|e| format!("log position {}: {e}", entry.position))?;
+    let verified = Verified {
+        kind: unverified.kind,
+        body: unverified.body,
+        signer: unverified.signer.to_bytes(),
+        id: unverified.id,
+        raw: unverified.raw,
+    };
+    let result = if verified.kind == Kind::Distribution {
+        escrow.add_distribution(&verified, &genesis.operators)
+    } else if verified.kind == Kind::Rebalance {
+        escrow.add_rebalance(&verified, &genesis.operators)
+    } else {
+        // Replaying at the time each object was learned keeps the skew
+        // rule from refusing what was accepted then.
+        book.apply_learned(entry.learned_at, entry.learned_at, &verified)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    result.map_err(|e| format!("log position {} no longer applies: {e}", entry.position))
+}
+
 /// Rebuilds the credential book and the escrow ledger from the durable logs.
 /// Entries were verified before they were appended, so only their encoding
 /// is checked here (and certificates, which are re-checked as they apply).
@@ -633,33 +665,7 @@ fn replay(
         message,
     };
     for entry in store.credential_log() {
-        let entry = entry?;
-        let unverified = envelope::decode(&genesis.network_id, &entry.envelope)
-            .map_err(|e| corrupt(format!("log position {}: {e}", entry.position)))?;
-        let verified = Verified {
-            kind: unverified.kind,
-            body: unverified.body,
-            signer: unverified.signer.to_bytes(),
-            id: unverified.id,
-            raw: unverified.raw,
-        };
-        let result = if verified.kind == Kind::Distribution {
-            escrow.add_distribution(&verified, &genesis.operators)
-        } else if verified.kind == Kind::Rebalance {
-            escrow.add_rebalance(&verified, &genesis.operators)
-        } else {
-            // Replaying at the time each object was learned keeps the skew
-            // rule from refusing what was accepted then.
-            book.apply_learned(entry.learned_at, entry.learned_at, &verified)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = result {
-            return Err(corrupt(format!(
-                "log position {} no longer applies: {e}",
-                entry.position
-            )));
-        }
+        replay_entry(genesis, &mut book, &mut escrow, &entry?).map_err(corrupt)?;
     }
     for raw in store.certificate_log() {
         let raw = raw?;

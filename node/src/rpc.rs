@@ -392,6 +392,14 @@ pub fn parse_id(text: &str, field: &str) -> Result<ObjectId, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("{field} must be 64 hex characters, got {text:?}")))
 }
 
+/// The peer a `SetPeerBlocked` request names: a 64-hex public key or a PeerId.
+pub fn parse_peer(text: &str) -> Option<libp2p::PeerId> {
+    match parse_hex32(text) {
+        Some(key) => crate::keys::peer_id_of(&key),
+        None => text.parse::<libp2p::PeerId>().ok(),
+    }
+}
+
 #[tonic::async_trait]
 impl Node for NodeService {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -466,11 +474,8 @@ impl NodeService {
     }
 
     async fn set_blocked(&self, request: pb::SetPeerBlockedRequest) -> Result<pb::SetPeerBlockedResponse, Status> {
-        let peer = match parse_hex32(&request.peer) {
-            Some(key) => crate::keys::peer_id_of(&key),
-            None => request.peer.parse::<libp2p::PeerId>().ok(),
-        }
-        .ok_or_else(|| Status::invalid_argument("peer must be a PeerId or a 64-hex public key"))?;
+        let peer = parse_peer(&request.peer)
+            .ok_or_else(|| Status::invalid_argument("peer must be a PeerId or a 64-hex public key"))?;
         let blocked = self
             .node
             .net

@@ -51,8 +51,58 @@ pub enum StoreError {
     FlushTask(String),
 }
 
+/// A record read back from sled that does not have the layout this build
+/// writes (a damaged or foreign data directory).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("log key is {0} bytes, not 8")]
+    KeyLength(usize),
+    #[error("{what} of {len} bytes is shorter than its 8-byte timestamp")]
+    Short { what: &'static str, len: usize },
+}
+
+/// The sled key of a log position: big-endian, so keys sort as positions.
+pub fn position_key(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+/// A log position from its sled key.
+pub fn decode_position(key: &[u8]) -> Result<u64, RecordError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| RecordError::KeyLength(key.len()))
+}
+
+/// The sled value of a credential log entry or a held claim: the time
+/// (8 bytes BE), then the envelope.
+pub fn stamped_value(at: Millis, envelope: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
+    value.extend_from_slice(&at.to_be_bytes());
+    value.extend_from_slice(envelope);
+    value
+}
+
+/// The time and the envelope of a [`stamped_value`].
+pub fn decode_stamped(value: &[u8], what: &'static str) -> Result<(Millis, Vec<u8>), RecordError> {
+    let (stamp, envelope) = value
+        .split_first_chunk::<8>()
+        .ok_or(RecordError::Short { what, len: value.len() })?;
+    Ok((u64::from_be_bytes(*stamp), envelope.to_vec()))
+}
+
+/// A credential log entry from its sled key and value, as replay reads it.
+pub fn decode_log_entry(key: &[u8], value: &[u8]) -> Result<LogEntry, RecordError> {
+    let position = decode_position(key)?;
+    let (learned_at, envelope) = decode_stamped(value, "credential log entry")?;
+    Ok(LogEntry {
+        position,
+        learned_at,
+        envelope,
+    })
+}
+
 /// One entry of the credential log.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
     pub position: u64,
     pub learned_at: Millis,
@@ -186,10 +236,8 @@ impl Store {
         let mut lens = self.lens();
         let first = lens.credentials;
         for (learned_at, envelope) in entries {
-            let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
-            value.extend_from_slice(&learned_at.to_be_bytes());
-            value.extend_from_slice(envelope);
-            self.credlog.insert(lens.credentials.to_be_bytes(), value)?;
+            self.credlog
+                .insert(position_key(lens.credentials), stamped_value(*learned_at, envelope))?;
             lens.credentials = lens.credentials.saturating_add(1);
         }
         Ok(first)
@@ -199,7 +247,7 @@ impl Store {
     pub fn credential_log_page(&self, cursor: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
         let limit = limit.clamp(1, SYNC_PAGE_MAX) as usize;
         self.credlog
-            .range(cursor.to_be_bytes()..)
+            .range(position_key(cursor)..)
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
@@ -227,7 +275,7 @@ impl Store {
         let mut lens = self.lens();
         let first = lens.certificates;
         for c in certificates {
-            self.certlog.insert(lens.certificates.to_be_bytes(), *c)?;
+            self.certlog.insert(position_key(lens.certificates), *c)?;
             lens.certificates = lens.certificates.saturating_add(1);
         }
         Ok(first)
@@ -237,7 +285,7 @@ impl Store {
     pub fn certificate_log_page(&self, cursor: u64, limit: u32) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let limit = limit.clamp(1, SYNC_PAGE_MAX) as usize;
         self.certlog
-            .range(cursor.to_be_bytes()..)
+            .range(position_key(cursor)..)
             .take(limit)
             .map(|item| {
                 let (key, value) = item?;
@@ -261,12 +309,7 @@ impl Store {
                     id,
                     received_at,
                     envelope,
-                } => {
-                    let mut value = Vec::with_capacity(envelope.len().saturating_add(8));
-                    value.extend_from_slice(&received_at.to_be_bytes());
-                    value.extend_from_slice(envelope);
-                    batch.insert(id, value);
-                }
+                } => batch.insert(id, stamped_value(*received_at, envelope)),
                 HeldChange::Release(id) => batch.remove(id),
             }
         }
@@ -283,10 +326,7 @@ impl Store {
     pub fn held_claims(&self) -> impl Iterator<Item = Result<(Millis, Vec<u8>), StoreError>> + '_ {
         self.held.iter().map(|item| {
             let (_, value) = item?;
-            let (stamp, envelope) = value
-                .split_first_chunk::<8>()
-                .ok_or_else(|| self.corrupt("held claim shorter than its timestamp"))?;
-            Ok((u64::from_be_bytes(*stamp), envelope.to_vec()))
+            decode_stamped(&value, "held claim").map_err(|e| self.corrupt(e))
         })
     }
 
@@ -329,27 +369,17 @@ impl Store {
     }
 
     fn position_of(&self, key: &[u8]) -> Result<u64, StoreError> {
-        <[u8; 8]>::try_from(key)
-            .map(u64::from_be_bytes)
-            .map_err(|_| self.corrupt("credential log key is not 8 bytes"))
+        decode_position(key).map_err(|e| self.corrupt(e))
     }
 
     fn entry(&self, key: &[u8], value: &[u8]) -> Result<LogEntry, StoreError> {
-        let position = self.position_of(key)?;
-        let (stamp, envelope) = value
-            .split_first_chunk::<8>()
-            .ok_or_else(|| self.corrupt("credential log entry shorter than its timestamp"))?;
-        Ok(LogEntry {
-            position,
-            learned_at: u64::from_be_bytes(*stamp),
-            envelope: envelope.to_vec(),
-        })
+        decode_log_entry(key, value).map_err(|e| self.corrupt(e))
     }
 
-    fn corrupt(&self, message: &str) -> StoreError {
+    fn corrupt(&self, error: RecordError) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
-            message: message.into(),
+            message: error.to_string(),
         }
     }
 }
@@ -357,6 +387,28 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_with_another_layout_are_refused_not_misread() {
+        let entry = LogEntry {
+            position: 3,
+            learned_at: 9,
+            envelope: b"env".to_vec(),
+        };
+        assert_eq!(decode_log_entry(&position_key(3), &stamped_value(9, b"env")), Ok(entry));
+        assert_eq!(
+            decode_log_entry(&[0; 7], &stamped_value(9, b"")),
+            Err(RecordError::KeyLength(7))
+        );
+        assert_eq!(
+            decode_log_entry(&position_key(0), &[0; 7]),
+            Err(RecordError::Short {
+                what: "credential log entry",
+                len: 7
+            })
+        );
+        assert_eq!(decode_stamped(&stamped_value(5, b""), "held claim"), Ok((5, vec![])));
+    }
 
     #[tokio::test]
     async fn log_survives_reopen_and_other_networks_are_refused() {

@@ -183,6 +183,16 @@ pub fn read_log(bytes: &[u8]) -> Result<LogRead, Damage> {
     }
 }
 
+/// A whole log file in the current format holding `records`: what
+/// [`read_log`] reads back as exactly these records.
+pub fn encode_log(records: &[LockRecord]) -> Vec<u8> {
+    let mut bytes = MAGIC.to_vec();
+    for record in records {
+        bytes.extend_from_slice(&encode(record));
+    }
+    bytes
+}
+
 fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
@@ -261,10 +271,7 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// renamed over the old one.
 fn rewrite(path: &Path, records: &[LockRecord]) -> std::io::Result<()> {
     let tmp = path.with_extension("log.rewrite");
-    let mut bytes = MAGIC.to_vec();
-    for record in records {
-        bytes.extend_from_slice(&encode(record));
-    }
+    let bytes = encode_log(records);
     let mut file = File::create(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
