@@ -1,8 +1,8 @@
 //! Writes the seed corpus of every fuzz target under `corpus/<target>/`, from
 //! real objects of the fuzzing network (`credence_fuzz::network`): envelopes
 //! of every kind signed by its keys, and the batch, vote requests, votes,
-//! certificate, locks and heartbeat that its validators' escrows produce for
-//! a real claim. ed25519 signatures are deterministic, so the same build
+//! certificate, locks and heartbeat that its validators' state machines
+//! produce for a real claim. ed25519 signatures are deterministic, so the same build
 //! writes the same files.
 //!
 //! `cargo run --release --manifest-path node/fuzz/Cargo.toml --example gen_corpus [DIR]`
@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use credence::config::{FaultModel, GenesisPlan, write_network};
 use credence::core::Millis;
 use credence::core::credentials::CredentialBook;
-use credence::core::envelope::{self, Kind, ObjectId, Unverified, Verified, seal};
+use credence::core::envelope::{self, Kind, Unverified, Verified, seal};
 use credence::core::escrow::{BucketId, Freeze};
+use credence::core::validator::{Input, Validator};
 use credence::core::wire;
-use credence::escrow::Escrow;
 use credence::store::locks::{LockRecord, encode_log};
 use credence::store::{position_key, stamped_value};
 use credence_fuzz::{NOW, book, network, selector_of};
@@ -92,11 +92,11 @@ fn log_record(position: u64, learned_at: Millis, raw: &[u8]) -> Vec<u8> {
     record(0, &bytes)
 }
 
-/// The claimant (by seed) whose claim `escrow` routes to `owner`'s bucket.
-fn claimant_for(escrow: &Escrow, distribution: &[u8; 32], owner: &[u8; 32]) -> Result<SigningKey> {
+/// The claimant (by seed) whose claim `validator` routes to `owner`'s bucket.
+fn claimant_for(validator: &Validator, distribution: &[u8; 32], owner: &[u8; 32]) -> Result<SigningKey> {
     for seed in 1u8..=255 {
         let key = SigningKey::from_bytes(&[seed; 32]);
-        if escrow
+        if validator
             .route(distribution, &key.verifying_key().to_bytes())
             .is_some_and(|b| &b.owner == owner)
         {
@@ -106,7 +106,7 @@ fn claimant_for(escrow: &Escrow, distribution: &[u8; 32], owner: &[u8; 32]) -> R
     Err("no claimant routes to the owner".into())
 }
 
-/// What the owner's and the other voter's escrows produce for one claim.
+/// What the owner's and the other voter's validators produce for one claim.
 struct Flow {
     requests: Vec<pb::VoteRequest>,
     answers: Vec<pb::VoteResponse>,
@@ -116,52 +116,64 @@ struct Flow {
 }
 
 /// Runs a claim through its owner (`owner`) and the region's other validator
-/// (`voter`) as two actors would: the owner batches it and asks both for a
-/// vote, both vote, the owner forms the certificate.
+/// (`voter`) as two shells would: the owner batches it, votes for it itself
+/// (the lock among its outputs, the vote counted once it steps
+/// `Input::Persisted`) and asks the voter, the voter votes, the owner forms
+/// the certificate.
 fn claim_flow(
     book: &CredentialBook,
-    owner: &mut Escrow,
-    voter: &mut Escrow,
-    keys: (&SigningKey, &SigningKey),
+    owner: &mut Validator,
+    voter: &mut Validator,
+    voter_key: &SigningKey,
     claim: &Verified,
 ) -> Result<Flow> {
-    let (owner_key, voter_key) = (keys.0.verifying_key().to_bytes(), keys.1.verifying_key().to_bytes());
-    let mut locks = owner.on_claim(book, claim, true, NOW)?.locks;
+    let voter_key = voter_key.verifying_key().to_bytes();
+    let mut locks = owner
+        .step(
+            NOW,
+            book,
+            Input::Claim {
+                claim,
+                from_client: true,
+            },
+        )?
+        .locks;
     let mut now = NOW;
     let mut asked = Vec::new();
+    let mut certificates = Vec::new();
     while asked.is_empty() && now < NOW + 60_000 {
         now += 10;
-        owner.attach_attestations(|id| {
-            let view = book.credential(&ObjectId(*id), 0);
-            view.attestation.map(|a| a.raw)
-        });
-        let effects = owner.tick(book, now);
-        locks.extend(effects.locks);
-        asked = effects.vote_requests;
+        let outputs = owner.tick(now, book);
+        locks.extend(outputs.locks);
+        certificates.extend(outputs.certificates_to_publish);
+        asked = outputs.vote_requests;
     }
     if asked.is_empty() {
         return Err("the owner never asked for votes".into());
     }
+    // Its locks are durable: the owner counts its own vote.
+    let persisted = owner.step(now, book, Input::Persisted)?;
+    locks.extend(persisted.locks);
+    certificates.extend(persisted.certificates_to_publish);
     let mut requests = Vec::new();
     let mut answers = Vec::new();
     for (who, request) in asked {
-        let (effects, answer) = if who == owner_key {
-            owner.on_vote_request(book, &request, now)
-        } else if who == voter_key {
-            voter.on_vote_request(book, &request, now)
-        } else {
+        if who != voter_key {
             continue;
-        };
+        }
+        let outputs = voter.step(now, book, Input::VoteRequest { request: &request })?;
+        let answer = outputs.vote_reply.ok_or("a vote request got no answer")?;
         if answer.vote.is_empty() {
             return Err(format!("a vote was refused: {}", answer.refusal).into());
         }
-        locks.extend(effects.locks);
+        locks.extend(outputs.locks);
         requests.push(request);
         answers.push(answer);
     }
-    let mut certificates = Vec::new();
     for answer in &answers {
-        certificates.extend(owner.on_vote_response(book, answer, now).certificates);
+        let outputs = owner.step(now, book, Input::VoteResponse { response: answer })?;
+        locks.extend(outputs.locks);
+        certificates.extend(outputs.certificates_to_publish);
     }
     if certificates.is_empty() {
         return Err("no certificate formed".into());
@@ -169,7 +181,7 @@ fn claim_flow(
     let mut heartbeat = None;
     while heartbeat.is_none() && now < NOW + 120_000 {
         now += 100;
-        heartbeat = owner.heartbeat_due(now);
+        heartbeat = owner.tick(now, book).heartbeat;
     }
     Ok(Flow {
         requests,
@@ -195,8 +207,9 @@ fn main() -> Result<()> {
     let distribution_id = wire::genesis_distribution_id(&network_id, 0);
 
     // The claim's home is eu-1's bucket; eu-0 (the fuzz targets' node) votes.
-    let mut owner = Escrow::new(&net.genesis, eu1.clone(), &[]).map_err(|e| e.to_string())?;
-    let mut voter = Escrow::new(&net.genesis, eu0.clone(), &[]).map_err(|e| e.to_string())?;
+    let setup = net.genesis.setup();
+    let mut owner = Validator::new(&setup, Box::new(eu1.clone()), &[])?;
+    let mut voter = Validator::new(&setup, Box::new(eu0.clone()), &[])?;
     let claimant = claimant_for(&owner, &distribution_id, &eu1.verifying_key().to_bytes())?;
 
     let attestation = seal_by(
@@ -309,7 +322,7 @@ fn main() -> Result<()> {
     for raw in [&attestation, &other_attestation, &revocation, &grant] {
         book.apply(NOW, &verify(raw)?)?;
     }
-    let flow = claim_flow(&book, &mut owner, &mut voter, (eu1, eu0), &claim_v)?;
+    let flow = claim_flow(&book, &mut owner, &mut voter, eu0, &claim_v)?;
     let batch = flow
         .requests
         .first()

@@ -1,7 +1,8 @@
 //! Verified objects applied to a node's state, as the actor applies gossip,
 //! sync pages and RPC submissions: attestations, revocations and grants to
 //! the credential book; distributions, rebalances, claims and heartbeats to
-//! the escrow of a validator of the fuzzing network; then a tick.
+//! the validator state machine of a validator of the fuzzing network; then a
+//! tick.
 //!
 //! Input: objects one after the other, each a selector byte (the kind), a
 //! 2-byte little-endian length and the body. The signer is taken from the
@@ -13,7 +14,8 @@
 
 use credence::core::credentials::Applied;
 use credence::core::envelope::Kind;
-use credence_fuzz::{NOW, book, escrow, key_of, kind_of, network, verified};
+use credence::core::validator::Input;
+use credence_fuzz::{NOW, book, key_of, kind_of, network, validator, verified};
 use credence_proto::v1 as pb;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -42,7 +44,7 @@ fn signer_of(kind: Kind, body: &[u8]) -> [u8; 32] {
 fuzz_target!(|data: &[u8]| {
     let operators = &network().genesis.operators;
     let mut book = book();
-    let mut escrow = escrow();
+    let mut validator = validator();
     let mut rest = data;
     let mut now = NOW;
     for _ in 0..OBJECTS_MAX {
@@ -66,17 +68,20 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Kind::Distribution => {
-                let _ = escrow.add_distribution(&v, operators);
+                let _ = validator.add_distribution(&v, operators);
             }
             Kind::Rebalance => {
-                let _ = escrow.add_rebalance(&v, operators);
+                let _ = validator.add_rebalance(&v, operators);
             }
             Kind::Claim => {
-                let _ = escrow.on_claim(&book, &v, selector & 0x80 != 0, now);
+                let from_client = selector & 0x80 != 0;
+                let _ = validator.step(now, &book, Input::Claim { claim: &v, from_client });
             }
             Kind::Heartbeat => {
-                if let Ok(true) = escrow.on_heartbeat(&v, now) {
-                    assert_eq!(escrow.on_heartbeat(&v, now), Ok(false), "a heartbeat was news twice");
+                let heartbeat = Input::Heartbeat { heartbeat: &v };
+                if validator.step(now, &book, heartbeat).is_ok_and(|out| out.news) {
+                    let again = validator.step(now, &book, Input::Heartbeat { heartbeat: &v });
+                    assert!(again.is_ok_and(|out| !out.news), "a heartbeat was news twice");
                 }
             }
             Kind::Batch | Kind::Vote | Kind::Freeze | Kind::Evidence => {
@@ -85,5 +90,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = escrow.tick(&book, now.saturating_add(1_000));
+    let _ = validator.tick(now.saturating_add(1_000), &book);
 });

@@ -1,6 +1,6 @@
 //! A genesis file as every node loads it (`LoadedGenesis::from_bytes`: UTF-8,
-//! TOML, then the validation that says what is wrong), and the escrow a
-//! validator of it starts with.
+//! TOML, then the validation that says what is wrong), and the validator
+//! state machine a node of it starts with (`LoadedGenesis::setup`).
 //!
 //! Holds: no panic; the network id is the hash of the exact bytes; a genesis
 //! that loads, written back as TOML, loads again to the same genesis (as
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use credence::config::LoadedGenesis;
 use credence::core::envelope::NetworkId;
-use credence::escrow::Escrow;
+use credence::core::validator::Validator;
 use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
 
@@ -30,7 +30,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(again) => assert_eq!(format!("{:?}", again.genesis), format!("{:?}", loaded.genesis)),
         Err(e) => panic!("a loaded genesis written back does not load: {e}\n{text}"),
     }
-    // A node that is not one of its validators, and the first validator's
-    // view, both start or refuse with an error.
-    let _ = Escrow::new(&loaded, SigningKey::from_bytes(&[7; 32]), &[]);
+    // The machine's setup names every validator of the genesis, and a node
+    // that is not one of them starts or refuses with an error.
+    let setup = loaded.setup();
+    assert_eq!(setup.validators.len(), loaded.validators.len());
+    assert_eq!(setup.distributions.len(), loaded.genesis.distributions.len());
+    let _ = Validator::new(&setup, Box::new(SigningKey::from_bytes(&[7; 32])), &[]);
 });

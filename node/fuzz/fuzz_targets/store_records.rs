@@ -1,8 +1,8 @@
 //! The store's records as a node reads them back from sled on start and
 //! replays them (`node::replay`): credential log entries (8-byte position
 //! key, time-stamped envelope) applied to the credential book and the
-//! escrow, certificates from the certificate log, and the claims held while
-//! they wait for their owner.
+//! validator state machine, certificates from the certificate log, and the
+//! claims held while they wait for their owner.
 //!
 //! Input: records one after the other, each a tree byte (0: credential log,
 //! 1: certificate log, 2: held claims), a 2-byte little-endian length and
@@ -13,9 +13,10 @@
 #![no_main]
 
 use credence::core::envelope::{self, Unverified};
+use credence::core::validator::Input;
 use credence::node::replay_entry;
 use credence::store::{decode_log_entry, decode_stamped, position_key, stamped_value};
-use credence_fuzz::{NOW, book, escrow, network};
+use credence_fuzz::{NOW, book, network, validator};
 use libfuzzer_sys::fuzz_target;
 
 /// Most records taken from one input.
@@ -24,7 +25,7 @@ const RECORDS_MAX: usize = 32;
 fuzz_target!(|data: &[u8]| {
     let genesis = &network().genesis;
     let mut book = book();
-    let mut escrow = escrow();
+    let mut validator = validator();
     let mut rest = data;
     for _ in 0..RECORDS_MAX {
         let Some((&tree, tail)) = rest.split_first() else { break };
@@ -50,10 +51,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(again.as_ref(), Ok(&entry));
                 // A stored entry that no longer applies refuses the start with
                 // its position; it must never panic.
-                let _ = replay_entry(genesis, &mut book, &mut escrow, &entry);
+                let _ = replay_entry(genesis, &mut book, &mut validator, &entry);
             }
             1 => {
-                let _ = escrow.on_certificate(&book, record, NOW);
+                let _ = validator.step(NOW, &book, Input::Certificate { raw: record });
             }
             _ => {
                 let Ok((received_at, raw)) = decode_stamped(record, "held claim") else {
@@ -61,11 +62,11 @@ fuzz_target!(|data: &[u8]| {
                 };
                 assert_eq!(stamped_value(received_at, &raw), record);
                 if let Ok(claim) = envelope::decode(&genesis.network_id, &raw).and_then(Unverified::verify) {
-                    escrow.restore_held(claim, received_at);
+                    validator.restore_held(claim, received_at);
                 }
             }
         }
     }
-    escrow.resume();
-    let _ = escrow.tick(&book, NOW);
+    validator.resume();
+    let _ = validator.tick(NOW, &book);
 });

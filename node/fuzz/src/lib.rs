@@ -10,7 +10,7 @@ use credence::config::{LocalNetwork, local_network};
 use credence::core::Millis;
 use credence::core::credentials::{CredentialBook, CredentialRules};
 use credence::core::envelope::{self, Kind, NetworkId, Verified};
-use credence::escrow::Escrow;
+use credence::core::validator::Validator;
 use credence_proto::v1 as pb;
 use prost::Message;
 
@@ -50,16 +50,16 @@ pub fn book() -> CredentialBook {
     )
 }
 
-/// The escrow state of the network's first validator, fresh.
-pub fn escrow() -> Escrow {
+/// The validator state machine of the network's first validator, fresh.
+pub fn validator() -> Validator {
     let net = network();
     let key = match net.validators.first() {
         Some(key) => key.clone(),
         None => panic!("the fuzzing network has no validator"),
     };
-    match Escrow::new(&net.genesis, key, &[]) {
-        Ok(escrow) => escrow,
-        Err(e) => panic!("the fuzzing escrow does not build: {e}"),
+    match Validator::new(&net.genesis.setup(), Box::new(key), &[]) {
+        Ok(validator) => validator,
+        Err(e) => panic!("the fuzzing validator does not build: {e}"),
     }
 }
 
