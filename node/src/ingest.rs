@@ -61,3 +61,14 @@ pub struct SyncPage {
     pub certificates: Vec<(u64, Vec<u8>)>,
     pub cert_log_len: u64,
 }
+
+/// Why the actor refused a certificate, and whether that is the sender's
+/// fault: a forged or conflicting one is (gossip rejects it and the sender is
+/// penalised); one this node has no room to hold yet is not (gossip ignores
+/// it, catch-up brings it again).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refused {
+    pub senders_fault: bool,
+    pub reason: String,
+}

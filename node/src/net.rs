@@ -1107,8 +1107,10 @@ impl EventLoop {
             } else if is_cert {
                 match node.certificate(message.data).await {
                     Some(Ok(true)) => MessageAcceptance::Accept,
-                    Some(Ok(false)) | None => MessageAcceptance::Ignore,
-                    Some(Err(_)) => MessageAcceptance::Reject,
+                    // Refused for want of room here (the ledger's waiting buffer
+                    // full) is no fault of the sender: ignored, not penalised.
+                    Some(Err(refused)) if refused.senders_fault => MessageAcceptance::Reject,
+                    Some(Ok(false) | Err(_)) | None => MessageAcceptance::Ignore,
                 }
             } else {
                 match envelope::decode_capped(&network, &message.data, GOSSIP_MAX_BYTES).and_then(|u| {

@@ -25,7 +25,7 @@ use crate::core::credentials::{Applied, CredentialBook, CredentialError, Credent
 use crate::core::envelope::{self, Kind, ObjectId, Verified};
 use crate::core::validator::{Input, Outputs as Effects, Validator as Escrow};
 use crate::core::{Millis, PublicKey};
-pub use crate::ingest::{Source, SubmitError, SyncPage, Verdict};
+pub use crate::ingest::{Refused, Source, SubmitError, SyncPage, Verdict};
 use crate::metrics::Metrics;
 use crate::net::{self, NetConfig, NetEvent, NetHandle};
 use crate::store::locks::{LockLog, LockRecord};
@@ -148,7 +148,7 @@ enum Command {
     },
     Certificate {
         raw: Vec<u8>,
-        reply: Option<oneshot::Sender<Result<bool, String>>>,
+        reply: Option<oneshot::Sender<Result<bool, Refused>>>,
     },
     VoteRequest {
         request: pb::VoteRequest,
@@ -226,21 +226,6 @@ impl NodeHandle {
         }
     }
 
-    /// Hands verified objects from the network to the actor and waits for the
-    /// verdicts (which gossipsub needs to accept or reject the message).
-    pub async fn ingest(&self, objects: Vec<Verified>, source: Source) -> Option<Vec<Result<Verdict, SubmitError>>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Ingest {
-                objects,
-                source,
-                reply: Some(reply),
-            })
-            .await
-            .ok()?;
-        rx.await.ok()
-    }
-
     /// The credential with this attestation id and the instant its status holds.
     pub async fn credential(&self, id: ObjectId) -> Option<(CredentialView, Millis)> {
         let (reply, rx) = oneshot::channel();
@@ -259,21 +244,6 @@ impl NodeHandle {
     pub async fn counts(&self) -> Option<Counts> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Counts { reply }).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// A page of the local credential log and of the certificate log.
-    pub async fn log_page(&self, cursor: u64, limit: u32, cert_cursor: u64) -> Option<Result<SyncPage, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::LogPage {
-                cursor,
-                limit,
-                cert_cursor,
-                reply,
-            })
-            .await
-            .ok()?;
         rx.await.ok()
     }
 
@@ -304,57 +274,6 @@ impl NodeHandle {
             .map_err(|_| SubmitError::ShuttingDown)?
             .map_err(SubmitError::Escrow)?;
         Ok(id)
-    }
-
-    /// A claim from gossip.
-    pub async fn gossip_claim(&self, claim: Verified) -> Option<Result<(), String>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Claim {
-                claim,
-                from_client: false,
-                reply: Some(reply),
-            })
-            .await
-            .ok()?;
-        rx.await.ok()
-    }
-
-    /// A certificate from gossip or sync: `Ok(true)` when new here.
-    pub async fn certificate(&self, raw: Vec<u8>) -> Option<Result<bool, String>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Certificate {
-                raw,
-                reply: Some(reply),
-            })
-            .await
-            .ok()?;
-        rx.await.ok()
-    }
-
-    /// Asks this node to vote (from a validator of its region).
-    pub async fn vote_request(&self, request: pb::VoteRequest) -> Option<pb::VoteResponse> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::VoteRequest { request, reply }).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// A voter's answer to this node's vote request.
-    pub async fn vote_response(&self, response: pb::VoteResponse) {
-        let _ = self.tx.send(Command::VoteResponse { response }).await;
-    }
-
-    /// A heartbeat from gossip: `Ok(true)` when it is news.
-    pub async fn heartbeat(&self, heartbeat: Verified) -> Option<Result<bool, String>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Heartbeat { heartbeat, reply }).await.ok()?;
-        rx.await.ok()
-    }
-
-    /// An RTT sample to a validator; dropped when the node is busy.
-    pub fn rtt(&self, key: PublicKey, rtt_ms: f64) {
-        let _ = self.tx.try_send(Command::Rtt { key, rtt_ms });
     }
 
     /// Runs a read-only query on the escrow state.
@@ -894,7 +813,10 @@ impl Actor {
                             effects.append(more);
                             Ok(news)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(Refused {
+                            senders_fault: e.is_senders_fault(),
+                            reason: e.to_string(),
+                        }),
                     };
                     if let Some(reply) = reply {
                         let _ = reply.send(answer);

@@ -296,6 +296,17 @@ pub enum ValidatorError {
     Operator(String),
     #[error("cannot build the validator: {0}")]
     Setup(String),
+    #[error("no room here yet: {0}")]
+    Busy(String),
+}
+
+impl ValidatorError {
+    /// Whether the input itself is at fault (forged, malformed, conflicting),
+    /// as opposed to this node lacking room for it now: only the first should
+    /// count against the peer that sent it.
+    pub fn is_senders_fault(&self) -> bool {
+        !matches!(self, ValidatorError::Busy(_) | ValidatorError::TooManyWaiting)
+    }
 }
 
 /// The answer to a vote request.
@@ -2097,6 +2108,7 @@ impl Validator {
                 }
                 Ok(true)
             }
+            Err(e @ crate::core::escrow::LedgerError::WaitingFull { .. }) => Err(ValidatorError::Busy(e.to_string())),
             Err(e) => Err(ValidatorError::Certificate(e.to_string())),
         }
     }

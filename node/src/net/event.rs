@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::NetHandle;
 use crate::core::PublicKey;
 use crate::core::envelope::Verified;
-use crate::ingest::{Source, SubmitError, SyncPage, Verdict};
+use crate::ingest::{Refused, Source, SubmitError, SyncPage, Verdict};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 
@@ -43,7 +43,7 @@ pub enum NetEvent {
     /// A certificate from gossip or catch-up: `Ok(true)` when new.
     Certificate {
         raw: Vec<u8>,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, Refused>>,
     },
     /// A validator of this region asks for a vote (or hands over a claim).
     VoteRequest {
@@ -101,7 +101,7 @@ impl NodeLink {
         self.ask(|reply| NetEvent::Claim { claim, reply }).await
     }
 
-    pub async fn certificate(&self, raw: Vec<u8>) -> Option<Result<bool, String>> {
+    pub async fn certificate(&self, raw: Vec<u8>) -> Option<Result<bool, Refused>> {
         self.ask(|reply| NetEvent::Certificate { raw, reply }).await
     }
 

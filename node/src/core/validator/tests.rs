@@ -336,3 +336,12 @@ fn a_claim_met_again_while_batched_stays_batched_and_is_not_refused_as_a_double(
     assert_eq!(timeline.rejected_at, 0, "refused: {}", timeline.reason);
     assert!(timeline.provisional_at > 0, "the claim was batched");
 }
+
+#[test]
+fn a_certificate_refused_for_want_of_room_is_not_the_senders_fault() {
+    use super::ValidatorError;
+    assert!(!ValidatorError::Busy("waiting buffer is full".into()).is_senders_fault());
+    assert!(!ValidatorError::TooManyWaiting.is_senders_fault());
+    assert!(ValidatorError::Certificate("a different certificate exists at this position".into()).is_senders_fault());
+    assert!(ValidatorError::Heartbeat("from a key that is not a validator").is_senders_fault());
+}
