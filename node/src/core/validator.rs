@@ -62,6 +62,13 @@ pub const CLAIM_REPUBLISH_MS: Millis = 30_000;
 /// A client's submission of a claim still waiting here hands it to its owner
 /// again, at most this often.
 pub const CLIENT_RESUBMIT_MIN_MS: Millis = 1_000;
+/// Certificates kept in memory per bucket, newest first: enough for the
+/// `prev` a vote request attaches and for a frontier; older ones are served
+/// from the store's certificate log.
+pub const CERTIFICATES_KEPT_PER_BUCKET: u64 = 8;
+/// Fingerprints of certificate bytes remembered as applied here (a copy met
+/// again is recognised without verifying it).
+pub const CERTIFICATE_FINGERPRINTS_MAX: usize = 131_072;
 /// Envelopes remembered as verified (claims, batches, votes), so one met
 /// again inside a vote request or certificate is not checked again.
 pub const KNOWN_SIGNATURES_MAX: usize = 131_072;
@@ -408,6 +415,8 @@ pub struct Validator {
     certificates: BTreeMap<(Digest, u64), (Digest, Vec<u8>)>,
     /// blake3 of the exact bytes of each certificate in `certificates`.
     certificate_fingerprints: BTreeSet<[u8; 32]>,
+    /// `certificate_fingerprints` oldest first, to forget the oldest.
+    fingerprint_order: VecDeque<[u8; 32]>,
     conflicting_certificates: u64,
     names: BTreeMap<Key, String>,
     distribution_names: BTreeMap<Digest, String>,
@@ -581,6 +590,7 @@ impl Validator {
             pending: Default::default(),
             certificates: BTreeMap::new(),
             certificate_fingerprints: BTreeSet::new(),
+            fingerprint_order: VecDeque::new(),
             samples: Samples::default(),
             conflicting_certificates: 0,
             names: setup.validators.iter().map(|v| (v.key, v.name.clone())).collect(),
@@ -2037,8 +2047,15 @@ impl Validator {
         let id = cert.object.id();
         let bucket = cert.object.bucket().digest();
         let seq = cert.object.seq().unwrap_or(u64::MAX);
-        match self.certificates.get(&(bucket, seq)) {
-            Some((existing, _)) if *existing == id => return Ok(false),
+        // Positions older than the ones kept in memory are judged by the
+        // ledger's certified ids.
+        let known_id = self
+            .certificates
+            .get(&(bucket, seq))
+            .map(|(existing, _)| *existing)
+            .or_else(|| self.ledger.certified_id(&bucket, seq));
+        match known_id {
+            Some(existing) if existing == id => return Ok(false),
             Some(_) => {
                 self.conflicting_certificates = self.conflicting_certificates.saturating_add(1);
                 return Err(ValidatorError::Certificate(
@@ -2064,10 +2081,10 @@ impl Validator {
         };
         let region = cert.object.bucket().region.clone();
         match self.ledger.apply(cert) {
+            Ok(crate::core::escrow::ApplyOutcome::Duplicate) => Ok(false),
             Ok(_) => {
                 self.last_heard.insert(region, now);
-                self.certificates.insert((bucket, seq), (id, raw.to_vec()));
-                self.certificate_fingerprints.insert(*blake3::hash(raw).as_bytes());
+                self.remember_certificate(bucket, seq, id, raw);
                 for (to, amount) in transfers {
                     let moved = self.transfers_certified.entry((bucket, to)).or_default();
                     *moved = moved.saturating_add(amount);
@@ -2113,6 +2130,34 @@ impl Validator {
         }
     }
 
+    /// Keeps a certificate's bytes for the positions a vote request may need
+    /// (the newest [`CERTIFICATES_KEPT_PER_BUCKET`] of its bucket) and its
+    /// fingerprint among the newest [`CERTIFICATE_FINGERPRINTS_MAX`]: memory
+    /// does not grow with history. Older ones live in the store's
+    /// certificate log; one met again takes the full path and is found a
+    /// duplicate by the ledger.
+    fn remember_certificate(&mut self, bucket: Digest, seq: u64, id: Digest, raw: &[u8]) {
+        self.certificates.insert((bucket, seq), (id, raw.to_vec()));
+        let keep_from = seq.saturating_sub(CERTIFICATES_KEPT_PER_BUCKET);
+        let old: Vec<(Digest, u64)> = self
+            .certificates
+            .range((bucket, 0)..(bucket, keep_from))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in old {
+            self.certificates.remove(&key);
+        }
+        let fingerprint = *blake3::hash(raw).as_bytes();
+        if self.certificate_fingerprints.insert(fingerprint) {
+            self.fingerprint_order.push_back(fingerprint);
+            if self.fingerprint_order.len() > CERTIFICATE_FINGERPRINTS_MAX
+                && let Some(oldest) = self.fingerprint_order.pop_front()
+            {
+                self.certificate_fingerprints.remove(&oldest);
+            }
+        }
+    }
+
     /// A claim's status and timeline.
     pub fn claim_status(&self, book: &CredentialBook, id: &Digest) -> Option<(ClaimStatus, Timeline)> {
         let status = self.ledger.claim_status(id, &Credentials(book), self)?;
@@ -2125,11 +2170,6 @@ impl Validator {
             .certified_claims()
             .map(|c| (c.claim.slot(), c.bucket, c.seq, c.claim.id))
             .collect()
-    }
-
-    /// The raw certificate at a position.
-    pub fn certificate_at(&self, bucket: &Digest, seq: u64) -> Option<&[u8]> {
-        self.certificates.get(&(*bucket, seq)).map(|(_, raw)| raw.as_slice())
     }
 }
 

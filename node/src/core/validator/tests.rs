@@ -345,3 +345,63 @@ fn a_certificate_refused_for_want_of_room_is_not_the_senders_fault() {
     assert!(ValidatorError::Certificate("a different certificate exists at this position".into()).is_senders_fault());
     assert!(ValidatorError::Heartbeat("from a key that is not a validator").is_senders_fault());
 }
+
+#[test]
+fn certificates_kept_in_memory_do_not_grow_with_history() {
+    // One validator certifies many batches of its own bucket; memory keeps
+    // the newest few, and an old certificate met again is still a duplicate.
+    let now = 1_000_000;
+    let local = local_network(&["eu"], 1, 12, 1_000_000, 10).unwrap();
+    let network = local.genesis.network_id;
+    let mut node = Validator::new(&local.genesis.setup(), Box::new(local.validators[0].clone()), &[]).unwrap();
+    let mut book = CredentialBook::new(
+        CredentialRules {
+            max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
+            operators: local.genesis.operators.clone(),
+        },
+        local.genesis.issuer_grants.iter().cloned(),
+    );
+    let mut first = None;
+    for n in 0..(super::CERTIFICATES_KEPT_PER_BUCKET as u8 + 12) {
+        let at = now + 1_000 * u64::from(n);
+        let claimant = SigningKey::from_bytes(&[n.wrapping_add(100); 32]);
+        let attestation = pb::Attestation {
+            issuer: key_of(&local.issuer).to_vec(),
+            subject: key_of(&claimant).to_vec(),
+            schema: crate::config::DEMO_SCHEMA.into(),
+            data: vec![],
+            issued_at: now,
+            expires_at: 0,
+            nonce: u64::from(n),
+        };
+        let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
+        book.apply(at, &envelope::decode(&network, &raw).unwrap().verify().unwrap())
+            .unwrap();
+        let body = pb::Claim {
+            distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
+            claimant: key_of(&claimant).to_vec(),
+            attestation_id: attestation_id.0.to_vec(),
+            amount: 10,
+            recipient: vec![],
+            created_at: at,
+            nonce: 1,
+        };
+        let (raw, _) = seal(&network, &claimant, Kind::Claim, body.encode_to_vec());
+        let c = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+        node.step(at, &book, claim(&c, true)).unwrap();
+        let _ = node.tick(at + 40, &book);
+        let out = node.step(at + 41, &book, Input::Persisted).unwrap();
+        assert_eq!(out.store_certificates.len(), 1, "batch {n} certified");
+        first.get_or_insert(out.store_certificates[0].clone());
+    }
+    assert!(node.certificates.len() <= super::CERTIFICATES_KEPT_PER_BUCKET as usize + 1);
+    let first = first.unwrap();
+    node.certificate_fingerprints.clear();
+    let again = node
+        .step(now + 100_000, &book, Input::Certificate { raw: &first })
+        .unwrap();
+    assert!(
+        !again.news && again.store_certificates.is_empty(),
+        "an old certificate is a duplicate"
+    );
+}
