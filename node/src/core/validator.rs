@@ -250,6 +250,32 @@ pub struct Setup {
     pub distributions: Vec<(Distribution, String)>,
 }
 
+impl Setup {
+    /// The genesis ledger: this validator set and the genesis distributions,
+    /// nothing certified yet.
+    pub fn ledger(&self, waiting_max: usize) -> Result<Ledger, ValidatorError> {
+        let validators = ValidatorSet::new(
+            self.validators
+                .iter()
+                .map(|v| crate::core::escrow::Validator {
+                    key: v.key,
+                    region: v.region.clone(),
+                    weight: v.weight,
+                })
+                .collect(),
+            self.params.fault_model,
+        )
+        .map_err(|e| ValidatorError::Setup(format!("validator set: {e}")))?;
+        let mut ledger = Ledger::new(validators, waiting_max);
+        for (d, name) in &self.distributions {
+            ledger
+                .add_distribution(d.clone())
+                .map_err(|e| ValidatorError::Setup(format!("genesis distribution {name}: {e}")))?;
+        }
+        Ok(ledger)
+    }
+}
+
 /// Most samples of each kind kept between two drains (the actor drains
 /// after every group of commands, so this only bounds a pathological group).
 pub const SAMPLES_MAX: usize = 4096;
@@ -530,27 +556,12 @@ impl Validator {
         let network = setup.network;
         let me = signer.public_key();
         let params = setup.params;
-        let validators = ValidatorSet::new(
-            setup
-                .validators
-                .iter()
-                .map(|v| crate::core::escrow::Validator {
-                    key: v.key,
-                    region: v.region.clone(),
-                    weight: v.weight,
-                })
-                .collect(),
-            params.fault_model,
-        )
-        .map_err(|e| ValidatorError::Setup(format!("validator set: {e}")))?;
-        let mut ledger = Ledger::new(validators, LEDGER_WAITING_MAX);
-        let mut distribution_names = BTreeMap::new();
-        for (d, name) in &setup.distributions {
-            ledger
-                .add_distribution(d.clone())
-                .map_err(|e| ValidatorError::Setup(format!("genesis distribution {name}: {e}")))?;
-            distribution_names.insert(d.id, name.clone());
-        }
+        let ledger = setup.ledger(LEDGER_WAITING_MAX)?;
+        let distribution_names: BTreeMap<Digest, String> = setup
+            .distributions
+            .iter()
+            .map(|(d, name)| (d.id, name.clone()))
+            .collect();
         let region = setup.validators.iter().find(|v| v.key == me).map(|v| v.region.clone());
         let skew = params.max_clock_skew_ms;
         let vote_locks = locks.iter().filter_map(|r| match r {

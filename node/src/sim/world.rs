@@ -397,25 +397,7 @@ impl World {
         }
         let dist_id = wire::genesis_distribution_id(&network, 0);
         let dist_total = setup.distributions.first().map_or(0, |(d, _)| d.total);
-        let mut oracle = Ledger::new(
-            crate::core::escrow::ValidatorSet::new(
-                setup
-                    .validators
-                    .iter()
-                    .map(|v| crate::core::escrow::Validator {
-                        key: v.key,
-                        region: v.region.clone(),
-                        weight: v.weight,
-                    })
-                    .collect(),
-                setup.params.fault_model,
-            )
-            .map_err(|e| e.to_string())?,
-            usize::MAX,
-        );
-        for (d, _) in &setup.distributions {
-            oracle.add_distribution(d.clone()).map_err(|e| e.to_string())?;
-        }
+        let oracle = setup.ledger(usize::MAX).map_err(|e| e.to_string())?;
 
         // local_network lists validators region by region; node i sits in region i % regions.
         let mut signers: Vec<Option<SigningKey>> = local.validators.into_iter().map(Some).collect();

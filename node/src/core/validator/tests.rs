@@ -117,48 +117,62 @@ fn a_node_keeps_only_the_needs_a_validator_of_its_region_has_for_its_own_buckets
     assert!(pb::Heartbeat::decode(own.body.as_slice()).unwrap().needs.is_empty());
 }
 
-/// A one-validator network (eu-0 owns every bucket), its escrow and
-/// credential book, and a valid claim by a claimant holding a credential.
-fn single_validator_with_claim(now: Millis) -> (Validator, CredentialBook, Verified, Digest) {
-    let local = local_network(&["eu"], 1, 12, 1_000, 10).unwrap();
-    let network = local.genesis.network_id;
-    let node = Validator::new(&local.genesis.setup(), Box::new(local.validators[0].clone()), &[]).unwrap();
-    let mut book = CredentialBook::new(
+/// An empty credential book under `local`'s genesis rules.
+fn book_of(local: &crate::config::LocalNetwork) -> CredentialBook {
+    CredentialBook::new(
         CredentialRules {
             max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
             operators: local.genesis.operators.clone(),
         },
         local.genesis.issuer_grants.iter().cloned(),
-    );
-    let claimant = SigningKey::from_bytes(&[42; 32]);
+    )
+}
+
+/// A claim at `at` by the claimant made from `seed`, whose attestation (issued
+/// at `issued_at`) goes into `book` first.
+fn credentialed_claim(
+    local: &crate::config::LocalNetwork,
+    book: &mut CredentialBook,
+    seed: u8,
+    issued_at: Millis,
+    at: Millis,
+) -> Verified {
+    let network = local.genesis.network_id;
+    let claimant = SigningKey::from_bytes(&[seed; 32]);
     let attestation = pb::Attestation {
         issuer: key_of(&local.issuer).to_vec(),
         subject: key_of(&claimant).to_vec(),
         schema: crate::config::DEMO_SCHEMA.into(),
         data: vec![],
-        issued_at: now,
+        issued_at,
         expires_at: 0,
-        nonce: 1,
+        nonce: u64::from(seed),
     };
     let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
-    let verified = envelope::decode(&network, &raw)
-        .and_then(envelope::Unverified::verify)
+    book.apply(at, &envelope::decode(&network, &raw).unwrap().verify().unwrap())
         .unwrap();
-    book.apply(now, &verified).unwrap();
-    let claim = pb::Claim {
+    let body = pb::Claim {
         distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
         claimant: key_of(&claimant).to_vec(),
         attestation_id: attestation_id.0.to_vec(),
         amount: 10,
         recipient: vec![],
-        created_at: now,
+        created_at: at,
         nonce: 1,
     };
-    let (raw, id) = seal(&network, &claimant, Kind::Claim, claim.encode_to_vec());
-    let claim = envelope::decode(&network, &raw)
-        .and_then(envelope::Unverified::verify)
-        .unwrap();
-    (node, book, claim, id.0)
+    let (raw, _) = seal(&network, &claimant, Kind::Claim, body.encode_to_vec());
+    envelope::decode(&network, &raw).unwrap().verify().unwrap()
+}
+
+/// A one-validator network (eu-0 owns every bucket), its state machine and
+/// credential book, and a valid claim by a claimant holding a credential.
+fn single_validator_with_claim(now: Millis) -> (Validator, CredentialBook, Verified, Digest) {
+    let local = local_network(&["eu"], 1, 12, 1_000, 10).unwrap();
+    let node = Validator::new(&local.genesis.setup(), Box::new(local.validators[0].clone()), &[]).unwrap();
+    let mut book = book_of(&local);
+    let claim = credentialed_claim(&local, &mut book, 42, now, now);
+    let id = claim.id.0;
+    (node, book, claim, id)
 }
 
 fn claim<'a>(claim: &'a Verified, from_client: bool) -> Input<'a> {
@@ -233,37 +247,8 @@ fn a_vote_reply_comes_with_the_lock_it_depends_on() {
     let mut book = None;
     let request = (0..64u8)
         .find_map(|n| {
-            let claimant = SigningKey::from_bytes(&[n; 32]);
-            let attestation = pb::Attestation {
-                issuer: key_of(&local.issuer).to_vec(),
-                subject: key_of(&claimant).to_vec(),
-                schema: crate::config::DEMO_SCHEMA.into(),
-                data: vec![],
-                issued_at: now,
-                expires_at: 0,
-                nonce: u64::from(n),
-            };
-            let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
-            let v = envelope::decode(&network, &raw).unwrap().verify().unwrap();
-            let mut fresh = CredentialBook::new(
-                CredentialRules {
-                    max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
-                    operators: local.genesis.operators.clone(),
-                },
-                local.genesis.issuer_grants.iter().cloned(),
-            );
-            fresh.apply(now, &v).unwrap();
-            let body = pb::Claim {
-                distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
-                claimant: key_of(&claimant).to_vec(),
-                attestation_id: attestation_id.0.to_vec(),
-                amount: 10,
-                recipient: vec![],
-                created_at: now,
-                nonce: 1,
-            };
-            let (raw, _) = seal(&network, &claimant, Kind::Claim, body.encode_to_vec());
-            let c = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+            let mut fresh = book_of(&local);
+            let c = credentialed_claim(&local, &mut fresh, n, now, now);
             // Each try at its own time, so the owner's batch timer is due.
             let at = now + 1_000 * u64::from(n);
             owner_in_four.step(at, &fresh, claim(&c, true)).ok()?;
@@ -352,42 +337,12 @@ fn certificates_kept_in_memory_do_not_grow_with_history() {
     // the newest few, and an old certificate met again is still a duplicate.
     let now = 1_000_000;
     let local = local_network(&["eu"], 1, 12, 1_000_000, 10).unwrap();
-    let network = local.genesis.network_id;
     let mut node = Validator::new(&local.genesis.setup(), Box::new(local.validators[0].clone()), &[]).unwrap();
-    let mut book = CredentialBook::new(
-        CredentialRules {
-            max_clock_skew_ms: local.genesis.genesis.params.max_clock_skew_ms,
-            operators: local.genesis.operators.clone(),
-        },
-        local.genesis.issuer_grants.iter().cloned(),
-    );
+    let mut book = book_of(&local);
     let mut first = None;
     for n in 0..(super::CERTIFICATES_KEPT_PER_BUCKET as u8 + 12) {
         let at = now + 1_000 * u64::from(n);
-        let claimant = SigningKey::from_bytes(&[n.wrapping_add(100); 32]);
-        let attestation = pb::Attestation {
-            issuer: key_of(&local.issuer).to_vec(),
-            subject: key_of(&claimant).to_vec(),
-            schema: crate::config::DEMO_SCHEMA.into(),
-            data: vec![],
-            issued_at: now,
-            expires_at: 0,
-            nonce: u64::from(n),
-        };
-        let (raw, attestation_id) = seal(&network, &local.issuer, Kind::Attestation, attestation.encode_to_vec());
-        book.apply(at, &envelope::decode(&network, &raw).unwrap().verify().unwrap())
-            .unwrap();
-        let body = pb::Claim {
-            distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
-            claimant: key_of(&claimant).to_vec(),
-            attestation_id: attestation_id.0.to_vec(),
-            amount: 10,
-            recipient: vec![],
-            created_at: at,
-            nonce: 1,
-        };
-        let (raw, _) = seal(&network, &claimant, Kind::Claim, body.encode_to_vec());
-        let c = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+        let c = credentialed_claim(&local, &mut book, n.wrapping_add(100), now, at);
         node.step(at, &book, claim(&c, true)).unwrap();
         let _ = node.tick(at + 40, &book);
         let out = node.step(at + 41, &book, Input::Persisted).unwrap();
