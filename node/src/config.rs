@@ -35,14 +35,8 @@ pub enum ConfigError {
 }
 
 /// Whether validators may lie (`byzantine`, > 2/3 quorums) or only crash
-/// (`crash`, majority quorums).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FaultModel {
-    #[default]
-    Byzantine,
-    Crash,
-}
+/// (`crash`, majority quorums): the core's one definition.
+pub use crate::core::escrow::FaultModel;
 
 /// Protocol parameters every node of a network shares. Defaults are the
 /// documented values; a genesis may override any of them.
@@ -290,10 +284,7 @@ impl LoadedGenesis {
         Setup {
             network,
             params: MachineParams {
-                fault_model: match params.fault_model {
-                    FaultModel::Byzantine => crate::core::escrow::FaultModel::Byzantine,
-                    FaultModel::Crash => crate::core::escrow::FaultModel::Crash,
-                },
+                fault_model: params.fault_model,
                 heartbeat_interval_ms: params.heartbeat_interval_ms,
                 max_clock_skew_ms: params.max_clock_skew_ms,
                 phi_threshold: params.phi_threshold,

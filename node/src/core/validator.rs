@@ -732,10 +732,7 @@ impl Validator {
 
     /// The certificate threshold as a fraction.
     fn threshold(&self) -> (u64, u64) {
-        match self.ledger.validators().fault_model() {
-            FaultModel::Byzantine => (2, 3),
-            FaultModel::Crash => (1, 2),
-        }
+        self.ledger.validators().fault_model().threshold()
     }
 
     fn phi(&self, key: &Key, now: Millis) -> f64 {

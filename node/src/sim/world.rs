@@ -1092,13 +1092,14 @@ impl World {
             },
         };
         let regions = self.region_members.clone();
+        let (num, den) = self.setup.params.fault_model.threshold();
         let now = self.now;
         let Some(meta) = self.certs.get_mut(index) else { return };
         meta.stored_by.insert(node);
         if meta.record.global_us.is_none() {
             let global = regions.iter().all(|members| {
                 let stored = members.iter().filter(|m| meta.stored_by.contains(m)).count();
-                stored.saturating_mul(3) > members.len().saturating_mul(2)
+                crate::core::quorum::above(stored as u64, members.len() as u64, num, den)
             });
             if global {
                 meta.record.global_us = Some(now);

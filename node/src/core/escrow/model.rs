@@ -44,13 +44,29 @@ pub enum ModelError {
     WeightOverflow { region: String },
 }
 
-/// How many faulty validators the certificate threshold tolerates (genesis `fault_model`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many faulty validators the certificate threshold tolerates (genesis
+/// `fault_model`: `byzantine` or `crash`). The one definition: the genesis
+/// parser reads it, the quorum rules use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FaultModel {
     /// Certificates need more than 2/3 of a region's weight.
+    #[default]
     Byzantine,
     /// Certificates need more than 1/2 of a region's weight (trusted validators).
     Crash,
+}
+
+impl FaultModel {
+    /// The certificate threshold as a fraction `num/den` of a region's weight,
+    /// to be passed strictly: 2/3 Byzantine, 1/2 crash. Every quorum rule of
+    /// the protocol and of the delay-aware views uses this one.
+    pub const fn threshold(self) -> (u64, u64) {
+        match self {
+            FaultModel::Byzantine => (2, 3),
+            FaultModel::Crash => (1, 2),
+        }
+    }
 }
 
 /// A voting node, listed in genesis.
@@ -130,10 +146,8 @@ impl ValidatorSet {
             return false;
         }
         // u128 products of u64 values cannot overflow.
-        match self.fault_model {
-            FaultModel::Byzantine => weight.saturating_mul(3) > total.saturating_mul(2),
-            FaultModel::Crash => weight.saturating_mul(2) > total,
-        }
+        let (num, den) = self.fault_model.threshold();
+        weight.saturating_mul(u128::from(den)) > total.saturating_mul(u128::from(num))
     }
 
     /// Checks that `votes` certify `object_id` at `(bucket, seq)`: distinct validators of the
