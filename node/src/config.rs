@@ -38,40 +38,9 @@ pub enum ConfigError {
 /// (`crash`, majority quorums): the core's one definition.
 pub use crate::core::escrow::FaultModel;
 
-/// Protocol parameters every node of a network shares. Defaults are the
-/// documented values; a genesis may override any of them.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Params {
-    /// Quorum rule for certificates.
-    pub fault_model: FaultModel,
-    /// How often each validator sends a signed heartbeat.
-    pub heartbeat_interval_ms: Millis,
-    /// How far ahead of a node's clock a timestamp may be.
-    pub max_clock_skew_ms: Millis,
-    /// Phi-accrual threshold above which a validator is suspected.
-    pub phi_threshold: f64,
-    /// Shortest time an owner keeps a batch open.
-    pub batch_min_ms: Millis,
-    /// Most claims in one batch.
-    pub batch_claims_max: u32,
-    /// How long an owner must be suspected before its successor freezes it.
-    pub takeover_after_ms: Millis,
-}
-
-impl Default for Params {
-    fn default() -> Self {
-        Params {
-            fault_model: FaultModel::Byzantine,
-            heartbeat_interval_ms: 250,
-            max_clock_skew_ms: 30_000,
-            phi_threshold: 8.0,
-            batch_min_ms: 5,
-            batch_claims_max: 256,
-            takeover_after_ms: 5_000,
-        }
-    }
-}
+/// Protocol parameters every node of a network shares (the genesis
+/// `[params]`): the state machine's own definition.
+pub use crate::core::validator::Params;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,21 +246,12 @@ impl LoadedGenesis {
     /// What the validator state machine is built from: this genesis as plain
     /// values (the node and the simulator build it the same way).
     pub fn setup(&self) -> crate::core::validator::Setup {
-        use crate::core::validator::{Member, Params as MachineParams, Setup};
-        let params = &self.genesis.params;
+        use crate::core::validator::{Member, Setup};
         let network = self.network_id;
         let operator = self.operators.iter().next().copied().unwrap_or([0; 32]);
         Setup {
             network,
-            params: MachineParams {
-                fault_model: params.fault_model,
-                heartbeat_interval_ms: params.heartbeat_interval_ms,
-                max_clock_skew_ms: params.max_clock_skew_ms,
-                phi_threshold: params.phi_threshold,
-                batch_min_ms: params.batch_min_ms,
-                batch_claims_max: params.batch_claims_max as usize,
-                takeover_after_ms: params.takeover_after_ms,
-            },
+            params: self.genesis.params,
             validators: self
                 .validators
                 .iter()

@@ -219,16 +219,39 @@ impl Signer for ed25519_dalek::SigningKey {
     }
 }
 
-/// The protocol parameters of a network (the genesis `[params]`).
-#[derive(Clone, Copy, Debug)]
+/// Protocol parameters every node of a network shares. Defaults are the
+/// documented values; a genesis may override any of them.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Params {
+    /// Quorum rule for certificates.
     pub fault_model: FaultModel,
+    /// How often each validator sends a signed heartbeat.
     pub heartbeat_interval_ms: Millis,
+    /// How far ahead of a node's clock a timestamp may be.
     pub max_clock_skew_ms: Millis,
+    /// Phi-accrual threshold above which a validator is suspected.
     pub phi_threshold: f64,
+    /// Shortest time an owner keeps a batch open.
     pub batch_min_ms: Millis,
-    pub batch_claims_max: usize,
+    /// Most claims in one batch.
+    pub batch_claims_max: u32,
+    /// How long an owner must be suspected before its successor freezes it.
     pub takeover_after_ms: Millis,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            fault_model: FaultModel::Byzantine,
+            heartbeat_interval_ms: 250,
+            max_clock_skew_ms: 30_000,
+            phi_threshold: 8.0,
+            batch_min_ms: 5,
+            batch_claims_max: 256,
+            takeover_after_ms: 5_000,
+        }
+    }
 }
 
 /// A validator of the genesis, with its name.
@@ -591,7 +614,7 @@ impl Validator {
             voter,
             owners: BTreeMap::new(),
             owner_config: OwnerConfig {
-                batch_claims_max: params.batch_claims_max,
+                batch_claims_max: params.batch_claims_max as usize,
                 clock_skew_ms: skew,
             },
             collecting: BTreeMap::new(),

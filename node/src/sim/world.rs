@@ -258,6 +258,16 @@ struct Disk {
     certs: Vec<Rc<Vec<u8>>>,
 }
 
+impl Disk {
+    /// The owner's latest own batch in `locks.log`.
+    fn last_own_batch(&self) -> Option<Vec<u8>> {
+        self.locks.iter().rev().find_map(|l| match l {
+            LockRecord::OwnBatch { envelope } => Some(envelope.clone()),
+            LockRecord::Vote { .. } => None,
+        })
+    }
+}
+
 struct Node {
     signer: SigningKey,
     region: usize,
@@ -1405,10 +1415,7 @@ impl World {
     /// to a wrong `prev`, 4 funds a claim homed elsewhere.
     fn byzantine_batch(&mut self, node: usize, kind: u64) {
         let Some(n) = self.nodes.get(node) else { return };
-        let Some(last) = n.disk.locks.iter().rev().find_map(|l| match l {
-            LockRecord::OwnBatch { envelope } => Some(envelope.clone()),
-            LockRecord::Vote { .. } => None,
-        }) else {
+        let Some(last) = n.disk.last_own_batch() else {
             return;
         };
         let Ok(signed) = envelope::decode_vouched(&self.network, &last, envelope::Voucher::Known) else {
@@ -1622,10 +1629,7 @@ impl World {
     /// The node's last own batch on its disk that no certificate covers yet.
     fn in_flight(&self, node: usize) -> Option<(u64, usize)> {
         let n = self.nodes.get(node)?;
-        let last = n.disk.locks.iter().rev().find_map(|l| match l {
-            LockRecord::OwnBatch { envelope } => Some(envelope.clone()),
-            LockRecord::Vote { .. } => None,
-        })?;
+        let last = n.disk.last_own_batch()?;
         let (seq, claims) = self.decode_batch(&last)?;
         self.registry
             .object_at(node, seq)
