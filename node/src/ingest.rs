@@ -49,8 +49,8 @@ pub enum SubmitError {
     ShuttingDown,
     #[error("storage failed: {0}")]
     Store(String),
-    #[error("{0}")]
-    Escrow(String),
+    #[error(transparent)]
+    Escrow(crate::core::validator::ValidatorError),
 }
 
 /// One answer to a sync request: a page of each log.

@@ -550,7 +550,7 @@ pub async fn spawn(
         }
     }
     let (internal_tx, internal_rx) = mpsc::channel(pipeline::RESULTS_CAPACITY);
-    let pipeline = Pipeline::start(node.clone(), internal_tx.clone(), shutdown.clone());
+    let pipeline = Pipeline::start(network_id, node.clone(), internal_tx.clone(), shutdown.clone());
     let mut event_loop = EventLoop {
         swarm,
         network_id,
@@ -965,21 +965,14 @@ impl EventLoop {
         match event {
             request_response::Event::Message { message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let node = self.node.clone();
-                    let tx = self.internal_tx.clone();
-                    tokio::spawn(async move {
-                        if let Some(response) = node.vote_request(request).await {
-                            let _ = tx.send(Internal::RespondVote { channel, response }).await;
-                        }
-                    });
+                    self.pipeline.vote(pipeline::VoteWork::Request { request, channel });
                 }
                 request_response::Message::Response { request_id, response } => {
                     if self.handoffs.remove(&request_id).is_some() {
                         // The owner took the claim (its answer carries nothing).
                         return;
                     }
-                    let node = self.node.clone();
-                    tokio::spawn(async move { node.vote_response(response).await });
+                    self.pipeline.vote(pipeline::VoteWork::Response(response));
                 }
             },
             request_response::Event::OutboundFailure {
@@ -1057,84 +1050,14 @@ impl EventLoop {
             message_id,
             message,
         } = event
+            && let Some(acceptance) = self.pipeline.enqueue(propagation_source, message_id.clone(), message)
         {
-            if message.topic == topic(&self.network_id, "certs").hash()
-                || message.topic == topic(&self.network_id, "heartbeat").hash()
-                || message.topic.as_str().contains("/claims/")
-            {
-                self.on_escrow_gossip(propagation_source, message_id, message);
-                return;
-            }
-            let verdict = self
-                .pipeline
-                .enqueue(&self.network_id, propagation_source, message_id.clone(), &message);
-            if let Some(acceptance) = verdict {
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
-            }
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
         }
-    }
-
-    /// Certificates and claims: verified (nested signatures included) by the
-    /// node actor, which answers whether to relay.
-    fn on_escrow_gossip(&mut self, source: PeerId, message_id: MessageId, message: gossipsub::Message) {
-        let node = self.node.clone();
-        let tx = self.internal_tx.clone();
-        let network = self.network_id;
-        let is_cert = message.topic == topic(&network, "certs").hash();
-        let is_heartbeat = message.topic == topic(&network, "heartbeat").hash();
-        let kind = if is_heartbeat {
-            "heartbeat"
-        } else if is_cert {
-            "certificate"
-        } else {
-            "claim"
-        };
-        node.metrics.object(kind, "delivered", "gossip");
-        tokio::spawn(async move {
-            let acceptance = if is_heartbeat {
-                match envelope::decode_capped(&network, &message.data, GOSSIP_MAX_BYTES).and_then(|u| u.verify()) {
-                    Ok(v) if v.kind == Kind::Heartbeat => match node.heartbeat(v).await {
-                        Some(Ok(true)) => MessageAcceptance::Accept,
-                        Some(Ok(false)) | None => MessageAcceptance::Ignore,
-                        Some(Err(_)) => MessageAcceptance::Reject,
-                    },
-                    _ => MessageAcceptance::Reject,
-                }
-            } else if is_cert {
-                match node.certificate(message.data).await {
-                    Some(Ok(true)) => MessageAcceptance::Accept,
-                    // Refused for want of room here (the ledger's waiting buffer
-                    // full) is no fault of the sender: ignored, not penalised.
-                    Some(Err(refused)) if refused.senders_fault => MessageAcceptance::Reject,
-                    Some(Ok(false) | Err(_)) | None => MessageAcceptance::Ignore,
-                }
-            } else {
-                match envelope::decode_capped(&network, &message.data, GOSSIP_MAX_BYTES).and_then(|u| {
-                    if u.kind == Kind::Claim {
-                        u.verify()
-                    } else {
-                        Err(envelope::EnvelopeError::UnknownKind(u.kind.to_wire() as i32))
-                    }
-                }) {
-                    Err(_) => MessageAcceptance::Reject,
-                    Ok(claim) => match node.gossip_claim(claim).await {
-                        Some(Ok(())) => MessageAcceptance::Accept,
-                        _ => MessageAcceptance::Ignore,
-                    },
-                }
-            };
-            let outcome = match acceptance {
-                MessageAcceptance::Accept => "accepted",
-                MessageAcceptance::Ignore => "ignored",
-                MessageAcceptance::Reject => "rejected",
-            };
-            node.metrics.object(kind, outcome, "gossip");
-            let _ = tx.send(Internal::validated(message_id, source, acceptance)).await;
-        });
     }
 
     fn on_sync(&mut self, event: request_response::Event<pb::SyncRequest, pb::SyncResponse>) {

@@ -23,7 +23,7 @@ use credence_proto::v1 as pb;
 use crate::config::LoadedGenesis;
 use crate::core::credentials::{Applied, CredentialBook, CredentialError, CredentialRules, CredentialView};
 use crate::core::envelope::{self, Kind, ObjectId, Verified};
-use crate::core::validator::{Input, Outputs as Effects, Validator as Escrow};
+use crate::core::validator::{Input, Outputs as Effects, Validator as Escrow, ValidatorError};
 use crate::core::{Millis, PublicKey};
 pub use crate::ingest::{Refused, Source, SubmitError, SyncPage, Verdict};
 use crate::metrics::Metrics;
@@ -144,7 +144,7 @@ enum Command {
     Claim {
         claim: Verified,
         from_client: bool,
-        reply: Option<oneshot::Sender<Result<(), String>>>,
+        reply: Option<oneshot::Sender<Result<(), SubmitError>>>,
     },
     Certificate {
         raw: Vec<u8>,
@@ -159,7 +159,7 @@ enum Command {
     },
     Heartbeat {
         heartbeat: Verified,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, ValidatorError>>,
     },
     Rtt {
         key: PublicKey,
@@ -270,9 +270,7 @@ impl NodeHandle {
                 mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
             })?;
-        rx.await
-            .map_err(|_| SubmitError::ShuttingDown)?
-            .map_err(SubmitError::Escrow)?;
+        rx.await.map_err(|_| SubmitError::ShuttingDown)??;
         Ok(id)
     }
 
@@ -315,7 +313,19 @@ pub enum StartError {
     #[error(transparent)]
     Locks(#[from] crate::store::locks::LockLogError),
     #[error("cannot set up the escrow state: {0}")]
-    Escrow(String),
+    Escrow(#[from] ValidatorError),
+}
+
+/// Why a credential log entry could not be replayed on start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("log position {position}: {source}")]
+    Decode {
+        position: u64,
+        source: envelope::EnvelopeError,
+    },
+    #[error("log position {position} no longer applies: {source}")]
+    Apply { position: u64, source: CredentialError },
 }
 
 /// A started node: its handle, bound addresses and a way to stop it.
@@ -378,8 +388,8 @@ pub async fn start(settings: NodeSettings) -> Result<RunningNode, StartError> {
     let metrics = Metrics::new();
     let store = Store::open(&settings.store_dir, &genesis.network_id)?;
     let (lock_log, lock_records) = LockLog::open(&settings.store_dir.join("locks.log"))?;
-    let escrow = Escrow::new(&genesis.setup(), Box::new(settings.key.clone()), &lock_records)
-        .map_err(|e| StartError::Escrow(e.to_string()))?;
+    let escrow =
+        Escrow::new(&genesis.setup(), Box::new(settings.key.clone()), &lock_records).map_err(StartError::Escrow)?;
     let (book, escrow) = replay(&store, genesis, started_at, escrow)?;
     metrics
         .credential_log_len
@@ -539,9 +549,10 @@ pub fn replay_entry(
     book: &mut CredentialBook,
     escrow: &mut Escrow,
     entry: &LogEntry,
-) -> Result<(), String> {
+) -> Result<(), ReplayError> {
+    let position = entry.position;
     let unverified = envelope::decode(&genesis.network_id, &entry.envelope)
-        .map_err(|e| format!("log position {}: {e}", entry.position))?;
+        .map_err(|source| ReplayError::Decode { position, source })?;
     let verified = Verified {
         kind: unverified.kind,
         body: unverified.body,
@@ -550,17 +561,20 @@ pub fn replay_entry(
         raw: unverified.raw,
     };
     let result = if verified.kind == Kind::Distribution {
-        escrow.add_distribution(&verified, &genesis.operators)
+        escrow
+            .add_distribution(&verified, &genesis.operators)
+            .map_err(CredentialError::from)
     } else if verified.kind == Kind::Rebalance {
-        escrow.add_rebalance(&verified, &genesis.operators)
+        escrow
+            .add_rebalance(&verified, &genesis.operators)
+            .map_err(CredentialError::from)
     } else {
         // Replaying at the time each object was learned keeps the skew
         // rule from refusing what was accepted then.
         book.apply_learned(entry.learned_at, entry.learned_at, &verified)
             .map(|_| ())
-            .map_err(|e| e.to_string())
     };
-    result.map_err(|e| format!("log position {} no longer applies: {e}", entry.position))
+    result.map_err(|source| ReplayError::Apply { position, source })
 }
 
 /// Rebuilds the credential book and the escrow ledger from the durable logs.
@@ -584,7 +598,7 @@ fn replay(
         message,
     };
     for entry in store.credential_log() {
-        replay_entry(genesis, &mut book, &mut escrow, &entry?).map_err(corrupt)?;
+        replay_entry(genesis, &mut book, &mut escrow, &entry?).map_err(|e| corrupt(e.to_string()))?;
     }
     for raw in store.certificate_log() {
         let raw = raw?;
@@ -713,10 +727,7 @@ impl Actor {
                 } else {
                     self.escrow.add_distribution(object, &self.operators)
                 };
-                added.map(|()| Applied::New).map_err(|e| CredentialError::Malformed {
-                    kind: object.kind.name(),
-                    reason: e,
-                })
+                added.map(|()| Applied::New).map_err(CredentialError::from)
             }
             None => self.book.apply(now, object),
         };
@@ -800,7 +811,7 @@ impl Actor {
                             effects.append(more);
                             Ok(())
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(SubmitError::Escrow(e)),
                     };
                     if let Some(reply) = reply {
                         claim_replies.push((reply, answer));
@@ -869,7 +880,7 @@ impl Actor {
                             effects.append(more);
                             Ok(news)
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
                 }
@@ -1066,7 +1077,7 @@ impl Actor {
         }
         for (reply, answer) in release.claim_replies {
             let answer = match &failure {
-                Some(e) => Err(format!("storage failed: {e}")),
+                Some(e) => Err(SubmitError::Store(e.to_string())),
                 None => answer,
             };
             let _ = reply.send(answer);
@@ -1132,7 +1143,7 @@ impl Actor {
 }
 
 type RpcReply = oneshot::Sender<Vec<Result<Verdict, SubmitError>>>;
-type ClaimReply = oneshot::Sender<Result<(), String>>;
+type ClaimReply = oneshot::Sender<Result<(), SubmitError>>;
 
 /// What a group of commands writes, and what it holds back until those
 /// writes are durable.
@@ -1150,7 +1161,7 @@ struct Release {
     certificates_appended: u64,
     held_changes: u64,
     rpc_replies: Vec<(Option<RpcReply>, Vec<Verdict>)>,
-    claim_replies: Vec<(ClaimReply, Result<(), String>)>,
+    claim_replies: Vec<(ClaimReply, Result<(), SubmitError>)>,
 }
 
 impl Release {

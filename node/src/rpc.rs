@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::core::Millis;
 use crate::core::credentials::{CredentialError, CredentialView};
 use crate::core::envelope::{EnvelopeError, Kind, ObjectId, parse_hex32};
+use crate::core::validator::OperatorError;
 use crate::node::{NodeHandle, SubmitError};
 
 /// Largest gRPC request accepted: one envelope plus framing.
@@ -258,7 +259,9 @@ pub(crate) fn submit_status(e: SubmitError) -> Status {
             | CredentialError::NotGranted { .. }
             | CredentialError::NotTheIssuer
             | CredentialError::UnknownRevoker
-            | CredentialError::NotAnOperator => Status::permission_denied(message),
+            | CredentialError::NotAnOperator
+            | CredentialError::Operator(OperatorError::NotAnOperator) => Status::permission_denied(message),
+            CredentialError::Operator(_) => Status::invalid_argument(message),
             CredentialError::UnknownSchema(_) => Status::not_found(message),
             CredentialError::FromTheFuture { .. } => Status::failed_precondition(message),
             CredentialError::PendingFull(_) => Status::resource_exhausted(message),

@@ -81,6 +81,8 @@ pub enum CredentialError {
     UnknownRevoker,
     #[error("the signer is not an operator of this network")]
     NotAnOperator,
+    #[error(transparent)]
+    Operator(#[from] crate::core::validator::OperatorError),
     #[error("too many revocations are waiting for their attestations ({0}); try again later")]
     PendingFull(usize),
 }

@@ -343,13 +343,39 @@ pub fn decode_vouched(network: &NetworkId, raw: &[u8], voucher: Voucher) -> Resu
     })
 }
 
+/// Checks one signature over an envelope digest. Everything the validator
+/// state machine verifies goes through this trait (by way of
+/// [`KnownSignatures`]): the node checks ed25519 ([`Ed25519`]); the
+/// simulator may install a cheap deterministic stand-in, so that a run of
+/// a thousand validators spends its time on the protocol, not on curve
+/// arithmetic.
+pub trait SignatureCheck: Send + Sync {
+    /// Whether `signature` is `signer`'s over `digest`.
+    fn check(&self, signer: &VerifyingKey, digest: &[u8; 32], signature: &Signature) -> bool;
+}
+
+/// Ed25519 with `verify_strict` (rejects malleable and small-order
+/// encodings).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ed25519;
+
+impl SignatureCheck for Ed25519 {
+    fn check(&self, signer: &VerifyingKey, digest: &[u8; 32], signature: &Signature) -> bool {
+        signer.verify_strict(digest, signature).is_ok()
+    }
+}
+
 impl Unverified {
-    /// Verifies the signature with `verify_strict` (rejects malleable and
-    /// small-order encodings).
+    /// Verifies the signature with ed25519's `verify_strict`.
     pub fn verify(self) -> Result<Verified, EnvelopeError> {
-        self.signer
-            .verify_strict(&self.id.0, &self.signature)
-            .map_err(|_| EnvelopeError::BadSignature)?;
+        self.verify_with(&Ed25519)
+    }
+
+    /// Verifies the signature with `check`.
+    pub fn verify_with(self, check: &dyn SignatureCheck) -> Result<Verified, EnvelopeError> {
+        if !check.check(&self.signer, &self.id.0, &self.signature) {
+            return Err(EnvelopeError::BadSignature);
+        }
         Ok(self.into_verified())
     }
 
@@ -369,14 +395,36 @@ impl Unverified {
 /// again — a claim gossiped, then inside a vote request, then inside its
 /// certificate — is checked once; a variant with any other byte (a forged
 /// signature) has another fingerprint and is verified as usual. Bounded: the
-/// oldest are forgotten first.
-#[derive(Debug, Default)]
+/// oldest are forgotten first. It also holds the [`SignatureCheck`] that
+/// envelopes not known yet are verified with.
 pub struct KnownSignatures {
     set: std::collections::HashSet<[u8; 32]>,
     order: std::collections::VecDeque<[u8; 32]>,
     capacity: usize,
     /// Decompressed signer keys (validators sign every vote and batch).
     keys: KeyCache,
+    check: std::sync::Arc<dyn SignatureCheck>,
+}
+
+impl Default for KnownSignatures {
+    fn default() -> Self {
+        KnownSignatures {
+            set: Default::default(),
+            order: Default::default(),
+            capacity: 0,
+            keys: KeyCache::default(),
+            check: std::sync::Arc::new(Ed25519),
+        }
+    }
+}
+
+impl std::fmt::Debug for KnownSignatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownSignatures")
+            .field("known", &self.set.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KnownSignatures {
@@ -386,6 +434,21 @@ impl KnownSignatures {
             capacity,
             ..Default::default()
         }
+    }
+
+    /// Remembers at most `capacity` envelopes and verifies new ones with
+    /// `check`.
+    pub fn with_check(capacity: usize, check: std::sync::Arc<dyn SignatureCheck>) -> Self {
+        KnownSignatures {
+            capacity,
+            check,
+            ..Default::default()
+        }
+    }
+
+    /// Verifies an envelope with this cache's check (not remembered).
+    pub fn verify(&self, unverified: Unverified) -> Result<Verified, EnvelopeError> {
+        unverified.verify_with(self.check.as_ref())
     }
 
     /// Remembers an envelope that verified.
@@ -441,7 +504,8 @@ pub fn verify_known(network: &NetworkId, raw: &[u8], known: &mut KnownSignatures
     if known.knows(raw) {
         return decode_vouched(network, raw, Voucher::Known);
     }
-    let verified = decode_cached(network, raw, ENVELOPE_MAX_BYTES, &mut known.keys)?.verify()?;
+    let unverified = decode_cached(network, raw, ENVELOPE_MAX_BYTES, &mut known.keys)?;
+    let verified = unverified.verify_with(known.check.as_ref())?;
     known.remember(&verified);
     Ok(verified)
 }

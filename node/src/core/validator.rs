@@ -20,13 +20,14 @@
 //! actor; the simulator (`sim/`) drives N of them over a virtual network.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use credence_proto::v1 as pb;
 use prost::Message;
 
 use crate::core::Millis;
 use crate::core::credentials::{CredentialBook, CredentialStatus};
-use crate::core::envelope::{Kind, KnownSignatures, NetworkId, ObjectId, Verified, seal_with};
+use crate::core::envelope::{Ed25519, Kind, KnownSignatures, NetworkId, ObjectId, SignatureCheck, Verified, seal_with};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
     Digest, Distribution, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
@@ -348,12 +349,27 @@ pub enum ValidatorError {
     TooManyWaiting,
     #[error("invalid heartbeat: {0}")]
     Heartbeat(&'static str),
-    #[error("{0}")]
-    Operator(String),
     #[error("cannot build the validator: {0}")]
     Setup(String),
     #[error("no room here yet: {0}")]
     Busy(String),
+}
+
+/// Why an operator object (a distribution or a rebalance) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("the signer is not an operator of this network")]
+    NotAnOperator,
+    #[error(transparent)]
+    Ledger(#[from] crate::core::escrow::LedgerError),
+    #[error(transparent)]
+    Split(#[from] crate::core::escrow::DistributionError),
+    #[error("unknown distribution {0}")]
+    UnknownDistribution(String),
+    #[error("the distribution has no allocation in region {0:?}")]
+    NoAllocation(String),
 }
 
 impl ValidatorError {
@@ -574,8 +590,19 @@ impl std::fmt::Debug for Validator {
 
 impl Validator {
     /// The escrow state of a node with `key`, from the genesis and the
-    /// records of its lock log.
+    /// records of its lock log; signatures are checked with ed25519.
     pub fn new(setup: &Setup, signer: Box<dyn Signer>, locks: &[LockRecord]) -> Result<Validator, ValidatorError> {
+        Self::with_check(setup, signer, locks, Arc::new(Ed25519))
+    }
+
+    /// As [`Validator::new`], with every signature the state machine
+    /// verifies checked by `check`.
+    pub fn with_check(
+        setup: &Setup,
+        signer: Box<dyn Signer>,
+        locks: &[LockRecord],
+        check: Arc<dyn SignatureCheck>,
+    ) -> Result<Validator, ValidatorError> {
         let network = setup.network;
         let me = signer.public_key();
         let params = setup.params;
@@ -644,7 +671,7 @@ impl Validator {
             held_changes: Vec::new(),
             restored: Vec::new(),
             recheck: Default::default(),
-            known: KnownSignatures::new(KNOWN_SIGNATURES_MAX),
+            known: KnownSignatures::with_check(KNOWN_SIGNATURES_MAX, check),
             rebalances: BTreeMap::new(),
             transfers_owed: BTreeMap::new(),
             transfers_certified: BTreeMap::new(),
@@ -1168,15 +1195,15 @@ impl Validator {
     }
 
     /// Adds an operator-signed distribution.
-    pub fn add_distribution(&mut self, v: &Verified, operators: &BTreeSet<Key>) -> Result<(), String> {
-        let d = wire::distribution(v).map_err(|e| e.to_string())?;
+    pub fn add_distribution(&mut self, v: &Verified, operators: &BTreeSet<Key>) -> Result<(), OperatorError> {
+        let d = wire::distribution(v)?;
         if !operators.contains(&d.operator) {
-            return Err("the signer is not an operator of this network".into());
+            return Err(OperatorError::NotAnOperator);
         }
         let name = pb::Distribution::decode(v.body.as_slice())
             .map(|b| b.name)
             .unwrap_or_default();
-        self.ledger.add_distribution(d.clone()).map_err(|e| e.to_string())?;
+        self.ledger.add_distribution(d.clone())?;
         self.distribution_names.insert(d.id, name);
         self.adopt_buckets();
         Ok(())
@@ -1187,24 +1214,21 @@ impl Validator {
     /// "Transfers"). Owed amounts accumulate per bucket pair, and an owner
     /// moves what its own chain has not moved yet, so a request applies once
     /// however often it is replayed or re-delivered.
-    pub fn add_rebalance(&mut self, v: &Verified, operators: &BTreeSet<Key>) -> Result<(), String> {
-        let r = wire::rebalance(v).map_err(|e| e.to_string())?;
+    pub fn add_rebalance(&mut self, v: &Verified, operators: &BTreeSet<Key>) -> Result<(), OperatorError> {
+        let r = wire::rebalance(v)?;
         if !operators.contains(&r.operator) {
-            return Err("the signer is not an operator of this network".into());
+            return Err(OperatorError::NotAnOperator);
         }
         let distribution = self
             .ledger
             .distribution(&r.distribution_id)
-            .ok_or_else(|| format!("unknown distribution {}", hex::encode(r.distribution_id)))?;
-        if !distribution.regions().any(|region| region == r.to_region) {
-            return Err(format!("distribution has no allocation in region {:?}", r.to_region));
+            .ok_or_else(|| OperatorError::UnknownDistribution(hex::encode(r.distribution_id)))?;
+        for region in [&r.to_region, &r.from_region] {
+            if !distribution.regions().any(|held| held == region.as_str()) {
+                return Err(OperatorError::NoAllocation(region.clone()));
+            }
         }
-        if !distribution.regions().any(|region| region == r.from_region) {
-            return Err(format!("distribution has no allocation in region {:?}", r.from_region));
-        }
-        let parts = distribution
-            .rebalance_split(&r.from_region, &r.to_region, r.amount)
-            .map_err(|e| e.to_string())?;
+        let parts = distribution.rebalance_split(&r.from_region, &r.to_region, r.amount)?;
         if self.rebalances.contains_key(&r.id) {
             return Ok(());
         }

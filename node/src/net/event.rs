@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::NetHandle;
 use crate::core::PublicKey;
 use crate::core::envelope::Verified;
+use crate::core::validator::ValidatorError;
 use crate::ingest::{Refused, Source, SubmitError, SyncPage, Verdict};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
@@ -38,7 +39,7 @@ pub enum NetEvent {
     /// A claim from gossip.
     Claim {
         claim: Verified,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
     },
     /// A certificate from gossip or catch-up: `Ok(true)` when new.
     Certificate {
@@ -55,7 +56,7 @@ pub enum NetEvent {
     /// A heartbeat from gossip: `Ok(true)` when it is news.
     Heartbeat {
         heartbeat: Verified,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, ValidatorError>>,
     },
     /// A round-trip time sample to a validator (dropped when the channel is full).
     Rtt { key: PublicKey, rtt_ms: f64 },
@@ -97,7 +98,7 @@ impl NodeLink {
         .await
     }
 
-    pub async fn gossip_claim(&self, claim: Verified) -> Option<Result<(), String>> {
+    pub async fn gossip_claim(&self, claim: Verified) -> Option<Result<(), SubmitError>> {
         self.ask(|reply| NetEvent::Claim { claim, reply }).await
     }
 
@@ -113,7 +114,7 @@ impl NodeLink {
         let _ = self.tx.send(NetEvent::VoteResponse { response }).await;
     }
 
-    pub async fn heartbeat(&self, heartbeat: Verified) -> Option<Result<bool, String>> {
+    pub async fn heartbeat(&self, heartbeat: Verified) -> Option<Result<bool, ValidatorError>> {
         self.ask(|reply| NetEvent::Heartbeat { heartbeat, reply }).await
     }
 

@@ -1,26 +1,33 @@
-//! The gossip validation pipeline and the credential catch-up helpers.
+//! The one gossip pipeline, for every kind, and the credential catch-up
+//! helpers.
 //!
-//! size → decode → cheap checks (kind matches topic, envelope already held)
-//! → bounded per-class queue → batched signature verification with per-item
-//! fallback → the actor (dedupe, apply, persist) → Accept / Reject / Ignore
-//! back to gossipsub.
+//! size → decode once, by topic, into typed work (a heartbeat, a claim, a
+//! certificate, a credential object; vote traffic from request-response)
+//! → the kind matches its topic → a bounded queue per class → a batch
+//! signature check off the network loop and off the actor → the actor
+//! (apply, persist) → Accept / Reject / Ignore back to gossipsub.
 //!
-//! Queues are bounded and prioritised: revocations (and grants) are drained
-//! before attestations, because a late revocation is worse than a late
-//! attestation. A full queue sheds the message (Ignore, counted): gossip is
-//! best-effort and catch-up repairs what was shed.
-//!
-//! The worker takes whatever is queued (it never waits for a batch to
-//! fill): a few signatures are checked on the spot, more on the blocking
-//! pool, split over the cores when the queue is deep.
+//! Three lane tasks, started once (never a task per message), drain the
+//! queues in priority order: votes; heartbeats before claims before
+//! certificates; revocations and operator objects before attestations (a
+//! late revocation is worse than a late attestation). A full queue sheds
+//! the message with Ignore, counted per queue: it is no fault of the
+//! sender, so it is never a penalty; gossip is best-effort and catch-up
+//! repairs what was shed. A lane takes whatever is queued (it never waits
+//! for a batch to fill): a few signatures are checked on the spot, more on
+//! the blocking pool, split over the cores when the queue is deep.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 
 use credence_proto::v1 as pb;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
-use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
+use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
+use libp2p::request_response::ResponseChannel;
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
@@ -31,12 +38,32 @@ use crate::core::limits::GOSSIP_MAX_BYTES;
 use crate::ingest::{Source, Verdict};
 use crate::metrics::QueueLabels;
 
-/// Revocations and grants waiting for verification (drained first).
+/// Vote requests and responses waiting for the actor (the first lane:
+/// a claim's certificate waits on every vote).
+pub const VOTE_QUEUE_CAPACITY: usize = 4096;
+/// Heartbeats waiting for verification: drained before claims and
+/// certificates, because the delay-aware quorum reads its health from them.
+pub const CONTROL_QUEUE_CAPACITY: usize = 1024;
+/// Claims waiting for verification.
+pub const CLAIM_QUEUE_CAPACITY: usize = 8192;
+/// Certificates waiting for the validator (their votes are nested
+/// signatures, checked there against the region's members).
+pub const CERTIFICATE_QUEUE_CAPACITY: usize = 8192;
+/// Revocations, grants and operator objects waiting for verification
+/// (drained before attestations).
 pub const PRIORITY_QUEUE_CAPACITY: usize = 4096;
 /// Attestations waiting for verification.
 pub const BULK_QUEUE_CAPACITY: usize = 16384;
-/// Most messages verified in one batch.
+/// Most items taken from a queue at once (one signature batch).
 pub const VERIFY_BATCH_MAX: usize = 256;
+/// Batches of votes, heartbeats, claims and certificates the escrow lanes
+/// keep waiting on the actor at once. Several in flight let the actor take
+/// them in one turn (one lock-log write for many votes); the bound keeps a
+/// flood from turning into unbounded waiting futures.
+pub const ESCROW_IN_FLIGHT_MAX: usize = 64;
+/// Credential batches in flight: one verifies while the previous one is
+/// applied.
+pub const CREDENTIAL_IN_FLIGHT_MAX: usize = 2;
 /// Validation results waiting for the network loop.
 pub const RESULTS_CAPACITY: usize = 8192;
 /// Most signatures checked on the async worker itself: handing a batch to
@@ -112,14 +139,66 @@ impl QueueStats {
     }
 }
 
-/// The pipeline's queue figures, in priority order.
-pub fn queue_stats() -> Vec<Arc<QueueStats>> {
-    vec![
-        QueueStats::new("gossip_priority", PRIORITY_QUEUE_CAPACITY),
-        QueueStats::new("gossip_bulk", BULK_QUEUE_CAPACITY),
-    ]
+/// The pipeline's queues, in the order their figures are reported. Each
+/// lane drains its queues in this order: votes alone; heartbeats, then
+/// claims, then certificates; revocations and operator objects, then
+/// attestations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Votes,
+    Control,
+    Claims,
+    Certificates,
+    Priority,
+    Bulk,
 }
 
+impl Queue {
+    const ALL: [Queue; 6] = [
+        Queue::Votes,
+        Queue::Control,
+        Queue::Claims,
+        Queue::Certificates,
+        Queue::Priority,
+        Queue::Bulk,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Queue::Votes => "votes",
+            Queue::Control => "gossip_control",
+            Queue::Claims => "gossip_claims",
+            Queue::Certificates => "gossip_certificates",
+            Queue::Priority => "gossip_priority",
+            Queue::Bulk => "gossip_bulk",
+        }
+    }
+
+    fn capacity(self) -> usize {
+        match self {
+            Queue::Votes => VOTE_QUEUE_CAPACITY,
+            Queue::Control => CONTROL_QUEUE_CAPACITY,
+            Queue::Claims => CLAIM_QUEUE_CAPACITY,
+            Queue::Certificates => CERTIFICATE_QUEUE_CAPACITY,
+            Queue::Priority => PRIORITY_QUEUE_CAPACITY,
+            Queue::Bulk => BULK_QUEUE_CAPACITY,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The pipeline's queue figures, in [`Queue`] order.
+pub fn queue_stats() -> Vec<Arc<QueueStats>> {
+    Queue::ALL
+        .iter()
+        .map(|q| QueueStats::new(q.name(), q.capacity()))
+        .collect()
+}
+
+/// A gossip envelope whose signature is still to be checked.
 struct Pending {
     message_id: MessageId,
     source: PeerId,
@@ -127,9 +206,104 @@ struct Pending {
     unverified: Unverified,
 }
 
-/// The producer side of the pipeline, owned by the network loop.
+/// What the escrow lane carries, decoded once, by topic.
+enum EscrowWork {
+    /// A heartbeat or a claim.
+    Envelope(Box<Pending>),
+    /// A certificate: the votes in it are nested signatures, checked by the
+    /// validator against its region's members.
+    Certificate {
+        message_id: MessageId,
+        source: PeerId,
+        raw: Vec<u8>,
+    },
+}
+
+/// Vote traffic from the request-response protocol.
+pub(super) enum VoteWork {
+    /// A validator of this region asks for a vote (or hands over a claim).
+    Request {
+        request: pb::VoteRequest,
+        channel: ResponseChannel<pb::VoteResponse>,
+    },
+    /// A voter's answer to one of this node's requests.
+    Response(pb::VoteResponse),
+}
+
+/// What a gossip topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicClass {
+    /// Attestations, revocations and grants (the small-object topic).
+    Credentials,
+    /// Distributions and rebalances.
+    Operator,
+    /// A region's claims.
+    Claims,
+    Certificates,
+    Heartbeats,
+    /// A topic this node does not process.
+    Other,
+}
+
+/// The network's topic hashes, to classify a message by where it arrived.
+struct Topics {
+    credentials: TopicHash,
+    operator: TopicHash,
+    certificates: TopicHash,
+    heartbeats: TopicHash,
+    claims_prefix: String,
+}
+
+impl Topics {
+    fn new(network: &NetworkId) -> Topics {
+        Topics {
+            credentials: topic_of(network, Kind::Attestation).hash(),
+            operator: topic_of(network, Kind::Distribution).hash(),
+            certificates: topic_of(network, Kind::Batch).hash(),
+            heartbeats: topic_of(network, Kind::Heartbeat).hash(),
+            claims_prefix: format!("{}claims/", super::topic_prefix(network)),
+        }
+    }
+
+    fn class(&self, topic: &TopicHash) -> TopicClass {
+        if *topic == self.credentials {
+            TopicClass::Credentials
+        } else if *topic == self.operator {
+            TopicClass::Operator
+        } else if *topic == self.certificates {
+            TopicClass::Certificates
+        } else if *topic == self.heartbeats {
+            TopicClass::Heartbeats
+        } else if topic.as_str().starts_with(&self.claims_prefix) {
+            TopicClass::Claims
+        } else {
+            TopicClass::Other
+        }
+    }
+}
+
+/// Whether an envelope of `kind` belongs on a topic of `class`.
+fn kind_fits(class: TopicClass, kind: Kind) -> bool {
+    match class {
+        TopicClass::Credentials => matches!(kind, Kind::Attestation | Kind::Revocation | Kind::IssuerGrant),
+        TopicClass::Operator => matches!(kind, Kind::Distribution | Kind::Rebalance),
+        TopicClass::Claims => kind == Kind::Claim,
+        TopicClass::Heartbeats => kind == Kind::Heartbeat,
+        TopicClass::Certificates | TopicClass::Other => false,
+    }
+}
+
+/// The producer side of the pipeline, owned by the network loop: the cheap
+/// stages (size, decode, topic, seen) run here, on the loop; everything
+/// else runs on three lane tasks, started once.
 pub(super) struct Pipeline {
+    network: NetworkId,
+    topics: Topics,
     keys: envelope::KeyCache,
+    votes: mpsc::Sender<VoteWork>,
+    control: mpsc::Sender<EscrowWork>,
+    claims: mpsc::Sender<EscrowWork>,
+    certificates: mpsc::Sender<EscrowWork>,
     priority: mpsc::Sender<Pending>,
     bulk: mpsc::Sender<Pending>,
     stats: Arc<Vec<Arc<QueueStats>>>,
@@ -138,23 +312,66 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the verification worker.
-    pub(super) fn start(node: NodeLink, results: mpsc::Sender<Internal>, shutdown: watch::Receiver<bool>) -> Pipeline {
+    /// Starts the three lanes: votes; heartbeats, claims and certificates;
+    /// credentials.
+    pub(super) fn start(
+        network: NetworkId,
+        node: NodeLink,
+        results: mpsc::Sender<Internal>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Pipeline {
+        let (votes, votes_rx) = mpsc::channel(VOTE_QUEUE_CAPACITY);
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE_CAPACITY);
+        let (claims, claims_rx) = mpsc::channel(CLAIM_QUEUE_CAPACITY);
+        let (certificates, certificates_rx) = mpsc::channel(CERTIFICATE_QUEUE_CAPACITY);
         let (priority, priority_rx) = mpsc::channel(PRIORITY_QUEUE_CAPACITY);
         let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE_CAPACITY);
         let stats = node.net.queues.clone();
         let seen = SharedSeen::default();
-        tokio::spawn(worker(
-            node.clone(),
-            priority_rx,
-            bulk_rx,
-            results,
-            stats.clone(),
-            seen.clone(),
-            shutdown,
-        ));
+        let lane_of = |queues: Vec<Queue>, in_flight_max: usize| Lane {
+            queues,
+            in_flight_max,
+            stats: stats.clone(),
+            node: node.clone(),
+            shutdown: shutdown.clone(),
+        };
+        {
+            let (node, results) = (node.clone(), results.clone());
+            tokio::spawn(
+                lane_of(vec![Queue::Votes], ESCROW_IN_FLIGHT_MAX).run(vec![votes_rx], move |batch| {
+                    vote_batch(node.clone(), results.clone(), batch)
+                }),
+            );
+        }
+        {
+            let (node, results) = (node.clone(), results.clone());
+            tokio::spawn(
+                lane_of(
+                    vec![Queue::Control, Queue::Claims, Queue::Certificates],
+                    ESCROW_IN_FLIGHT_MAX,
+                )
+                .run(vec![control_rx, claims_rx, certificates_rx], move |batch| {
+                    escrow_batch(node.clone(), results.clone(), batch)
+                }),
+            );
+        }
+        {
+            let (node, seen) = (node.clone(), seen.clone());
+            tokio::spawn(
+                lane_of(vec![Queue::Priority, Queue::Bulk], CREDENTIAL_IN_FLIGHT_MAX)
+                    .run(vec![priority_rx, bulk_rx], move |batch| {
+                        credential_batch(node.clone(), results.clone(), seen.clone(), batch)
+                    }),
+            );
+        }
         Pipeline {
+            network,
+            topics: Topics::new(&network),
             keys: envelope::KeyCache::default(),
+            votes,
+            control,
+            claims,
+            certificates,
             priority,
             bulk,
             stats,
@@ -174,22 +391,46 @@ impl Pipeline {
         seen_lock(&self.seen).insert(fingerprint(raw));
     }
 
+    /// Queues vote traffic for the actor. A full queue sheds it: the owner
+    /// asks again, a voter's answer is repeated with the next request.
+    pub(super) fn vote(&self, work: VoteWork) {
+        let _ = self.offer(Queue::Votes, &self.votes, work, "vote");
+    }
+
     /// Runs the cheap stages on one gossip message. Returns a verdict when the
     /// message is settled here (malformed, wrong topic, shed), `None` when it
-    /// was queued for verification.
+    /// was queued.
     pub(super) fn enqueue(
         &mut self,
-        network: &NetworkId,
         source: PeerId,
         message_id: MessageId,
-        message: &gossipsub::Message,
+        message: gossipsub::Message,
     ) -> Option<MessageAcceptance> {
-        let cap = if message.topic == topic_of(network, Kind::Attestation).hash() {
+        let class = self.topics.class(&message.topic);
+        match class {
+            // Kinds this node does not process are not relayed.
+            TopicClass::Other => return Some(MessageAcceptance::Ignore),
+            TopicClass::Certificates => {
+                self.node.metrics.object("certificate", "delivered", "gossip");
+                if message.data.len() > GOSSIP_MAX_BYTES {
+                    self.node.metrics.object("certificate", "too_large", "gossip");
+                    return Some(MessageAcceptance::Reject);
+                }
+                let work = EscrowWork::Certificate {
+                    message_id,
+                    source,
+                    raw: message.data,
+                };
+                return self.offer(Queue::Certificates, &self.certificates, work, "certificate");
+            }
+            _ => {}
+        }
+        let cap = if class == TopicClass::Credentials {
             CRED_TOPIC_MAX_BYTES
         } else {
             GOSSIP_MAX_BYTES
         };
-        let unverified = match envelope::decode_cached(network, &message.data, cap, &mut self.keys) {
+        let unverified = match envelope::decode_cached(&self.network, &message.data, cap, &mut self.keys) {
             Ok(u) => u,
             Err(e) => {
                 debug!(peer = %source, error = %e, "malformed gossip");
@@ -197,32 +438,52 @@ impl Pipeline {
                 return Some(MessageAcceptance::Reject);
             }
         };
-        if topic_of(network, unverified.kind).hash() != message.topic {
-            self.node
-                .metrics
-                .object(unverified.kind.name(), "wrong_topic", "gossip");
+        let kind = unverified.kind;
+        if !kind_fits(class, kind) {
+            self.node.metrics.object(kind.name(), "wrong_topic", "gossip");
             return Some(MessageAcceptance::Reject);
         }
         let fingerprint = fingerprint(&message.data);
-        if seen_lock(&self.seen).contains(&fingerprint) {
-            self.node.metrics.object(unverified.kind.name(), "duplicate", "gossip");
-            return Some(MessageAcceptance::Ignore);
-        }
-        let (queue, stats) = match unverified.kind {
-            Kind::Revocation | Kind::IssuerGrant | Kind::Distribution | Kind::Rebalance => {
-                (&self.priority, self.stats.first())
-            }
-            Kind::Attestation => (&self.bulk, self.stats.get(1)),
-            // Kinds this node does not process yet are not relayed.
-            _ => return Some(MessageAcceptance::Ignore),
-        };
-        let kind = unverified.kind;
-        match queue.try_send(Pending {
+        let pending = Pending {
             message_id,
             source,
             fingerprint,
             unverified,
-        }) {
+        };
+        match kind {
+            Kind::Heartbeat => {
+                self.node.metrics.object(kind.name(), "delivered", "gossip");
+                self.offer(
+                    Queue::Control,
+                    &self.control,
+                    EscrowWork::Envelope(Box::new(pending)),
+                    kind.name(),
+                )
+            }
+            Kind::Claim => {
+                self.node.metrics.object(kind.name(), "delivered", "gossip");
+                self.offer(
+                    Queue::Claims,
+                    &self.claims,
+                    EscrowWork::Envelope(Box::new(pending)),
+                    kind.name(),
+                )
+            }
+            _ if seen_lock(&self.seen).contains(&fingerprint) => {
+                self.node.metrics.object(kind.name(), "duplicate", "gossip");
+                Some(MessageAcceptance::Ignore)
+            }
+            Kind::Attestation => self.offer(Queue::Bulk, &self.bulk, pending, kind.name()),
+            _ => self.offer(Queue::Priority, &self.priority, pending, kind.name()),
+        }
+    }
+
+    /// Puts one item on a queue, or sheds it (counted) when the queue is
+    /// full: a full queue here is no fault of the sender, so the verdict is
+    /// Ignore, never a penalty.
+    fn offer<T>(&self, queue: Queue, tx: &mpsc::Sender<T>, item: T, kind: &'static str) -> Option<MessageAcceptance> {
+        let stats = self.stats.get(queue.index());
+        match tx.try_send(item) {
             Ok(()) => {
                 if let Some(s) = stats {
                     s.depth.fetch_add(1, Ordering::Relaxed);
@@ -238,81 +499,202 @@ impl Pipeline {
                         .get_or_create(&QueueLabels { queue: s.name })
                         .inc();
                 }
-                self.node.metrics.object(kind.name(), "shed", "gossip");
+                self.node.metrics.object(kind, "shed", "gossip");
                 Some(MessageAcceptance::Ignore)
             }
         }
     }
 }
 
-async fn worker(
-    node: NodeLink,
-    mut priority: mpsc::Receiver<Pending>,
-    mut bulk: mpsc::Receiver<Pending>,
-    results: mpsc::Sender<Internal>,
+/// One task draining a few queues in priority order, a batch at a time,
+/// with at most `in_flight_max` batches waiting on the actor.
+struct Lane {
+    queues: Vec<Queue>,
+    in_flight_max: usize,
     stats: Arc<Vec<Arc<QueueStats>>>,
-    seen: SharedSeen,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut urgent = Vec::with_capacity(VERIFY_BATCH_MAX);
-    let mut routine = Vec::with_capacity(VERIFY_BATCH_MAX);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            n = priority.recv_many(&mut urgent, VERIFY_BATCH_MAX) => {
-                if n == 0 { break; }
-                note_taken(&stats, 0, n, &node);
-            }
-            n = bulk.recv_many(&mut routine, VERIFY_BATCH_MAX) => {
-                if n == 0 { break; }
-                note_taken(&stats, 1, n, &node);
-            }
-        }
-        let mut pending: Vec<Pending> = std::mem::take(&mut urgent);
-        pending.append(&mut routine);
-        let mut meta = Vec::with_capacity(pending.len());
-        let mut items = Vec::with_capacity(pending.len());
-        for p in pending {
-            meta.push((p.message_id, p.source, p.fingerprint));
-            items.push(p.unverified);
-        }
-        let Some(verified) = verify(items).await else {
-            break;
-        };
-        let mut good = Vec::with_capacity(verified.len());
-        let mut good_meta = Vec::with_capacity(verified.len());
-        for ((message_id, source, fingerprint), result) in meta.into_iter().zip(verified) {
-            match result {
-                Ok(v) => {
-                    good.push(v);
-                    good_meta.push((message_id, source, fingerprint));
+    node: NodeLink,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Lane {
+    async fn run<T, F, Fut>(mut self, mut receivers: Vec<mpsc::Receiver<T>>, mut handle: F)
+    where
+        F: FnMut(Vec<T>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let room = in_flight.len() < self.in_flight_max;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                taken = next_batch(&mut receivers), if room => {
+                    let Some((index, batch)) = taken else { break };
+                    if let Some(queue) = self.queues.get(index) {
+                        note_taken(&self.stats, *queue, batch.len(), &self.node);
+                    }
+                    in_flight.push(handle(batch));
                 }
+            }
+        }
+    }
+}
+
+/// The next batch of the first queue that holds anything, in priority
+/// order, with the queue's position; `None` once a queue is closed (the
+/// network loop is gone).
+async fn next_batch<T>(receivers: &mut [mpsc::Receiver<T>]) -> Option<(usize, Vec<T>)> {
+    std::future::poll_fn(|cx| {
+        for (index, rx) in receivers.iter_mut().enumerate() {
+            let mut batch = Vec::new();
+            match rx.poll_recv_many(cx, &mut batch, VERIFY_BATCH_MAX) {
+                Poll::Ready(0) => return Poll::Ready(None),
+                Poll::Ready(_) => return Poll::Ready(Some((index, batch))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn acceptance_label(acceptance: &MessageAcceptance) -> &'static str {
+    match acceptance {
+        MessageAcceptance::Accept => "accepted",
+        MessageAcceptance::Ignore => "ignored",
+        MessageAcceptance::Reject => "rejected",
+    }
+}
+
+/// Hands vote traffic to the actor, all of a batch at once.
+async fn vote_batch(node: NodeLink, results: mpsc::Sender<Internal>, batch: Vec<VoteWork>) {
+    let (node, results) = (&node, &results);
+    futures::future::join_all(batch.into_iter().map(|work| async move {
+        match work {
+            VoteWork::Request { request, channel } => {
+                if let Some(response) = node.vote_request(request).await {
+                    let _ = results.send(Internal::RespondVote { channel, response }).await;
+                }
+            }
+            VoteWork::Response(response) => node.vote_response(response).await,
+        }
+    }))
+    .await;
+}
+
+/// Verifies a batch of heartbeats and claims in one go and hands them, with
+/// any certificates, to the actor; each verdict goes back to gossipsub.
+async fn escrow_batch(node: NodeLink, results: mpsc::Sender<Internal>, batch: Vec<EscrowWork>) {
+    let mut envelopes = Vec::new();
+    let mut certificates = Vec::new();
+    for work in batch {
+        match work {
+            EscrowWork::Envelope(pending) => envelopes.push(*pending),
+            EscrowWork::Certificate {
+                message_id,
+                source,
+                raw,
+            } => certificates.push((message_id, source, raw)),
+        }
+    }
+    let mut meta = Vec::with_capacity(envelopes.len());
+    let mut items = Vec::with_capacity(envelopes.len());
+    for p in envelopes {
+        meta.push((p.message_id, p.source, p.unverified.kind));
+        items.push(p.unverified);
+    }
+    let Some(verified) = verify(items).await else {
+        return;
+    };
+    let (node, results) = (&node, &results);
+    let envelope_asks = meta
+        .into_iter()
+        .zip(verified)
+        .map(|((message_id, source, kind), result)| async move {
+            let acceptance = match result {
                 Err(e) => {
                     debug!(peer = %source, error = %e, "forged gossip");
-                    node.metrics.object("unknown", "bad_signature", "gossip");
-                    let _ = results
-                        .send(Internal::validated(message_id, source, MessageAcceptance::Reject))
-                        .await;
+                    node.metrics.object(kind.name(), "bad_signature", "gossip");
+                    MessageAcceptance::Reject
                 }
+                Ok(v) if v.kind == Kind::Heartbeat => match node.heartbeat(v).await {
+                    Some(Ok(true)) => MessageAcceptance::Accept,
+                    Some(Err(e)) if e.is_senders_fault() => MessageAcceptance::Reject,
+                    Some(Ok(false) | Err(_)) | None => MessageAcceptance::Ignore,
+                },
+                Ok(v) => match node.gossip_claim(v).await {
+                    Some(Ok(())) => MessageAcceptance::Accept,
+                    _ => MessageAcceptance::Ignore,
+                },
+            };
+            node.metrics
+                .object(kind.name(), acceptance_label(&acceptance), "gossip");
+            let _ = results.send(Internal::validated(message_id, source, acceptance)).await;
+        });
+    let certificate_asks = certificates.into_iter().map(|(message_id, source, raw)| async move {
+        let acceptance = match node.certificate(raw).await {
+            Some(Ok(true)) => MessageAcceptance::Accept,
+            // Refused for want of room here (the ledger's waiting buffer
+            // full) is no fault of the sender: ignored, not penalised.
+            Some(Err(refused)) if refused.senders_fault => MessageAcceptance::Reject,
+            Some(Ok(false) | Err(_)) | None => MessageAcceptance::Ignore,
+        };
+        node.metrics
+            .object("certificate", acceptance_label(&acceptance), "gossip");
+        let _ = results.send(Internal::validated(message_id, source, acceptance)).await;
+    });
+    futures::future::join(
+        futures::future::join_all(envelope_asks),
+        futures::future::join_all(certificate_asks),
+    )
+    .await;
+}
+
+/// Verifies a batch of credential objects and hands the good ones to the
+/// actor in one ingest.
+async fn credential_batch(node: NodeLink, results: mpsc::Sender<Internal>, seen: SharedSeen, pending: Vec<Pending>) {
+    let mut meta = Vec::with_capacity(pending.len());
+    let mut items = Vec::with_capacity(pending.len());
+    for p in pending {
+        meta.push((p.message_id, p.source, p.fingerprint));
+        items.push(p.unverified);
+    }
+    let Some(verified) = verify(items).await else {
+        return;
+    };
+    let mut good = Vec::with_capacity(verified.len());
+    let mut good_meta = Vec::with_capacity(verified.len());
+    for ((message_id, source, fingerprint), result) in meta.into_iter().zip(verified) {
+        match result {
+            Ok(v) => {
+                good.push(v);
+                good_meta.push((message_id, source, fingerprint));
+            }
+            Err(e) => {
+                debug!(peer = %source, error = %e, "forged gossip");
+                node.metrics.object("unknown", "bad_signature", "gossip");
+                let _ = results
+                    .send(Internal::validated(message_id, source, MessageAcceptance::Reject))
+                    .await;
             }
         }
-        if good.is_empty() {
-            continue;
-        }
-        let Some(verdicts) = node.ingest(good, Source::Gossip).await else {
-            break;
+    }
+    if good.is_empty() {
+        return;
+    }
+    let Some(verdicts) = node.ingest(good, Source::Gossip).await else {
+        return;
+    };
+    remember_held(&seen, good_meta.iter().map(|(_, _, f)| f), &verdicts);
+    for ((message_id, source, _), verdict) in good_meta.into_iter().zip(verdicts) {
+        let acceptance = match verdict {
+            Ok(Verdict::New) => MessageAcceptance::Accept,
+            Ok(Verdict::Duplicate) => MessageAcceptance::Ignore,
+            Ok(Verdict::Rejected(e)) if e.is_sender_fault() => MessageAcceptance::Reject,
+            Ok(Verdict::Rejected(_)) | Err(_) => MessageAcceptance::Ignore,
         };
-        remember_held(&seen, good_meta.iter().map(|(_, _, f)| f), &verdicts);
-        for ((message_id, source, _), verdict) in good_meta.into_iter().zip(verdicts) {
-            let acceptance = match verdict {
-                Ok(Verdict::New) => MessageAcceptance::Accept,
-                Ok(Verdict::Duplicate) => MessageAcceptance::Ignore,
-                Ok(Verdict::Rejected(e)) if e.is_sender_fault() => MessageAcceptance::Reject,
-                Ok(Verdict::Rejected(_)) | Err(_) => MessageAcceptance::Ignore,
-            };
-            let _ = results.send(Internal::validated(message_id, source, acceptance)).await;
-        }
+        let _ = results.send(Internal::validated(message_id, source, acceptance)).await;
     }
 }
 
@@ -355,8 +737,8 @@ fn remember_held<'a>(
     }
 }
 
-fn note_taken(stats: &[Arc<QueueStats>], index: usize, n: usize, node: &NodeLink) {
-    if let Some(s) = stats.get(index) {
+fn note_taken(stats: &[Arc<QueueStats>], queue: Queue, n: usize, node: &NodeLink) {
+    if let Some(s) = stats.get(queue.index()) {
         let before = s.depth.fetch_sub(n as u64, Ordering::Relaxed);
         node.metrics
             .queue_depth

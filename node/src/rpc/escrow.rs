@@ -245,7 +245,7 @@ impl EscrowApi for EscrowService {
             Ok(id) => id,
             // A refused claim still has a status (rejected, with its reason).
             Err(crate::node::SubmitError::Escrow(reason)) => {
-                return Err(Status::failed_precondition(reason));
+                return Err(Status::failed_precondition(reason.to_string()));
             }
             Err(e) => return Err(submit_status(e)),
         };
