@@ -20,6 +20,7 @@ mod invariants;
 mod net;
 mod report;
 mod scenario;
+mod signatures;
 mod world;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ pub use self::faults::Profile;
 pub use self::invariants::{Registry, Violation, check_liquidity};
 pub use self::report::Summary;
 pub use self::scenario::Scenario;
+pub use self::signatures::Signatures;
 pub use self::world::{
     CertRecord, ClaimTrace, Config, FailureRecord, RunOutcome, RunRecord, Snapshot, World, takeover_after_ms,
 };
@@ -91,6 +93,11 @@ pub struct SimArgs {
     /// two, and neither reaches a quorum (e.g. `--faults all --duration 10s --seed 3 --takeover`).
     #[arg(long)]
     pub takeover: bool,
+    /// Signatures: `ed25519` (what the node signs and checks) or `stand-in`, a keyed hash
+    /// recorded in a registry shared by the run: the same verdicts (only a key's holder can
+    /// sign under it), without curve arithmetic, for large runs such as the scale projection.
+    #[arg(long, default_value = "ed25519", value_parser = Signatures::parse)]
+    pub signatures: Signatures,
     /// Worker threads for sweeps (default: the machine's parallelism).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -218,6 +225,7 @@ impl SimArgs {
             heartbeats: true,
             takeover: self.takeover,
             script: None,
+            signatures: self.signatures,
         }
     }
 

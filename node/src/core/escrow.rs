@@ -30,8 +30,6 @@ mod owner;
 mod voter;
 
 #[cfg(test)]
-mod sim;
-#[cfg(test)]
 mod tests;
 
 pub use self::credential::{AttestationFacts, ClaimDefect, CredentialView};

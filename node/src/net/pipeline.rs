@@ -879,9 +879,77 @@ pub(super) async fn apply_sync_page(
 mod tests {
     use super::*;
     use crate::core::envelope::seal;
+    use libp2p::gossipsub::IdentTopic;
 
     fn fp(n: u64) -> [u8; 32] {
         fingerprint(&n.to_le_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_lane_takes_the_first_queue_that_holds_anything() {
+        let (urgent, urgent_rx) = mpsc::channel(8);
+        let (bulk, bulk_rx) = mpsc::channel(8);
+        let mut receivers = vec![urgent_rx, bulk_rx];
+        for n in 0..3 {
+            bulk.try_send(("bulk", n)).expect("room");
+        }
+        urgent.try_send(("urgent", 0)).expect("room");
+        urgent.try_send(("urgent", 1)).expect("room");
+        // Queued after the bulk items, taken before them.
+        let first = next_batch(&mut receivers).await.expect("open");
+        assert_eq!(first, (0, vec![("urgent", 0), ("urgent", 1)]));
+        let second = next_batch(&mut receivers).await.expect("open");
+        assert_eq!(second, (1, vec![("bulk", 0), ("bulk", 1), ("bulk", 2)]));
+        drop(urgent);
+        assert!(
+            next_batch(&mut receivers).await.is_none(),
+            "a closed queue ends the lane"
+        );
+    }
+
+    #[test]
+    fn every_topic_takes_only_its_own_kinds() {
+        let network = NetworkId([5; 32]);
+        let topics = Topics::new(&network);
+        let claims = IdentTopic::new(format!("{}claims/eu/1", super::super::topic_prefix(&network))).hash();
+        let cases = [
+            (topics.credentials.clone(), TopicClass::Credentials),
+            (topics.operator.clone(), TopicClass::Operator),
+            (topics.certificates.clone(), TopicClass::Certificates),
+            (topics.heartbeats.clone(), TopicClass::Heartbeats),
+            (claims, TopicClass::Claims),
+            (IdentTopic::new("/elsewhere/1").hash(), TopicClass::Other),
+        ];
+        for (topic, class) in cases {
+            assert_eq!(topics.class(&topic), class, "{topic}");
+        }
+        for kind in [Kind::Attestation, Kind::Revocation, Kind::IssuerGrant] {
+            assert!(kind_fits(TopicClass::Credentials, kind));
+            assert!(!kind_fits(TopicClass::Claims, kind));
+        }
+        assert!(kind_fits(TopicClass::Claims, Kind::Claim));
+        assert!(!kind_fits(TopicClass::Heartbeats, Kind::Claim));
+        assert!(kind_fits(TopicClass::Heartbeats, Kind::Heartbeat));
+        assert!(!kind_fits(TopicClass::Credentials, Kind::Distribution));
+        assert!(kind_fits(TopicClass::Operator, Kind::Rebalance));
+        // Certificates are not envelopes; nothing decoded as one fits there.
+        assert!(!kind_fits(TopicClass::Certificates, Kind::Batch));
+    }
+
+    #[test]
+    fn the_queue_figures_list_every_queue_in_priority_order() {
+        let names: Vec<&str> = queue_stats().iter().map(|q| q.name).collect();
+        assert_eq!(
+            names,
+            [
+                "votes",
+                "gossip_control",
+                "gossip_claims",
+                "gossip_certificates",
+                "gossip_priority",
+                "gossip_bulk"
+            ]
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Scenario {
             heartbeats: true,
             takeover: true,
             script: Some(self.script()),
+            signatures: super::Signatures::Ed25519,
         }
     }
 

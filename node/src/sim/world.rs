@@ -6,11 +6,13 @@
 //! Every protocol decision (batching, voting, hand-off, retries, suspicion, takeover, needs,
 //! global promotion) is the state machine's.
 //!
-//! Signatures are real ed25519, verified where the node verifies them: the shell checks client
-//! and gossip envelopes as the node's gossip pipeline does, and the state machine checks
-//! everything nested. A Byzantine validator runs an honest state machine and, on top, forges
-//! certificates, replays votes, equivocates as an owner, proposes batches with a wrong `prev`
-//! and batches that fund claims homed elsewhere.
+//! Signatures are real ed25519 (or, with `Signatures::StandIn`, the registry stand-in of
+//! `signatures.rs`, same verdicts, no curve arithmetic), verified where the node verifies them:
+//! the shell checks client and gossip envelopes as the node's gossip pipeline does, and the
+//! state machine checks everything nested. A Byzantine validator runs an honest state machine
+//! and, on top, forges certificates, replays votes, equivocates as an owner, and proposes
+//! batches with a wrong `prev`, funding claims homed elsewhere, funding one claim twice, or
+//! understating the running total.
 //!
 //! One event is one step; after every step the invariants of `invariants.rs` are checked, plus
 //! the ordering contract: every vote an honest node sends has its lock on its disk already. The
@@ -19,14 +21,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use credence_proto::v1 as pb;
 use ed25519_dalek::SigningKey;
+
+use super::signatures::{Scheme, Signatures, SimKey};
+use crate::core::validator::Signer as _;
 use prost::Message;
 
 use crate::config::{DEMO_SCHEMA, LoadedGenesis, Params, local_network};
 use crate::core::credentials::{CredentialBook, CredentialRules};
-use crate::core::envelope::{self, Kind, KnownSignatures, NetworkId, Verified, seal};
+use crate::core::envelope::{self, Kind, KnownSignatures, NetworkId, SignatureCheck, Verified, seal_with};
 use crate::core::escrow::{CertifiedObject, Digest, Key, Ledger, Millis, slot_of};
 use crate::core::validator::{Credentials, HeldChange, Input, LockRecord, Outputs, Setup, Validator};
 use crate::core::wire;
@@ -94,6 +100,8 @@ pub struct Config {
     /// Exactly these faults instead of the profile's seeded plan (the profile still sets the
     /// links and clocks).
     pub script: Option<Script>,
+    /// How signatures are made and checked (the stand-in for large runs).
+    pub signatures: Signatures,
 }
 
 /// The result of one run.
@@ -269,7 +277,7 @@ impl Disk {
 }
 
 struct Node {
-    signer: SigningKey,
+    signer: SimKey,
     region: usize,
     up: bool,
     /// Bumped on every crash: timers from an earlier life are ignored.
@@ -301,14 +309,16 @@ struct Node {
     votes_cast: BTreeMap<(Digest, u64), Digest>,
     /// Byzantine: genuine vote responses it received, to replay.
     replay_bank: Vec<Rc<pb::VoteResponse>>,
-    /// Byzantine: claims of its region it received, to fund in its own bucket.
+    /// Byzantine: claims of its region it received by gossip (most homed at other buckets),
+    /// to fund in its own bucket.
     foreign_claims: Vec<Rc<Vec<u8>>>,
     /// Byzantine: the batches it crafted, by id, with the votes they drew (by voter).
     crafted: BTreeMap<Digest, Crafted>,
 }
 
-/// A batch a Byzantine owner crafted (its envelope) and the votes it drew, by voter.
-type Crafted = (Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>);
+/// A batch a Byzantine owner crafted (its envelope), the votes it drew (by voter), and
+/// which rule it breaks.
+type Crafted = (Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>, &'static str);
 
 struct ClaimRecord {
     id: Digest,
@@ -339,7 +349,10 @@ pub struct World {
     network: NetworkId,
     genesis: LoadedGenesis,
     setup: Setup,
-    issuer: SigningKey,
+    issuer: SimKey,
+    /// The run's signature scheme and what envelopes are verified with.
+    scheme: Scheme,
+    check: Arc<dyn SignatureCheck>,
     dist_id: Digest,
     dist_total: u64,
     /// Every attestation issued (all nodes hold them: issued before the distribution opens).
@@ -358,7 +371,7 @@ pub struct World {
     oracle: Ledger,
     claims: Vec<ClaimRecord>,
     claim_index: BTreeMap<Digest, usize>,
-    claimants: Vec<(SigningKey, Digest)>,
+    claimants: Vec<(SimKey, Digest)>,
     successors: Vec<Option<usize>>,
     snapshots: Vec<Snapshot>,
     failures: Vec<FailureRecord>,
@@ -410,7 +423,9 @@ impl World {
         let oracle = setup.ledger(usize::MAX).map_err(|e| e.to_string())?;
 
         // local_network lists validators region by region; node i sits in region i % regions.
-        let mut signers: Vec<Option<SigningKey>> = local.validators.into_iter().map(Some).collect();
+        let scheme = Scheme::new(cfg.signatures);
+        let check = scheme.check();
+        let mut signers: Vec<Option<SimKey>> = local.validators.into_iter().map(|k| Some(scheme.key(k))).collect();
         let mut region_members = vec![Vec::new(); cfg.regions];
         let byzantine = if cfg.profile.byzantine() && per_region >= 4 {
             Some(rng.below(cfg.nodes as u64) as usize)
@@ -427,12 +442,13 @@ impl World {
                 .get_mut(slot)
                 .and_then(Option::take)
                 .ok_or("genesis has fewer validators than nodes")?;
-            let key = signer.verifying_key().to_bytes();
+            let key = signer.public_key();
             key_index.insert(key, index);
             if let Some(members) = region_members.get_mut(region) {
                 members.push(index);
             }
-            let machine = Validator::new(&setup, Box::new(signer.clone()), &[]).map_err(|e| e.to_string())?;
+            let machine = Validator::with_check(&setup, Box::new(signer.clone()), &[], check.clone())
+                .map_err(|e| e.to_string())?;
             let skew_ms = rng.between(0, 2 * skew_max) as i64 - skew_max as i64;
             nodes.push(Node {
                 signer,
@@ -448,7 +464,7 @@ impl World {
                 machine,
                 book: Self::empty_book(&genesis),
                 disk: Disk::default(),
-                known: KnownSignatures::new(crate::core::validator::KNOWN_SIGNATURES_MAX),
+                known: KnownSignatures::with_check(crate::core::validator::KNOWN_SIGNATURES_MAX, check.clone()),
                 cursors: BTreeMap::new(),
                 next_tick: 0,
                 sent_msgs: 0,
@@ -490,7 +506,9 @@ impl World {
             queue: EventQueue::new(),
             network,
             setup,
-            issuer: local.issuer,
+            issuer: scheme.key(local.issuer),
+            scheme,
+            check: check.clone(),
             dist_id,
             dist_total,
             attestations: Vec::new(),
@@ -502,7 +520,7 @@ impl World {
             registry: Registry::default(),
             certs: Vec::new(),
             cert_by_fingerprint: BTreeMap::new(),
-            known: KnownSignatures::new(1 << 20),
+            known: KnownSignatures::with_check(1 << 20, check),
             oracle,
             claims: Vec::new(),
             claim_index: BTreeMap::new(),
@@ -1258,7 +1276,7 @@ impl World {
                 ]
                 .concat(),
             );
-            let claimant = SigningKey::from_bytes(secret.as_bytes());
+            let claimant = self.scheme.key(SigningKey::from_bytes(secret.as_bytes()));
             let attestation = self.issue(&claimant);
             if roll < 14 && !self.claimants.is_empty() {
                 // Someone else's credential: objectively invalid, must be rejected.
@@ -1270,7 +1288,7 @@ impl World {
                 (claimant, attestation, true)
             }
         };
-        let claimant_key = claimant.verifying_key().to_bytes();
+        let claimant_key = claimant.public_key();
         let body = pb::Claim {
             distribution_id: self.dist_id.to_vec(),
             claimant: claimant_key.to_vec(),
@@ -1280,7 +1298,7 @@ impl World {
             created_at: created_ms,
             nonce: self.claims.len() as u64,
         };
-        let (raw, id) = seal(&self.network, &claimant, Kind::Claim, body.encode_to_vec());
+        let (raw, id) = seal_with(&self.network, &claimant, Kind::Claim, body.encode_to_vec());
         let home = match self.oracle.route(&self.dist_id, &claimant_key) {
             Some(crate::core::escrow::Route::Live { bucket, .. }) => self.bucket_index.get(&bucket).copied(),
             _ => None,
@@ -1307,18 +1325,18 @@ impl World {
 
     /// Issues an attestation for `claimant` and hands it to every node (attestations are issued
     /// before the distribution opens, so every node knows them).
-    fn issue(&mut self, claimant: &SigningKey) -> Digest {
+    fn issue(&mut self, claimant: &SimKey) -> Digest {
         let body = pb::Attestation {
-            issuer: self.issuer.verifying_key().to_bytes().to_vec(),
-            subject: claimant.verifying_key().to_bytes().to_vec(),
+            issuer: self.issuer.public_key().to_vec(),
+            subject: claimant.public_key().to_vec(),
             schema: DEMO_SCHEMA.into(),
             data: vec![],
             issued_at: T0_MS.saturating_sub(3_600_000),
             expires_at: 0,
             nonce: self.attestations.len() as u64,
         };
-        let (raw, id) = seal(&self.network, &self.issuer, Kind::Attestation, body.encode_to_vec());
-        let Ok(verified) = envelope::decode(&self.network, &raw).and_then(envelope::Unverified::verify) else {
+        let (raw, id) = seal_with(&self.network, &self.issuer, Kind::Attestation, body.encode_to_vec());
+        let Ok(verified) = envelope::decode(&self.network, &raw).and_then(|u| self.known.verify(u)) else {
             return id.0;
         };
         for n in &mut self.nodes {
@@ -1357,13 +1375,13 @@ impl World {
     // ---------------------------------------------------------------- Byzantine
 
     /// A Byzantine validator's acts on top of its honest state machine: a forged certificate,
-    /// a replayed vote, and as an owner an equivocating batch, a batch with a wrong `prev`, and
-    /// a batch funding a claim homed elsewhere.
+    /// a replayed vote, and as an owner batches that break a voting rule (see
+    /// [`World::byzantine_batch`]).
     fn byzantine_acts(&mut self, node: usize) {
         if !self.nodes.get(node).is_some_and(|n| n.up) {
             return;
         }
-        let roll = self.rng.below(5);
+        let roll = self.rng.below(7);
         match roll {
             0 => {
                 let Some(raw) = self
@@ -1412,7 +1430,8 @@ impl World {
 
     /// Batches of the Byzantine owner's own bucket built to break a voting rule: `kind` 2
     /// equivocates (one batch to a single voter, a variant at the same seq to all), 3 chains
-    /// to a wrong `prev`, 4 funds a claim homed elsewhere.
+    /// to a wrong `prev`, 4 funds a claim homed elsewhere, 5 funds one claim twice in one
+    /// batch, 6 understates the chain's running total (spending more than it books).
     fn byzantine_batch(&mut self, node: usize, kind: u64) {
         let Some(n) = self.nodes.get(node) else { return };
         let Some(last) = n.disk.last_own_batch() else {
@@ -1470,6 +1489,18 @@ impl World {
                 body.total_after = total.saturating_add(AMOUNT);
                 ("byzantine: funded a claim homed elsewhere", vec![(body, members)])
             }
+            5 if only_claims => {
+                let Some(first) = body.entries.first().cloned() else {
+                    return;
+                };
+                body.entries.push(first);
+                body.total_after = body.total_after.saturating_add(AMOUNT);
+                ("byzantine: funded one claim twice in a batch", vec![(body, members)])
+            }
+            6 if only_claims => {
+                body.total_after = total;
+                ("byzantine: understated the running total", vec![(body, members)])
+            }
             _ => return,
         };
         let attestations: Vec<Vec<u8>> = self.attestations.iter().rev().take(32).map(|a| a.raw.clone()).collect();
@@ -1479,7 +1510,7 @@ impl World {
             let Some(signer) = self.nodes.get(node).map(|n| n.signer.clone()) else {
                 return;
             };
-            let (raw, _) = seal(&network, &signer, Kind::Batch, body.encode_to_vec());
+            let (raw, _) = seal_with(&network, &signer, Kind::Batch, body.encode_to_vec());
             // Votes name the batch by its own id (a digest of its fields), not the envelope's.
             let Some(id) = envelope::decode_vouched(&network, &raw, envelope::Voucher::Known)
                 .ok()
@@ -1492,7 +1523,7 @@ impl World {
                 if n.crafted.len() >= 64 {
                     n.crafted.pop_first();
                 }
-                n.crafted.insert(id, (raw.clone(), BTreeMap::new()));
+                n.crafted.insert(id, (raw.clone(), BTreeMap::new(), what));
             }
             let request = Rc::new(pb::VoteRequest {
                 object: raw,
@@ -1520,32 +1551,28 @@ impl World {
         };
         let network = self.network;
         let Some(n) = self.nodes.get_mut(node) else { return };
-        let Some((_, votes)) = n.crafted.get_mut(&object_id) else {
+        let Some((_, votes, _)) = n.crafted.get_mut(&object_id) else {
             self.count("byzantine: a vote for something it did not craft");
             return;
         };
         votes.insert(body.voter.clone(), raw_vote.to_vec());
         let weight = votes.len().saturating_add(1) as u64;
-        let region = self
-            .setup
-            .validators
-            .iter()
-            .find(|v| v.key == n.signer.verifying_key().to_bytes());
+        let region = self.setup.validators.iter().find(|v| v.key == n.signer.public_key());
         let Some(region) = region.map(|v| v.region.clone()) else {
             return;
         };
         if !n.machine.ledger().validators().is_quorum(&region, weight) {
             return;
         }
-        let Some((object, votes)) = n.crafted.remove(&object_id) else {
+        let Some((object, votes, what)) = n.crafted.remove(&object_id) else {
             return;
         };
-        body.voter = n.signer.verifying_key().to_bytes().to_vec();
-        let (own, _) = seal(&network, &n.signer, Kind::Vote, body.encode_to_vec());
+        body.voter = n.signer.public_key().to_vec();
+        let (own, _) = seal_with(&network, &n.signer, Kind::Vote, body.encode_to_vec());
         let mut votes: Vec<Vec<u8>> = votes.into_values().collect();
         votes.push(own);
         let raw = pb::Certificate { object, votes }.encode_to_vec();
-        self.count("byzantine: a crafted batch drew a quorum of votes");
+        self.count(&format!("byzantine: a quorum of votes for: {what}"));
         let raw = Rc::new(raw);
         if let Some(index) = self.register(node, &raw) {
             self.cert_by_fingerprint.insert(*blake3::hash(&raw).as_bytes(), index);
@@ -1659,13 +1686,15 @@ impl World {
         };
         let network = self.network;
         let setup = self.setup.clone();
+        let check = self.check.clone();
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
         if n.up || n.failed {
             return;
         }
-        let Ok(mut machine) = Validator::new(&setup, Box::new(n.signer.clone()), &n.disk.locks) else {
+        let Ok(mut machine) = Validator::with_check(&setup, Box::new(n.signer.clone()), &n.disk.locks, check.clone())
+        else {
             return;
         };
         if !durable {
@@ -1674,7 +1703,7 @@ impl World {
         n.book = book;
         n.clock_floor_ms = 0;
         n.cursors.clear();
-        n.known = KnownSignatures::new(crate::core::validator::KNOWN_SIGNATURES_MAX);
+        n.known = KnownSignatures::with_check(crate::core::validator::KNOWN_SIGNATURES_MAX, check);
         n.up = true;
         let now_ms = T0_MS + self.now / 1_000;
         for raw in &n.disk.certs {
@@ -1682,7 +1711,7 @@ impl World {
         }
         machine.resume();
         for (received_at, raw) in n.disk.held.values() {
-            if let Ok(claim) = envelope::decode(&network, raw).and_then(envelope::Unverified::verify) {
+            if let Ok(claim) = envelope::decode(&network, raw).and_then(|u| n.known.verify(u)) {
                 machine.restore_held(claim, *received_at);
             }
         }
