@@ -352,6 +352,12 @@ pub fn decode_vouched(network: &NetworkId, raw: &[u8], voucher: Voucher) -> Resu
 pub trait SignatureCheck: Send + Sync {
     /// Whether `signature` is `signer`'s over `digest`.
     fn check(&self, signer: &VerifyingKey, digest: &[u8; 32], signature: &Signature) -> bool;
+
+    /// Whether envelopes that verified are worth remembering by fingerprint
+    /// ([`KnownSignatures`]): not for a check cheaper than the lookup.
+    fn worth_remembering(&self) -> bool {
+        true
+    }
 }
 
 /// Ed25519 with `verify_strict` (rejects malleable and small-order
@@ -436,11 +442,11 @@ impl KnownSignatures {
         }
     }
 
-    /// Remembers at most `capacity` envelopes and verifies new ones with
-    /// `check`.
+    /// Remembers at most `capacity` envelopes (none when `check` is not
+    /// worth it) and verifies new ones with `check`.
     pub fn with_check(capacity: usize, check: std::sync::Arc<dyn SignatureCheck>) -> Self {
         KnownSignatures {
-            capacity,
+            capacity: if check.worth_remembering() { capacity } else { 0 },
             check,
             ..Default::default()
         }
