@@ -5,6 +5,9 @@
 
 mod client;
 mod escrow;
+mod genesis;
+
+pub use self::genesis::{GenesisArgs, GenesisStep};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, DEFAULT_RPC_URL, GenesisPlan, LoadedGenesis, NodeConfig};
+use crate::config::{self, DEFAULT_RPC_URL, LoadedGenesis, NodeConfig};
 use crate::keys;
 use crate::node::{self, NodeSettings};
 
@@ -56,7 +59,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a whole local network: genesis, keys, one node.toml per validator, network.json.
+    /// Write a genesis: a ceremony step by step from public keys (`genesis init --help`), or a
+    /// whole local network with its keys (`--regions … --out DIR`).
     Genesis(GenesisArgs),
     /// Show a node's identity, network, mode, peers and queues.
     Status {
@@ -236,27 +240,6 @@ pub struct NodeArgs {
     pub enable_fault_injection: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct GenesisArgs {
-    /// Comma-separated region names, e.g. eu,us,ap.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub regions: Vec<String>,
-    /// Validators in each region.
-    #[arg(long, default_value_t = 4)]
-    pub validators_per_region: u32,
-    /// Output directory (must not already hold a genesis).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// First port; each node takes three in a row: RPC, p2p, HTTP.
-    #[arg(long, default_value_t = 7100)]
-    pub base_port: u16,
-    /// A name for the network.
-    #[arg(long, default_value = "credence-local")]
-    pub network_name: String,
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     // The simulator runs hundreds of state machines whose warnings (refused votes, takeovers)
@@ -300,12 +283,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Keygen { out, json } => {
             let key = keys::generate();
             keys::write(&out, &key)?;
-            let public = hex::encode(key.verifying_key().to_bytes());
+            let public_bytes = key.verifying_key().to_bytes();
+            let public = hex::encode(public_bytes);
+            let peer_id = keys::peer_id_of(&public_bytes)
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             if json {
-                println!("{}", serde_json::json!({ "public_key": public, "path": out }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "public_key": public, "peer_id": peer_id, "path": out })
+                );
             } else {
                 println!("{public}");
-                eprintln!("wrote {} (mode 0600)", out.display());
+                eprintln!(
+                    "wrote {} (mode 0600); peer id {peer_id}; give the public key and the peer id, never the file",
+                    out.display()
+                );
             }
             Ok(())
         }
@@ -319,29 +312,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Genesis(args) => {
-            let plan = GenesisPlan {
-                network_name: args.network_name,
-                regions: args.regions,
-                validators_per_region: args.validators_per_region,
-                base_port: args.base_port,
-                created_at: node::now_ms(),
-            };
-            let network = config::write_network(&plan, &args.out)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&network)?);
-            } else {
-                println!("network {} written to {}", network.network_id, args.out.display());
-                for n in &network.nodes {
-                    println!("  {:<8} {:<4} rpc {}  p2p {}", n.name, n.region, n.rpc, n.p2p);
-                }
-                println!(
-                    "start a node with: credence node --config {}",
-                    args.out.join("nodes/NAME/node.toml").display()
-                );
-            }
-            Ok(())
-        }
+        Command::Genesis(args) => genesis::run(args),
         Command::Status { rpc } => client::status(&rpc).await,
         Command::Attest {
             rpc,

@@ -9,6 +9,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod ceremony;
 pub mod cli;
 pub mod config;
 pub mod core;
