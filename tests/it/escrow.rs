@@ -53,6 +53,17 @@ async fn route_of(node: &RunningNode, distribution: &str, claimant: &SigningKey)
         .into_inner()
 }
 
+/// Submits a claim and returns its id; `what` says what failed if the node refuses it.
+async fn submit_claim(node: &RunningNode, envelope: Vec<u8>, what: &str) -> String {
+    escrow(node)
+        .await
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .expect(what)
+        .into_inner()
+        .id
+}
+
 async fn claim_status(node: &RunningNode, id: &str) -> pb::ClaimStatus {
     escrow(node)
         .await
@@ -712,13 +723,7 @@ async fn a_draining_bucket_is_refilled_from_its_regions_surplus_and_the_region_c
         );
         let (envelope, n) = attested_claim_owned_by(&net, home, &id, &owner, seed, amount).await;
         seed = n;
-        let claim = escrow(home)
-            .await
-            .submit_claim(pb::SubmitRequest { envelope })
-            .await
-            .expect("a claim is accepted while its bucket holds enough")
-            .into_inner()
-            .id;
+        let claim = submit_claim(home, envelope, "a claim is accepted while its bucket holds enough").await;
         assert!(
             eventually(|| async { certified(&claim_status(home, &claim).await.status) }).await,
             "claim {i} was not certified: {:?}",
@@ -785,13 +790,7 @@ async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
     .await
     .expect("attest");
     let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, 7);
-    let id = escrow(&nodes[0])
-        .await
-        .submit_claim(pb::SubmitRequest { envelope })
-        .await
-        .expect("claim accepted")
-        .into_inner()
-        .id;
+    let id = submit_claim(&nodes[0], envelope, "claim accepted").await;
     let mut stream = escrow(&nodes[0])
         .await
         .watch_claim(pb::GetClaimRequest { id: id.clone() })
@@ -870,13 +869,7 @@ async fn a_watch_sends_every_step_in_order_with_its_time_across_a_restart_of_the
         .expect("attest");
     voter.stop().await;
     let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n);
-    let id = escrow(&owner)
-        .await
-        .submit_claim(pb::SubmitRequest { envelope })
-        .await
-        .expect("claim accepted")
-        .into_inner()
-        .id;
+    let id = submit_claim(&owner, envelope, "claim accepted").await;
     assert!(
         eventually(|| async { claim_status(&owner, &id).await.status == "provisional" }).await,
         "the owner never batched the claim"
@@ -954,13 +947,7 @@ async fn watches_on_unknown_ids_have_their_own_cap_and_end_not_found_after_the_g
     .await
     .expect("attest");
     let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, 11);
-    let real = escrow(&nodes[0])
-        .await
-        .submit_claim(pb::SubmitRequest { envelope })
-        .await
-        .expect("claim accepted")
-        .into_inner()
-        .id;
+    let real = submit_claim(&nodes[0], envelope, "claim accepted").await;
     let real: [u8; 32] = hex::decode(&real).expect("hex").try_into().expect("32 bytes");
 
     // The node's own limits: more watches on made-up ids than both pools
