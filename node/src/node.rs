@@ -713,7 +713,7 @@ impl Actor {
                 } else {
                     self.escrow.add_distribution(object, &self.operators)
                 };
-                added.map(|()| Applied::New).map_err(|e| CredentialError::Malformed {
+                added.map(|()| Applied::New).map_err(|e| CredentialError::EscrowRefused {
                     kind: object.kind.name(),
                     reason: e,
                 })

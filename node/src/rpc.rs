@@ -264,6 +264,7 @@ pub(crate) fn submit_status(e: SubmitError) -> Status {
             CredentialError::PendingFull(_) => Status::resource_exhausted(message),
             CredentialError::WrongKind(_)
             | CredentialError::Malformed { .. }
+            | CredentialError::EscrowRefused { .. }
             | CredentialError::BadKeyField { .. }
             | CredentialError::ExpiresBeforeIssued { .. }
             | CredentialError::FieldTooLarge { .. } => Status::invalid_argument(message),

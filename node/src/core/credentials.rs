@@ -57,6 +57,10 @@ pub enum CredentialError {
     WrongKind(&'static str),
     #[error("{kind} body does not decode: {reason}")]
     Malformed { kind: &'static str, reason: String },
+    /// A distribution or rebalance the escrow's rules refuse (its signer is
+    /// not an operator, a region it names has no allocation, …).
+    #[error("{kind} refused: {reason}")]
+    EscrowRefused { kind: &'static str, reason: String },
     #[error("{field} must be a 32-byte key or id")]
     BadKeyField { field: &'static str },
     #[error("the envelope's signer is not the {role} named in the body")]
