@@ -713,10 +713,12 @@ impl Actor {
                 } else {
                     self.escrow.add_distribution(object, &self.operators)
                 };
-                added.map(|()| Applied::New).map_err(|e| CredentialError::EscrowRefused {
-                    kind: object.kind.name(),
-                    reason: e,
-                })
+                added
+                    .map(|()| Applied::New)
+                    .map_err(|e| CredentialError::EscrowRefused {
+                        kind: object.kind.name(),
+                        reason: e,
+                    })
             }
             None => self.book.apply(now, object),
         };
