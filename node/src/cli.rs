@@ -6,6 +6,7 @@
 mod client;
 mod escrow;
 mod genesis;
+mod time;
 
 pub use self::genesis::{GenesisArgs, GenesisStep};
 
@@ -434,6 +435,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     println!("  node id  {}", hex::encode(info.node_id));
     println!("  RPC      http://{}", running.rpc_addr);
     println!("  HTTP     http://{}/metrics  /healthz  /v1/status", running.http_addr);
+    for addr in p2p_addrs(&running).await {
+        println!("  p2p      {addr}/p2p/{}", info.peer_id);
+    }
     if let Some(path) = admin_token {
         println!("  admin    token in {} (--admin-token-file)", path.display());
     }
@@ -458,6 +462,23 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("the node stopped because its storage failed; see the log above");
     }
     Ok(())
+}
+
+/// Longest the start-up lines wait for the swarm to report its listen addresses.
+const LISTEN_ADDRS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The addresses the node's swarm listens on, once it reports them (the
+/// swarm binds its sockets as it starts; empty if it has not within
+/// [`LISTEN_ADDRS_WAIT`]).
+async fn p2p_addrs(running: &node::RunningNode) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + LISTEN_ADDRS_WAIT;
+    loop {
+        let addrs = running.handle.net.listen_addrs().await;
+        if !addrs.is_empty() || tokio::time::Instant::now() >= deadline {
+            return addrs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -39,7 +39,7 @@ pub enum Verdict {
 pub enum SubmitError {
     #[error("invalid envelope: {0}")]
     Envelope(#[from] EnvelopeError),
-    #[error("expected a {expected} envelope, got a {got}")]
+    #[error("expected an envelope of kind {expected}, got one of kind {got}")]
     WrongKind { expected: &'static str, got: &'static str },
     #[error("{0}")]
     Rejected(#[from] CredentialError),

@@ -23,7 +23,6 @@ use tonic::{Request, Response, Status};
 use crate::core::Millis;
 use crate::core::credentials::{CredentialError, CredentialView};
 use crate::core::envelope::{EnvelopeError, Kind, ObjectId, parse_hex32};
-use crate::core::validator::OperatorError;
 use crate::node::{NodeHandle, SubmitError};
 
 /// Largest gRPC request accepted: one envelope plus framing.
@@ -259,8 +258,8 @@ pub(crate) fn submit_status(e: SubmitError) -> Status {
             | CredentialError::NotGranted { .. }
             | CredentialError::NotTheIssuer
             | CredentialError::UnknownRevoker
-            | CredentialError::NotAnOperator
-            | CredentialError::Operator(OperatorError::NotAnOperator) => Status::permission_denied(message),
+            | CredentialError::NotAnOperator => Status::permission_denied(message),
+            // PROTOCOL.md: a distribution or rebalance the escrow refuses is INVALID_ARGUMENT.
             CredentialError::Operator(_) => Status::invalid_argument(message),
             CredentialError::UnknownSchema(_) => Status::not_found(message),
             CredentialError::FromTheFuture { .. } => Status::failed_precondition(message),

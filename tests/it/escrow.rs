@@ -53,6 +53,17 @@ async fn route_of(node: &RunningNode, distribution: &str, claimant: &SigningKey)
         .into_inner()
 }
 
+/// Submits a claim and returns its id; `what` says what failed if the node refuses it.
+async fn submit_claim(node: &RunningNode, envelope: Vec<u8>, what: &str) -> String {
+    escrow(node)
+        .await
+        .submit_claim(pb::SubmitRequest { envelope })
+        .await
+        .expect(what)
+        .into_inner()
+        .id
+}
+
 async fn claim_status(node: &RunningNode, id: &str) -> pb::ClaimStatus {
     escrow(node)
         .await
@@ -712,13 +723,7 @@ async fn a_draining_bucket_is_refilled_from_its_regions_surplus_and_the_region_c
         );
         let (envelope, n) = attested_claim_owned_by(&net, home, &id, &owner, seed, amount).await;
         seed = n;
-        let claim = escrow(home)
-            .await
-            .submit_claim(pb::SubmitRequest { envelope })
-            .await
-            .expect("a claim is accepted while its bucket holds enough")
-            .into_inner()
-            .id;
+        let claim = submit_claim(home, envelope, "a claim is accepted while its bucket holds enough").await;
         assert!(
             eventually(|| async { certified(&claim_status(home, &claim).await.status) }).await,
             "claim {i} was not certified: {:?}",
@@ -785,13 +790,7 @@ async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
     .await
     .expect("attest");
     let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, 7);
-    let id = escrow(&nodes[0])
-        .await
-        .submit_claim(pb::SubmitRequest { envelope })
-        .await
-        .expect("claim accepted")
-        .into_inner()
-        .id;
+    let id = submit_claim(&nodes[0], envelope, "claim accepted").await;
     let mut stream = escrow(&nodes[0])
         .await
         .watch_claim(pb::GetClaimRequest { id: id.clone() })
@@ -805,21 +804,13 @@ async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
         .expect("the stream carries no error")
     {
         assert_eq!(status.id, id);
+        assert!(step_time(&status) > 0, "{} carries no time", status.status);
         statuses.push(status.status);
     }
-    // Every message is a new step up the ladder, and the stream ends at the
-    // last one (a lone validator is its whole network: `global` at once).
-    let steps: Vec<usize> = statuses
-        .iter()
-        .map(|s| {
-            LADDER
-                .iter()
-                .position(|l| l == s)
-                .unwrap_or_else(|| panic!("status {s}"))
-        })
-        .collect();
-    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{statuses:?}");
-    assert_eq!(statuses.last().map(String::as_str), Some("global"), "{statuses:?}");
+    // Every step of the ladder, none skipped, and the stream ends at the last
+    // one (a lone validator is its whole network: `global` at once, within
+    // one look of the watch, and still every step is sent).
+    assert_eq!(statuses, LADDER, "the watch skipped or repeated a step");
 
     // A claim this node never saw is reported as unknown, and the watch
     // stays open for it (for `UNKNOWN_WATCH_GRACE`).
@@ -833,6 +824,104 @@ async fn a_watch_streams_each_new_status_of_a_claim_and_ends_at_a_final_one() {
     assert_eq!(first.status, "unknown");
     let more = tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
     assert!(more.is_err(), "the watch ended or repeated itself: {more:?}");
+}
+
+/// The time of the step a watch message is at.
+fn step_time(s: &pb::ClaimStatus) -> u64 {
+    match s.status.as_str() {
+        "received" => s.received_at,
+        "provisional" => s.provisional_at,
+        "regional" => s.regional_at,
+        "global" => s.global_at,
+        _ => 0,
+    }
+}
+
+/// The messages of a watch until it ends, errs (returned beside them) or
+/// sends nothing for `quiet`.
+async fn watch_steps(
+    stream: &mut tonic::Streaming<pb::ClaimStatus>,
+    quiet: std::time::Duration,
+) -> (Vec<pb::ClaimStatus>, Option<tonic::Status>) {
+    let mut steps = Vec::new();
+    loop {
+        match tokio::time::timeout(quiet, stream.message()).await {
+            Ok(Ok(Some(step))) => steps.push(step),
+            Ok(Ok(None)) | Err(_) => return (steps, None),
+            Ok(Err(e)) => return (steps, Some(e)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sends_every_step_in_order_with_its_time_across_a_restart_of_the_node() {
+    let _serial = crate::common::NETWORK_TESTS.lock().await;
+    // Two validators in one region: a batch needs both votes, so with the
+    // voter away the claim stays `provisional` at its owner.
+    let net = TestNet::new(&["eu"], 2);
+    let (mut nodes, dist) = start_normal(&net, 2).await;
+    let voter = nodes.pop().expect("two nodes");
+    let owner = nodes.pop().expect("two nodes");
+    let owner_key = hex::encode(net.validators[0].verifying_key().to_bytes());
+    let (claimant, n) = claimant_owned_by(&owner, &dist.id, &owner_key, 30_000).await;
+    let attestation = submit_attestation(&owner, net.attestation(claimant.verifying_key().to_bytes(), "w"))
+        .await
+        .expect("attest");
+    voter.stop().await;
+    let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, n);
+    let id = submit_claim(&owner, envelope, "claim accepted").await;
+    assert!(
+        eventually(|| async { claim_status(&owner, &id).await.status == "provisional" }).await,
+        "the owner never batched the claim"
+    );
+    let mut stream = escrow(&owner)
+        .await
+        .watch_claim(pb::GetClaimRequest { id: id.clone() })
+        .await
+        .expect("watch opens")
+        .into_inner();
+    let (mut before, _) = watch_steps(&mut stream, std::time::Duration::from_secs(2)).await;
+
+    // The watched node restarts; its stream ends. Back, with the voter, the
+    // claim climbs on, and a new watch sends every step from the first.
+    owner.stop().await;
+    let (after_stop, _) = watch_steps(&mut stream, crate::common::DEADLINE).await;
+    before.extend(after_stop);
+    let owner = net.start(0, vec![]).await;
+    let voter = net.start(1, vec![crate::common::p2p_addr(&owner).await]).await;
+    let mut stream = escrow(&owner)
+        .await
+        .watch_claim(pb::GetClaimRequest { id: id.clone() })
+        .await
+        .expect("watch opens after the restart")
+        .into_inner();
+    let (after, error) = watch_steps(&mut stream, crate::common::DEADLINE).await;
+    assert!(error.is_none(), "the watch failed: {error:?}");
+
+    let names = |steps: &[pb::ClaimStatus]| steps.iter().map(|s| s.status.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&before), ["received", "provisional"], "before the restart");
+    assert_eq!(names(&after), LADDER, "after the restart");
+    for steps in [&before, &after] {
+        let times: Vec<u64> = steps.iter().map(step_time).collect();
+        assert!(times.iter().all(|t| *t > 0), "a step without its time: {times:?}");
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "times go back: {times:?}");
+    }
+    // The claim held across the restart keeps the time it was received.
+    assert_eq!(before[0].received_at, after[0].received_at);
+    let last = claim_status(&owner, &id).await;
+    assert_eq!(last.status, "global");
+    assert_eq!(
+        [last.received_at, last.provisional_at, last.regional_at, last.global_at],
+        [
+            after[0].received_at,
+            after[1].provisional_at,
+            after[2].regional_at,
+            after[3].global_at
+        ],
+        "GetClaim and the watch disagree on the steps' times"
+    );
+    owner.stop().await;
+    voter.stop().await;
 }
 
 /// The first item of a watch's stream, or its end.
@@ -858,13 +947,7 @@ async fn watches_on_unknown_ids_have_their_own_cap_and_end_not_found_after_the_g
     .await
     .expect("attest");
     let envelope = claim_envelope(&net, &claimant, &dist.id, &attestation, dist.amount_per_claim, 11);
-    let real = escrow(&nodes[0])
-        .await
-        .submit_claim(pb::SubmitRequest { envelope })
-        .await
-        .expect("claim accepted")
-        .into_inner()
-        .id;
+    let real = submit_claim(&nodes[0], envelope, "claim accepted").await;
     let real: [u8; 32] = hex::decode(&real).expect("hex").try_into().expect("32 bytes");
 
     // The node's own limits: more watches on made-up ids than both pools

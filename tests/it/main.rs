@@ -10,3 +10,4 @@ mod gossip;
 mod node_rpc;
 mod rpc_limits;
 mod testnet;
+mod testvectors;

@@ -213,18 +213,19 @@ fn print_credential(c: &pb::Credential) {
     println!("  issuer   {}", c.issuer);
     println!("  subject  {}", c.subject);
     println!("  schema   {}", c.schema);
+    let at = |ms: u64| super::time::when(ms, c.as_of);
     println!(
-        "  issued   {} ms{}",
-        c.issued_at,
+        "  issued   {}{}",
+        at(c.issued_at),
         if c.expires_at > 0 {
-            format!(", expires {} ms", c.expires_at)
+            format!(", expires {}", at(c.expires_at))
         } else {
             String::new()
         }
     );
-    println!("  learned  {} ms (this node's clock)", c.learned_at);
+    println!("  learned  {} (this node's clock)", at(c.learned_at));
     if c.revoked_at > 0 || !c.revocation_reason.is_empty() {
-        println!("  revoked  {} ms: {}", c.revoked_at, c.revocation_reason);
+        println!("  revoked  {}: {}", at(c.revoked_at), c.revocation_reason);
     }
 }
 

@@ -52,6 +52,13 @@ pub(super) async fn distributions(rpc: &RpcArgs) -> anyhow::Result<()> {
                 d.id, d.name, d.total, d.asset, d.amount_per_claim, d.schema
             );
             println!("  allocations {}", allocations.join(","));
+            let at = |ms: u64| super::time::when(ms, list.as_of);
+            match (d.opens_at, d.closes_at) {
+                (0, 0) => {}
+                (opens, 0) => println!("  opens       {}, never closes", at(opens)),
+                (0, closes) => println!("  closes      {}", at(closes)),
+                (opens, closes) => println!("  open        {} to {}", at(opens), at(closes)),
+            }
         }
     }
     Ok(())
@@ -175,7 +182,7 @@ fn print_claim(json_out: bool, c: &pb::ClaimStatus) {
         ("rejected", c.rejected_at),
     ] {
         if at > 0 {
-            println!("  {name:<12} {at} ms");
+            println!("  {name:<12} {}", super::time::when(at, c.as_of));
         }
     }
     if !c.region.is_empty() {

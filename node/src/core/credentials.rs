@@ -55,7 +55,7 @@ impl CredentialStatus {
 pub enum CredentialError {
     #[error("not a credential object: kind {0}")]
     WrongKind(&'static str),
-    #[error("body does not decode as a {kind}: {reason}")]
+    #[error("{kind} body does not decode: {reason}")]
     Malformed { kind: &'static str, reason: String },
     #[error("{field} must be a 32-byte key or id")]
     BadKeyField { field: &'static str },

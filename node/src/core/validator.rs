@@ -96,6 +96,44 @@ pub struct Timeline {
     pub published_at: Millis,
 }
 
+/// The steps of a claim's ladder, in the order a claim climbs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    Received,
+    Provisional,
+    Regional,
+    Global,
+}
+
+impl Timeline {
+    /// Records that the claim reached `step` at `now`. Steps below it that
+    /// this node did not see on its own (only the owner sees a batch before
+    /// its certificate; a node may learn of a claim from its certificate)
+    /// are stamped with the same time: every step reached has a time, and
+    /// the times never decrease up the ladder. A step stamped already keeps
+    /// its time.
+    pub fn reach(&mut self, step: Step, now: Millis) {
+        let slots = [
+            (Step::Received, &mut self.received_at),
+            (Step::Provisional, &mut self.provisional_at),
+            (Step::Regional, &mut self.regional_at),
+            (Step::Global, &mut self.global_at),
+        ];
+        // The latest stamp below a missing step, so a filled step never goes
+        // below one stamped earlier (a `received_at` restored after a restart).
+        let mut floor: Millis = 0;
+        for (s, at) in slots {
+            if s > step {
+                break;
+            }
+            if *at == 0 {
+                *at = now.max(floor);
+            }
+            floor = floor.max(*at);
+        }
+    }
+}
+
 /// A safety-critical record the shell makes durable (fdatasync) before
 /// anything of the same [`Outputs`] leaves the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1164,10 +1202,7 @@ impl Validator {
                 && let Some(claims) = self.delay.awaiting_global.remove(&(bucket, seq))
             {
                 for id in claims {
-                    let t = self.timeline(id);
-                    if t.global_at == 0 {
-                        t.global_at = now;
-                    }
+                    self.timeline(id).reach(Step::Global, now);
                 }
             }
         }
@@ -1502,10 +1537,7 @@ impl Validator {
                 OwnerOutput::SendBatch(batch) => {
                     self.ledger.note_provisional(&batch);
                     for claim in batch.claims() {
-                        let t = self.timeline(claim.id);
-                        if t.provisional_at == 0 {
-                            t.provisional_at = now;
-                        }
+                        self.timeline(claim.id).reach(Step::Provisional, now);
                     }
                     // Requests go out on the next retry pass, after the batch is durable.
                     if let Some(c) = self.collecting.get_mut(&batch.id) {
@@ -2170,12 +2202,20 @@ impl Validator {
                             ));
                         }
                     }
-                    if t.received_at == 0 {
-                        t.received_at = now;
-                    }
+                    t.reach(Step::Regional, now);
                     t.claim = Some(claim);
                     if let Some((batching, voting)) = stages {
                         self.samples.claim_stages(batching, voting);
+                    }
+                }
+                // Global already (a network of one region whose frontier is
+                // this node's, or heartbeats that ran ahead of the
+                // certificate): stamped now, not at the next heartbeat.
+                if self.is_global(&bucket, seq)
+                    && let Some(ids) = self.delay.awaiting_global.remove(&(bucket, seq))
+                {
+                    for id in ids {
+                        self.timeline(id).reach(Step::Global, now);
                     }
                 }
                 Ok(true)
@@ -2214,8 +2254,17 @@ impl Validator {
     }
 
     /// A claim's status and timeline.
+    ///
+    /// A position past the global threshold whose claims the next tick has
+    /// yet to stamp is still reported `regional`, so a claim is `global` only
+    /// once it has its `global_at`.
     pub fn claim_status(&self, book: &CredentialBook, id: &Digest) -> Option<(ClaimStatus, Timeline)> {
-        let status = self.ledger.claim_status(id, &Credentials(book), self)?;
+        let status = match self.ledger.claim_status(id, &Credentials(book), self)? {
+            ClaimStatus::Global { bucket, seq } if self.delay.awaiting_global.contains_key(&(bucket, seq)) => {
+                ClaimStatus::Regional { bucket, seq }
+            }
+            status => status,
+        };
         Some((status, self.timelines.get(id).cloned().unwrap_or_default()))
     }
 

@@ -22,7 +22,7 @@ use super::escrow::{
 /// Why a wire object could not become a core object. The sender is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("expected a {expected} envelope, got a {got}")]
+    #[error("expected an envelope of kind {expected}, got one of kind {got}")]
     WrongKind { expected: &'static str, got: &'static str },
     #[error("{kind} body does not decode: {reason}")]
     Malformed { kind: &'static str, reason: String },
@@ -83,6 +83,12 @@ pub fn genesis_distribution_id(network: &NetworkId, index: usize) -> Digest {
 /// core works with the half-open window `[opens_at, closes_at)`.
 pub fn closes_at(wire: u64) -> u64 {
     if wire == 0 { u64::MAX } else { wire }
+}
+
+/// The inverse of [`closes_at`]: what an API reports for the core's window
+/// end (0 for a distribution that never closes).
+pub fn closes_at_to_wire(core: u64) -> u64 {
+    if core == u64::MAX { 0 } else { core }
 }
 
 /// A claim from its verified envelope.

@@ -84,6 +84,12 @@ pub(super) fn claim_message(escrow: &Escrow, book: &CredentialBook, id: &Digest,
     out.regional_at = timeline.regional_at;
     out.global_at = timeline.global_at;
     out.disputed_at = timeline.disputed_at;
+    if let ClaimStatus::Disputed { revoked_at, .. } = &status
+        && out.disputed_at == 0
+    {
+        // Disputed from when both held: certified here, and its credential revoked.
+        out.disputed_at = (*revoked_at).max(out.regional_at);
+    }
     out.rejected_at = timeline.rejected_at;
     if name == "rejected" && out.rejected_at == 0 {
         out.rejected_at = now;
@@ -112,6 +118,71 @@ pub(super) fn claim_message(escrow: &Escrow, book: &CredentialBook, id: &Digest,
 
 pub(super) fn is_final(status: &str) -> bool {
     matches!(status, "global" | "disputed" | "rejected")
+}
+
+/// The steps a claim climbs, in order; `disputed` and `rejected` end it off the ladder.
+pub(super) const LADDER: [&str; 4] = ["received", "provisional", "regional", "global"];
+
+/// The steps a claim whose status is `status` has passed through, in order,
+/// ending with `status` itself: the ladder up to it, then `disputed` after
+/// `regional` (a certified claim whose credential is revoked) or `rejected`
+/// after `received` (a claim refused before it was sequenced). Empty for
+/// `unknown`.
+pub(super) fn steps_to(status: &pb::ClaimStatus) -> Vec<&'static str> {
+    let ladder_to = |last: usize| LADDER.iter().take(last.saturating_add(1)).copied().collect::<Vec<_>>();
+    match status.status.as_str() {
+        "disputed" => {
+            let mut steps = ladder_to(2);
+            steps.push("disputed");
+            steps
+        }
+        "rejected" => {
+            let mut steps = if status.received_at > 0 {
+                ladder_to(0)
+            } else {
+                Vec::new()
+            };
+            steps.push("rejected");
+            steps
+        }
+        name => LADDER
+            .iter()
+            .position(|s| *s == name)
+            .map(ladder_to)
+            .unwrap_or_default(),
+    }
+}
+
+/// `status` as it stood when the claim reached `step`: that status, and the
+/// times of the steps after it cleared.
+pub(super) fn as_of_step(status: &pb::ClaimStatus, step: &str) -> pb::ClaimStatus {
+    let mut out = status.clone();
+    out.status = step.into();
+    let reached = LADDER.iter().position(|s| *s == step);
+    let cleared = |i: usize| reached.is_some_and(|r| i > r);
+    if cleared(1) {
+        out.provisional_at = 0;
+    }
+    if cleared(2) {
+        out.regional_at = 0;
+    }
+    if cleared(3) {
+        out.global_at = 0;
+    }
+    if step != "disputed" {
+        out.disputed_at = 0;
+    }
+    if step != "rejected" {
+        out.rejected_at = 0;
+    }
+    if step != status.status {
+        out.reason.clear();
+    }
+    if reached.is_some_and(|r| r < 1) {
+        out.sequenced = false;
+        out.seq = 0;
+    }
+    out
 }
 
 fn liquidity(escrow: &Escrow, book: &CredentialBook, id: &Digest, now: Millis) -> Result<pb::Liquidity, Status> {
@@ -210,7 +281,7 @@ impl EscrowApi for EscrowService {
                             schema: r.schema.clone(),
                             amount_per_claim: r.amount_per_claim,
                             opens_at: r.opens_at,
-                            closes_at: r.closes_at,
+                            closes_at: crate::core::wire::closes_at_to_wire(r.closes_at),
                             allocations: r
                                 .allocations
                                 .iter()

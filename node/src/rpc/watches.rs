@@ -5,9 +5,15 @@
 //! due, each read of the actor answering every claim due in it. A claim is
 //! looked at every [`WATCH_POLL`] at first, then less often (×1.5 per look,
 //! up to [`WATCH_POLL_MAX`]): most claims settle within a few looks, and one
-//! waiting long for `global` costs little. The stream gets a message
-//! whenever the status changes and ends at a final status, after
-//! [`WATCH_MAX`], or when the client goes away.
+//! waiting long for `global` costs little. The stream gets one message per
+//! step the claim has reached, in ladder order (`received`, `provisional`,
+//! `regional`, `global`; `disputed` after `regional`, `rejected` after
+//! `received`), each with that step's time: a step the claim passed between
+//! two looks is still sent, as the claim stood at that step (the times of
+//! later steps 0). So every stream starts with `received` (a stream opened
+//! again after a node restarts replays the steps from the first). It ends
+//! once a final status is sent, after [`WATCH_MAX`], or when the client
+//! goes away.
 //!
 //! Watches are counted in two pools, decided at the first look. At most
 //! [`WATCHES_MAX`] watch claims this node knows. A watch on an id it does not
@@ -27,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::escrow::{claim_message, is_final};
+use super::escrow::{as_of_step, claim_message, is_final, steps_to};
 use crate::core::escrow::Digest;
 use crate::node::NodeHandle;
 
@@ -52,8 +58,8 @@ pub const WATCH_MAX: Duration = Duration::from_secs(600);
 pub const WATCH_POLL: Duration = Duration::from_millis(50);
 /// The longest interval between two looks at a watched claim.
 pub const WATCH_POLL_MAX: Duration = Duration::from_secs(1);
-/// Status messages buffered per stream: more than a claim has statuses, so
-/// a stream only fills when its client stops reading.
+/// Status messages buffered per stream: more than a claim has steps, so a
+/// stream only fills when its client stops reading.
 const STREAM_BUFFER: usize = 8;
 
 /// What a stream carries.
@@ -94,7 +100,10 @@ struct Watch {
     started: Instant,
     next: Instant,
     pause: Duration,
-    last: String,
+    /// The steps sent so far, in order.
+    sent: Vec<&'static str>,
+    /// Whether `unknown` was sent (once, at the first look).
+    told_unknown: bool,
     pool: Pool,
     tx: mpsc::Sender<WatchItem>,
 }
@@ -136,7 +145,8 @@ impl Watches {
             started: now,
             next: now,
             pause: WATCH_POLL,
-            last: String::new(),
+            sent: Vec::new(),
+            told_unknown: false,
             pool: Pool::New,
             tx,
         };
@@ -302,20 +312,30 @@ fn look(
         w.pool = Pool::Known;
         *known = known.saturating_add(1);
     }
-    if status.status != w.last {
-        let name = status.status.clone();
-        match w.tx.try_send(Ok(status)) {
-            Ok(()) => {
-                w.last = name;
-                if is_final(&w.last) {
-                    return Outcome::End(None);
-                }
-            }
-            // A client that stopped reading is sent the status at a later
+    let steps = steps_to(&status);
+    let mut pending: Vec<pb::ClaimStatus> = steps
+        .iter()
+        .filter(|step| !w.sent.contains(step))
+        .map(|step| as_of_step(&status, step))
+        .collect();
+    if steps.is_empty() && !w.told_unknown {
+        pending.push(status.clone());
+    }
+    for message in pending {
+        let step = steps.iter().copied().find(|s| *s == message.status);
+        match w.tx.try_send(Ok(message)) {
+            Ok(()) => match step {
+                Some(step) => w.sent.push(step),
+                None => w.told_unknown = true,
+            },
+            // A client that stopped reading is sent the rest at a later
             // look, while the watch lasts.
-            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => break,
             Err(mpsc::error::TrySendError::Closed(_)) => return Outcome::End(None),
         }
+    }
+    if is_final(&status.status) && steps.iter().all(|s| w.sent.contains(s)) {
+        return Outcome::End(None);
     }
     if now.duration_since(w.started) >= WATCH_MAX {
         return Outcome::End(None);

@@ -6,7 +6,7 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 
 use super::LockRecord;
-use super::{Input, NEED_MAX_AGE_HEARTBEATS, Validator};
+use super::{Input, NEED_MAX_AGE_HEARTBEATS, Step, Timeline, Validator};
 use crate::config::local_network;
 use crate::core::credentials::{CredentialBook, CredentialRules};
 use crate::core::envelope::{self, Kind, NetworkId, ObjectId, Verified, seal};
@@ -359,4 +359,34 @@ fn certificates_kept_in_memory_do_not_grow_with_history() {
         !again.news && again.store_certificates.is_empty(),
         "an old certificate is a duplicate"
     );
+}
+
+#[test]
+fn reaching_a_step_stamps_the_steps_below_it_that_were_not_seen_and_keeps_the_others() {
+    // (stamps before: received, provisional, regional, global), the step, when, stamps after.
+    let check = |before: [Millis; 4], step: Step, now: Millis, after: [Millis; 4]| {
+        let mut t = Timeline {
+            received_at: before[0],
+            provisional_at: before[1],
+            regional_at: before[2],
+            global_at: before[3],
+            ..Timeline::default()
+        };
+        t.reach(step, now);
+        assert_eq!(
+            [t.received_at, t.provisional_at, t.regional_at, t.global_at],
+            after,
+            "{before:?} reaching {step:?} at {now}"
+        );
+    };
+    // An owner sees every step as it comes.
+    check([10, 0, 0, 0], Step::Provisional, 20, [10, 20, 0, 0]);
+    check([10, 20, 0, 0], Step::Regional, 30, [10, 20, 30, 0]);
+    check([10, 20, 30, 0], Step::Global, 40, [10, 20, 30, 40]);
+    // A node that learns of a claim from its certificate: every step below at once.
+    check([0, 0, 0, 0], Step::Regional, 30, [30, 30, 30, 0]);
+    check([10, 0, 0, 0], Step::Global, 40, [10, 40, 40, 40]);
+    // A step stamped already keeps its time; a late stamp never goes below an earlier one.
+    check([10, 20, 30, 40], Step::Global, 50, [10, 20, 30, 40]);
+    check([60, 0, 0, 0], Step::Regional, 50, [60, 60, 60, 0]);
 }
