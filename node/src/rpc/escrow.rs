@@ -210,7 +210,8 @@ impl EscrowApi for EscrowService {
                             schema: r.schema.clone(),
                             amount_per_claim: r.amount_per_claim,
                             opens_at: r.opens_at,
-                            closes_at: r.closes_at,
+                            // The wire's 0 for "never", not the core's open end.
+                            closes_at: if r.closes_at == u64::MAX { 0 } else { r.closes_at },
                             allocations: r
                                 .allocations
                                 .iter()
