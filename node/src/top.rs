@@ -31,7 +31,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(800);
 /// Most distributions whose liquidity is fetched from each node per round.
 pub const DISTRIBUTIONS_MAX: usize = 8;
 /// Width, in cells, of a liquidity bar.
-pub const BAR_WIDTH: usize = 30;
+pub const BAR_WIDTH: usize = 20;
 
 /// One region as the view shows it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -448,17 +448,16 @@ pub fn render(frame: &mut Frame, view: &View) {
     let suspects_h = if view.suspected.is_empty() {
         3
     } else {
-        view.suspected.len().min(6) as u16 + 3
+        view.suspected.len().min(6) as u16 + 2
     };
-    let chunks = Layout::vertical([
+    let [header, regions, suspects, liquidity, claims] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Length(view.regions.len() as u16 + 3),
         Constraint::Length(suspects_h),
         Constraint::Min(4),
         Constraint::Length(3),
     ])
-    .split(frame.area());
-    let [header, regions, suspects, liquidity, claims] = [chunks[0], chunks[1], chunks[2], chunks[3], chunks[4]];
+    .areas(frame.area());
     render_header(frame, header, view);
     render_regions(frame, regions, view);
     render_suspects(frame, suspects, view);
