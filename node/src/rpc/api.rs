@@ -59,21 +59,63 @@ pub enum Input {
     Submit(Kind),
 }
 
+/// The unary gRPC methods, each answered by [`Services::invoke`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
+    Status,
+    SubmitAttestation,
+    SubmitRevocation,
+    GetCredential,
+    ListCredentials,
+    SetPeerBlocked,
+    ListDistributions,
+    SubmitDistribution,
+    SubmitClaim,
+    GetClaim,
+    GetLiquidity,
+    Route,
+    GetBalance,
+    SubmitRebalance,
+    Audit,
+}
+
+impl Rpc {
+    /// The method's full name in the descriptors, e.g. `credence.v1.Node.GetCredential`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::Status => "credence.v1.Node.Status",
+            Rpc::SubmitAttestation => "credence.v1.Node.SubmitAttestation",
+            Rpc::SubmitRevocation => "credence.v1.Node.SubmitRevocation",
+            Rpc::GetCredential => "credence.v1.Node.GetCredential",
+            Rpc::ListCredentials => "credence.v1.Node.ListCredentials",
+            Rpc::SetPeerBlocked => "credence.v1.Node.SetPeerBlocked",
+            Rpc::ListDistributions => "credence.v1.Escrow.ListDistributions",
+            Rpc::SubmitDistribution => "credence.v1.Escrow.SubmitDistribution",
+            Rpc::SubmitClaim => "credence.v1.Escrow.SubmitClaim",
+            Rpc::GetClaim => "credence.v1.Escrow.GetClaim",
+            Rpc::GetLiquidity => "credence.v1.Escrow.GetLiquidity",
+            Rpc::Route => "credence.v1.Escrow.Route",
+            Rpc::GetBalance => "credence.v1.Escrow.GetBalance",
+            Rpc::SubmitRebalance => "credence.v1.Escrow.SubmitRebalance",
+            Rpc::Audit => "credence.v1.Escrow.Audit",
+        }
+    }
+}
+
 /// One `/v1/…` route and the gRPC method it calls.
 #[derive(Clone, Copy, Debug)]
 pub struct Operation {
     pub verb: Verb,
     /// axum's path syntax, which is OpenAPI's: `{name}` is a parameter.
     pub path: &'static str,
-    /// The gRPC service and method, e.g. `credence.v1.Node.GetCredential`.
-    pub rpc: &'static str,
+    pub rpc: Rpc,
     pub input: Input,
     /// Needs the admin token in the [`super::admin::ADMIN_TOKEN_METADATA`] header.
     pub admin: bool,
     pub summary: &'static str,
 }
 
-const fn op(verb: Verb, path: &'static str, rpc: &'static str, input: Input, summary: &'static str) -> Operation {
+const fn op(verb: Verb, path: &'static str, rpc: Rpc, input: Input, summary: &'static str) -> Operation {
     Operation {
         verb,
         path,
@@ -90,35 +132,35 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         Verb::Get,
         "/v1/status",
-        "credence.v1.Node.Status",
+        Rpc::Status,
         Input::Path,
         "Identity, network, quorum mode, peers and queues of this node",
     ),
     op(
         Verb::Post,
         "/v1/attestations",
-        "credence.v1.Node.SubmitAttestation",
+        Rpc::SubmitAttestation,
         Input::Submit(Kind::Attestation),
         "Submit a signed attestation",
     ),
     op(
         Verb::Post,
         "/v1/revocations",
-        "credence.v1.Node.SubmitRevocation",
+        Rpc::SubmitRevocation,
         Input::Submit(Kind::Revocation),
         "Submit a signed revocation",
     ),
     op(
         Verb::Get,
         "/v1/credentials/{id}",
-        "credence.v1.Node.GetCredential",
+        Rpc::GetCredential,
         Input::Path,
         "A credential by its attestation id, with its status now",
     ),
     op(
         Verb::Get,
         "/v1/subjects/{subject}/credentials",
-        "credence.v1.Node.ListCredentials",
+        Rpc::ListCredentials,
         Input::Path,
         "Every credential this node knows for one subject",
     ),
@@ -127,7 +169,7 @@ pub const OPERATIONS: &[Operation] = &[
         ..op(
             Verb::Post,
             "/v1/admin/blocked-peers",
-            "credence.v1.Node.SetPeerBlocked",
+            Rpc::SetPeerBlocked,
             Input::Body,
             "Fault injection: block or unblock a peer (needs --enable-fault-injection and the admin token)",
         )
@@ -135,63 +177,63 @@ pub const OPERATIONS: &[Operation] = &[
     op(
         Verb::Get,
         "/v1/distributions",
-        "credence.v1.Escrow.ListDistributions",
+        Rpc::ListDistributions,
         Input::Path,
         "Distributions this node knows",
     ),
     op(
         Verb::Post,
         "/v1/distributions",
-        "credence.v1.Escrow.SubmitDistribution",
+        Rpc::SubmitDistribution,
         Input::Submit(Kind::Distribution),
         "Submit an operator-signed distribution",
     ),
     op(
         Verb::Post,
         "/v1/claims",
-        "credence.v1.Escrow.SubmitClaim",
+        Rpc::SubmitClaim,
         Input::Submit(Kind::Claim),
         "Submit a claimant-signed claim; answers its status",
     ),
     op(
         Verb::Get,
         "/v1/claims/{id}",
-        "credence.v1.Escrow.GetClaim",
+        Rpc::GetClaim,
         Input::Path,
         "A claim's status, with the time of each step reached",
     ),
     op(
         Verb::Get,
         "/v1/distributions/{distribution_id}/liquidity",
-        "credence.v1.Escrow.GetLiquidity",
+        Rpc::GetLiquidity,
         Input::Path,
         "Escrow, spent, pending and available per region and bucket",
     ),
     op(
         Verb::Get,
         "/v1/distributions/{distribution_id}/routes/{claimant}",
-        "credence.v1.Escrow.Route",
+        Rpc::Route,
         Input::Path,
         "A claim's home region and bucket owner",
     ),
     op(
         Verb::Get,
         "/v1/accounts/{account}/balance",
-        "credence.v1.Escrow.GetBalance",
+        Rpc::GetBalance,
         Input::Path,
         "Credited amounts of a recipient account",
     ),
     op(
         Verb::Post,
         "/v1/rebalances",
-        "credence.v1.Escrow.SubmitRebalance",
+        Rpc::SubmitRebalance,
         Input::Submit(Kind::Rebalance),
         "Submit an operator-signed rebalance",
     ),
     op(
         Verb::Get,
         "/v1/audit",
-        "credence.v1.Escrow.Audit",
+        Rpc::Audit,
         Input::Path,
         "Certified state for invariant checks across nodes",
     ),
@@ -238,12 +280,13 @@ pub fn pool() -> Result<&'static DescriptorPool, Status> {
 pub fn method_types(op: &Operation) -> Result<(MessageDescriptor, MessageDescriptor), Status> {
     let (service, method) = op
         .rpc
+        .name()
         .rsplit_once('.')
-        .ok_or_else(|| Status::internal(format!("{} names no method", op.rpc)))?;
+        .ok_or_else(|| Status::internal(format!("{} names no method", op.rpc.name())))?;
     let method = pool()?
         .get_service_by_name(service)
         .and_then(|s| s.methods().find(|m| m.name() == method))
-        .ok_or_else(|| Status::internal(format!("no gRPC method {}", op.rpc)))?;
+        .ok_or_else(|| Status::internal(format!("no gRPC method {}", op.rpc.name())))?;
     Ok((method.input(), method.output()))
 }
 
@@ -353,26 +396,25 @@ impl Services {
             .map_err(|e| Status::internal(format!("the answer does not encode as JSON: {e}")))
     }
 
-    /// Calls the gRPC method named `rpc` with an encoded request.
-    async fn invoke(&self, rpc: &str, metadata: MetadataMap, input: &[u8]) -> Result<Vec<u8>, Status> {
+    /// Calls the gRPC method `rpc` with an encoded request.
+    async fn invoke(&self, rpc: Rpc, metadata: MetadataMap, input: &[u8]) -> Result<Vec<u8>, Status> {
         let (n, e) = (&self.node, &self.escrow);
         match rpc {
-            "credence.v1.Node.Status" => answer(n.status(request(metadata, input)?).await),
-            "credence.v1.Node.SubmitAttestation" => answer(n.submit_attestation(request(metadata, input)?).await),
-            "credence.v1.Node.SubmitRevocation" => answer(n.submit_revocation(request(metadata, input)?).await),
-            "credence.v1.Node.GetCredential" => answer(n.get_credential(request(metadata, input)?).await),
-            "credence.v1.Node.ListCredentials" => answer(n.list_credentials(request(metadata, input)?).await),
-            "credence.v1.Node.SetPeerBlocked" => answer(n.set_peer_blocked(request(metadata, input)?).await),
-            "credence.v1.Escrow.ListDistributions" => answer(e.list_distributions(request(metadata, input)?).await),
-            "credence.v1.Escrow.SubmitDistribution" => answer(e.submit_distribution(request(metadata, input)?).await),
-            "credence.v1.Escrow.SubmitClaim" => answer(e.submit_claim(request(metadata, input)?).await),
-            "credence.v1.Escrow.GetClaim" => answer(e.get_claim(request(metadata, input)?).await),
-            "credence.v1.Escrow.GetLiquidity" => answer(e.get_liquidity(request(metadata, input)?).await),
-            "credence.v1.Escrow.Route" => answer(e.route(request(metadata, input)?).await),
-            "credence.v1.Escrow.GetBalance" => answer(e.get_balance(request(metadata, input)?).await),
-            "credence.v1.Escrow.SubmitRebalance" => answer(e.submit_rebalance(request(metadata, input)?).await),
-            "credence.v1.Escrow.Audit" => answer(e.audit(request(metadata, input)?).await),
-            other => Err(Status::unimplemented(format!("{other} has no HTTP route"))),
+            Rpc::Status => answer(n.status(request(metadata, input)?).await),
+            Rpc::SubmitAttestation => answer(n.submit_attestation(request(metadata, input)?).await),
+            Rpc::SubmitRevocation => answer(n.submit_revocation(request(metadata, input)?).await),
+            Rpc::GetCredential => answer(n.get_credential(request(metadata, input)?).await),
+            Rpc::ListCredentials => answer(n.list_credentials(request(metadata, input)?).await),
+            Rpc::SetPeerBlocked => answer(n.set_peer_blocked(request(metadata, input)?).await),
+            Rpc::ListDistributions => answer(e.list_distributions(request(metadata, input)?).await),
+            Rpc::SubmitDistribution => answer(e.submit_distribution(request(metadata, input)?).await),
+            Rpc::SubmitClaim => answer(e.submit_claim(request(metadata, input)?).await),
+            Rpc::GetClaim => answer(e.get_claim(request(metadata, input)?).await),
+            Rpc::GetLiquidity => answer(e.get_liquidity(request(metadata, input)?).await),
+            Rpc::Route => answer(e.route(request(metadata, input)?).await),
+            Rpc::GetBalance => answer(e.get_balance(request(metadata, input)?).await),
+            Rpc::SubmitRebalance => answer(e.submit_rebalance(request(metadata, input)?).await),
+            Rpc::Audit => answer(e.audit(request(metadata, input)?).await),
         }
     }
 }
@@ -537,9 +579,9 @@ fn operation_json(op: &Operation, schemas: &mut Map<String, Value>) -> Result<Va
         }
     }
     let mut out = json!({
-        "operationId": op.rpc.rsplit('.').next().unwrap_or(op.rpc),
+        "operationId": op.rpc.name().rsplit('.').next().unwrap_or_default(),
         "summary": op.summary,
-        "description": format!("gRPC {}", op.rpc),
+        "description": format!("gRPC {}", op.rpc.name()),
         "parameters": parameters,
         "responses": responses,
     });
@@ -606,14 +648,14 @@ mod tests {
         }
         assert!(unary.len() >= 15, "{unary:?}");
         for name in &unary {
-            let n = OPERATIONS.iter().filter(|op| op.rpc == name).count();
+            let n = OPERATIONS.iter().filter(|op| op.rpc.name() == name).count();
             assert_eq!(n, 1, "{name} has {n} HTTP routes");
         }
         for op in OPERATIONS {
             assert!(
-                unary.iter().any(|u| u == op.rpc),
+                unary.iter().any(|u| u == op.rpc.name()),
                 "{} is not a unary gRPC method",
-                op.rpc
+                op.rpc.name()
             );
         }
     }
