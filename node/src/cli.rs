@@ -63,6 +63,21 @@ pub enum Command {
     /// Write a genesis: a ceremony step by step from public keys (`genesis init --help`), or a
     /// whole local network with its keys (`--regions … --out DIR`).
     Genesis(GenesisArgs),
+    /// A live terminal view of one node, refreshed every second.
+    ///
+    /// Shows the node's quorum mode; each region's mode, reachable weight,
+    /// quorum latency and view age; the validators it suspects, with phi;
+    /// a liquidity bar per distribution and region (available, pending,
+    /// spent, disputed) with outflow and time to depletion; and claims per
+    /// second certified and disputed. Keys: q (or Esc, Ctrl-C) quits. Needs
+    /// a terminal (any TERM; no mouse, 16 colours). For a whole testnet:
+    /// `credence-testnet top`.
+    #[command(long_about)]
+    Top {
+        /// The node's gRPC address.
+        #[arg(long, default_value = DEFAULT_RPC_URL, env = "CREDENCE_RPC")]
+        rpc: String,
+    },
     /// Show a node's identity, network, mode, peers and queues.
     Status {
         #[command(flatten)]
@@ -314,6 +329,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Genesis(args) => genesis::run(args),
+        Command::Top { rpc } => {
+            let target = crate::top::Target::new(&rpc, &rpc)?;
+            crate::top::run(&format!("node {rpc}"), vec![target]).await
+        }
         Command::Status { rpc } => client::status(&rpc).await,
         Command::Attest {
             rpc,

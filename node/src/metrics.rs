@@ -262,3 +262,98 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const README: &str = include_str!("../../README.md");
+    const DASHBOARD: &str = include_str!("../../testnet/grafana/credence.json");
+    const SOURCE: &str = include_str!("metrics.rs");
+
+    /// The names in README's metrics table (rows starting with a `credence_` name).
+    fn documented() -> Vec<String> {
+        README
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `credence_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|n| format!("credence_{n}"))
+            .collect()
+    }
+
+    /// Every family the registry exports, with a sample in each so that
+    /// label families show their `# TYPE` line too.
+    fn exported() -> Vec<String> {
+        let m = Metrics::new();
+        m.object("attestation", "accepted", "rpc");
+        m.queue_dropped.get_or_create(&QueueLabels { queue: "actor" }).inc();
+        m.queue_depth.get_or_create(&QueueLabels { queue: "actor" }).set(1);
+        m.publish("cred", "sent");
+        m.claim_stage
+            .get_or_create(&StageLabels { stage: "voting" })
+            .observe(0.1);
+        m.rpc_connections_closed
+            .get_or_create(&ConnectionClosedLabels {
+                server: "http",
+                reason: "idle",
+            })
+            .inc();
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn readme_documents_every_family() {
+        let documented = documented();
+        let exported = exported();
+        assert!(exported.len() >= 18, "{exported:?}");
+        for name in &exported {
+            assert!(documented.contains(name), "README's metrics table lacks {name}");
+        }
+        // A family registered in the code, whether or not it has samples yet.
+        let code = SOURCE.split("#[cfg(test)]").next().unwrap_or_default();
+        for part in code.split("registry.register(").skip(1) {
+            let name = part.split('"').nth(1).unwrap_or_default();
+            let name = format!("credence_{name}");
+            assert!(documented.contains(&name), "README's metrics table lacks {name}");
+        }
+        for name in &documented {
+            assert!(
+                exported.contains(name),
+                "README documents {name}, which /metrics does not export"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dashboard_uses_only_documented_families() {
+        let documented = documented();
+        let mut used = Vec::new();
+        for part in DASHBOARD.split("credence_").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let mut name = format!("credence_{name}");
+            for suffix in ["_bucket", "_sum", "_count", "_total"] {
+                if let Some(base) = name.strip_suffix(suffix) {
+                    name = base.to_string();
+                }
+            }
+            used.push(name);
+        }
+        assert!(used.len() >= 10, "{used:?}");
+        for name in &used {
+            assert!(
+                documented.contains(name),
+                "the dashboard uses {name}, which README does not document"
+            );
+        }
+        let json: serde_json::Value = serde_json::from_str(DASHBOARD).expect("the dashboard is JSON");
+        assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 8));
+    }
+}

@@ -1,11 +1,12 @@
 //! The node's RPC surface: the tonic gRPC service (with reflection v1 and
 //! v1alpha, and the standard health service) and an HTTP server with
-//! `/metrics`, `/healthz` and a JSON mirror of the read-only calls under `/v1/`.
+//! `/metrics`, `/healthz` and every unary call as JSON under `/v1/` (`api`).
 //!
 //! The only module that touches tonic and axum. Maps every node error to a
 //! gRPC status code with a message that says what went wrong.
 
 pub mod admin;
+pub mod api;
 mod escrow;
 pub mod http;
 pub mod limit;
@@ -111,18 +112,24 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NodeServer<NodeService>>().await;
 
-    let service = NodeServer::new(NodeService {
+    let node_service = NodeService {
         node: node.clone(),
         admin,
-    })
-    .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-    .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
-    let escrow_service = credence_proto::v1::escrow_server::EscrowServer::new(escrow::EscrowService {
+    };
+    let escrow_service = escrow::EscrowService {
         node: node.clone(),
         watches: watches::Watches::start(node.clone(), shutdown.clone()),
-    })
-    .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
-    .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
+    };
+    let http_services = api::Services {
+        node: node_service.clone(),
+        escrow: escrow_service.clone(),
+    };
+    let service = NodeServer::new(node_service)
+        .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
+    let escrow_service = credence_proto::v1::escrow_server::EscrowServer::new(escrow_service)
+        .max_decoding_message_size(RPC_MESSAGE_MAX_BYTES)
+        .max_encoding_message_size(RPC_RESPONSE_MAX_BYTES);
     health_reporter
         .set_serving::<credence_proto::v1::escrow_server::EscrowServer<escrow::EscrowService>>()
         .await;
@@ -154,7 +161,7 @@ pub async fn serve(
             tracing::error!(error = %e, "gRPC server stopped");
         }
     });
-    let http_task = tokio::spawn(http::serve(node, http_listener, shutdown));
+    let http_task = tokio::spawn(http::serve(node, http_services, http_listener, shutdown));
     tracing::info!(%rpc_addr, %http_addr, "RPC listening");
     Ok((rpc_addr, http_addr, vec![rpc_task, http_task]))
 }

@@ -91,6 +91,19 @@ enum Cmd {
         #[arg(long, default_value_t = lifecycle::UP_TIMEOUT.as_secs())]
         timeout_secs: u64,
     },
+    /// A live terminal view of the whole testnet, refreshed every second:
+    /// the quorum modes its nodes report; each region's mode, reachable
+    /// weight, quorum latency and view age; every validator some node
+    /// suspects, with its highest phi and how many suspect it; a liquidity
+    /// bar per distribution and region (available, pending, spent,
+    /// disputed; each region as its own nodes see it) with outflow and time
+    /// to depletion; claims per second certified and disputed. q (or Esc,
+    /// Ctrl-C) quits. Works in any terminal, over SSH too.
+    Top {
+        /// The testnet's directory.
+        #[arg(long, default_value = "testnet")]
+        dir: PathBuf,
+    },
     /// A table of nodes: region, process state, mode, peers, credentials,
     /// certified batches, funded claims, view ages and where the log is.
     Status {
@@ -317,6 +330,16 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                     );
                 }
             });
+        }
+        Cmd::Top { dir } => {
+            let layout = Layout::new(&dir)?;
+            let state = layout.load_state()?;
+            let targets = state
+                .nodes
+                .iter()
+                .map(|n| credence::top::Target::new(&n.name, &n.rpc))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            credence::top::run(&format!("testnet {}", dir.display()), targets).await?;
         }
         Cmd::Status { common } => {
             let layout = Layout::new(&common.dir)?;
