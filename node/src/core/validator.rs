@@ -29,7 +29,7 @@ use crate::core::credentials::{CredentialBook, CredentialStatus};
 use crate::core::envelope::{Kind, KnownSignatures, NetworkId, ObjectId, Verified, seal_with};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
-    Digest, Distribution, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
+    Digest, Distribution, Equivocation, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
     ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
 };
 use crate::core::escrow::{Entry, NEEDS_PER_HEARTBEAT_MAX, NeedAd, answer_needs};
@@ -54,6 +54,10 @@ pub const HELD_CLAIMS_MAX: usize = 200_000;
 /// once per [`RECHECK_INTERVAL_MS`] (see `recheck_waiting`).
 pub const RECHECK_PER_TICK: usize = 256;
 pub const RECHECK_INTERVAL_MS: Millis = 1_000;
+/// Equivocating positions remembered so each is reported once; an owner
+/// that equivocates at more positions than this may be reported again for
+/// the oldest ones, which costs a gossip message, never safety.
+pub const EQUIVOCATIONS_REPORTED_MAX: usize = 4096;
 /// An entry node gossips a claim still waiting for its owner again after
 /// this long (past gossip's duplicate cache, `net::DUPLICATE_CACHE_TIME`, so
 /// peers take it anew): an owner that was cut off or too slow when the claim
@@ -145,6 +149,9 @@ pub struct Outputs {
     pub claims_to_publish: Vec<(String, Vec<u8>)>,
     /// Certificates formed here, to gossip.
     pub certificates_to_publish: Vec<Vec<u8>>,
+    /// Equivocation evidence found here (encoded `Evidence` envelopes signed
+    /// by this node), to gossip on `evidence`.
+    pub evidence_to_publish: Vec<Vec<u8>>,
     /// This validator's heartbeat, to gossip.
     pub heartbeat: Option<Vec<u8>>,
     /// Validators whose connections are not trusted any more: close and redial.
@@ -167,6 +174,7 @@ impl Outputs {
         self.vote_requests.append(&mut other.vote_requests);
         self.claims_to_publish.append(&mut other.claims_to_publish);
         self.certificates_to_publish.append(&mut other.certificates_to_publish);
+        self.evidence_to_publish.append(&mut other.evidence_to_publish);
         if other.heartbeat.is_some() {
             self.heartbeat = other.heartbeat;
         }
@@ -434,6 +442,9 @@ pub struct Stats {
     pub takeovers_withheld: u64,
     /// Takeovers this validator started (its owner's pending batch or a freeze).
     pub takeovers_proposed: u64,
+    /// Owners found signing two batches at one `(bucket, seq)` in vote
+    /// requests; each was reported once as evidence.
+    pub equivocations_detected: u64,
 }
 
 /// The validator state machine (observers run it too, without a voter).
@@ -476,6 +487,9 @@ pub struct Validator {
     to_resume: Vec<(Batch, Vec<u8>)>,
     /// Newest batch seen per bucket of this region (from vote requests).
     seen_batches: BTreeMap<Digest, (Batch, Vec<u8>)>,
+    /// Positions `(bucket, seq)` already reported as equivocation evidence
+    /// (at most `EQUIVOCATIONS_REPORTED_MAX`, the lowest forgotten first).
+    equivocations_reported: BTreeSet<(Digest, u64)>,
     /// Buckets frozen since the last tick: their waiting claims move on.
     frozen: Vec<Digest>,
     /// Claims held durably here (a subset of `claim_envelopes`).
@@ -639,6 +653,7 @@ impl Validator {
             },
             to_resume: Vec::new(),
             seen_batches: BTreeMap::new(),
+            equivocations_reported: BTreeSet::new(),
             frozen: Vec::new(),
             held: Default::default(),
             held_changes: Vec::new(),
@@ -1941,6 +1956,9 @@ impl Validator {
             };
             let result = voter.on_batch(&self.ledger, &Credentials(book), &batch, now);
             let bucket = batch.bucket.clone();
+            if let Some(evidence) = self.equivocation(&batch, &request.object) {
+                effects.evidence_to_publish.push(evidence);
+            }
             self.remember_batch(batch, &request.object);
             (result, bucket)
         };
@@ -1983,6 +2001,32 @@ impl Validator {
                 (effects, refuse(refusal.to_string(), retry))
             }
         }
+    }
+
+    /// Equivocation evidence when `batch` and the batch remembered for its
+    /// bucket are two different batches of the owner at one seq, the first
+    /// time that position is seen so: the evidence envelope (signed by this
+    /// node) to gossip.
+    fn equivocation(&mut self, batch: &Batch, envelope: &[u8]) -> Option<Vec<u8>> {
+        let (known, known_envelope) = self.seen_batches.get(&batch.bucket.digest())?;
+        if known.seq != batch.seq {
+            return None;
+        }
+        let evidence = Equivocation::check(known.clone(), batch.clone()).ok()?;
+        let body = wire::evidence_body(known_envelope, envelope);
+        if !self.equivocations_reported.insert((evidence.bucket, evidence.seq)) {
+            return None;
+        }
+        if self.equivocations_reported.len() > EQUIVOCATIONS_REPORTED_MAX {
+            self.equivocations_reported.pop_first();
+        }
+        self.stats.equivocations_detected = self.stats.equivocations_detected.saturating_add(1);
+        tracing::warn!(
+            owner = %self.name_of(&evidence.owner),
+            seq = evidence.seq,
+            "an owner signed two different batches at one seq: gossiping the evidence"
+        );
+        Some(seal_with(&self.network, self.signer.as_ref(), Kind::Evidence, body.encode_to_vec()).0)
     }
 
     /// Keeps the newest batch an owner asked this node to vote for, so that a
