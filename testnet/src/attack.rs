@@ -305,6 +305,9 @@ async fn rogue_swarm(target: &Target) -> anyhow::Result<(Swarm<Rogue>, PeerId)> 
             MessageId::from(id)
         })
         .max_transmit_size(OVERSIZED_BYTES.saturating_mul(2))
+        // Never relays what it receives: it reports no verdicts, so what the
+        // nodes score it for is only what it sends of its own.
+        .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
         .build()
         .map_err(|e| anyhow!("gossipsub config: {e}"))?;
@@ -529,7 +532,13 @@ async fn run_rogue(
     rate: f64,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Value> {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    // `rate` is messages per second: an equivocation round sends two batches
+    // to every voter.
+    let per_round = match &plan {
+        Plan::Equivocate { voters, .. } => voters.len().saturating_mul(2).max(1) as f64,
+        Plan::Gossip { .. } => 1.0,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(per_round / rate));
     let mut sent: u64 = 0;
     let mut refused_locally: u64 = 0;
     let mut vote_answers: u64 = 0;

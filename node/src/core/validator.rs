@@ -54,10 +54,11 @@ pub const HELD_CLAIMS_MAX: usize = 200_000;
 /// once per [`RECHECK_INTERVAL_MS`] (see `recheck_waiting`).
 pub const RECHECK_PER_TICK: usize = 256;
 pub const RECHECK_INTERVAL_MS: Millis = 1_000;
-/// Equivocating positions remembered so each is reported once; an owner
-/// that equivocates at more positions than this may be reported again for
-/// the oldest ones, which costs a gossip message, never safety.
-pub const EQUIVOCATIONS_REPORTED_MAX: usize = 4096;
+/// An owner caught equivocating is reported (evidence gossiped) again at
+/// most this often by one validator, however many positions it equivocates
+/// at: one proof names the owner, and an owner with a leaked key could
+/// otherwise make every voter gossip evidence as fast as it signs batches.
+pub const EQUIVOCATION_REPORT_INTERVAL_MS: Millis = 60_000;
 /// An entry node gossips a claim still waiting for its owner again after
 /// this long (past gossip's duplicate cache, `net::DUPLICATE_CACHE_TIME`, so
 /// peers take it anew): an owner that was cut off or too slow when the claim
@@ -487,9 +488,9 @@ pub struct Validator {
     to_resume: Vec<(Batch, Vec<u8>)>,
     /// Newest batch seen per bucket of this region (from vote requests).
     seen_batches: BTreeMap<Digest, (Batch, Vec<u8>)>,
-    /// Positions `(bucket, seq)` already reported as equivocation evidence
-    /// (at most `EQUIVOCATIONS_REPORTED_MAX`, the lowest forgotten first).
-    equivocations_reported: BTreeSet<(Digest, u64)>,
+    /// When each owner was last reported for equivocating (one entry per
+    /// bucket owner at most: owners are the genesis validators).
+    equivocations_reported: BTreeMap<Key, Millis>,
     /// Buckets frozen since the last tick: their waiting claims move on.
     frozen: Vec<Digest>,
     /// Claims held durably here (a subset of `claim_envelopes`).
@@ -653,7 +654,7 @@ impl Validator {
             },
             to_resume: Vec::new(),
             seen_batches: BTreeMap::new(),
-            equivocations_reported: BTreeSet::new(),
+            equivocations_reported: BTreeMap::new(),
             frozen: Vec::new(),
             held: Default::default(),
             held_changes: Vec::new(),
@@ -1956,7 +1957,7 @@ impl Validator {
             };
             let result = voter.on_batch(&self.ledger, &Credentials(book), &batch, now);
             let bucket = batch.bucket.clone();
-            if let Some(evidence) = self.equivocation(&batch, &request.object) {
+            if let Some(evidence) = self.equivocation(&batch, &request.object, now) {
                 effects.evidence_to_publish.push(evidence);
             }
             self.remember_batch(batch, &request.object);
@@ -2004,22 +2005,24 @@ impl Validator {
     }
 
     /// Equivocation evidence when `batch` and the batch remembered for its
-    /// bucket are two different batches of the owner at one seq, the first
-    /// time that position is seen so: the evidence envelope (signed by this
-    /// node) to gossip.
-    fn equivocation(&mut self, batch: &Batch, envelope: &[u8]) -> Option<Vec<u8>> {
+    /// bucket are two different batches of the owner at one seq, unless
+    /// this owner was reported less than `EQUIVOCATION_REPORT_INTERVAL_MS`
+    /// ago: the evidence envelope (signed by this node) to gossip.
+    fn equivocation(&mut self, batch: &Batch, envelope: &[u8], now: Millis) -> Option<Vec<u8>> {
         let (known, known_envelope) = self.seen_batches.get(&batch.bucket.digest())?;
         if known.seq != batch.seq {
             return None;
         }
         let evidence = Equivocation::check(known.clone(), batch.clone()).ok()?;
         let body = wire::evidence_body(known_envelope, envelope);
-        if !self.equivocations_reported.insert((evidence.bucket, evidence.seq)) {
+        let recent = self
+            .equivocations_reported
+            .get(&evidence.owner)
+            .is_some_and(|at| now.saturating_sub(*at) < EQUIVOCATION_REPORT_INTERVAL_MS);
+        if recent {
             return None;
         }
-        if self.equivocations_reported.len() > EQUIVOCATIONS_REPORTED_MAX {
-            self.equivocations_reported.pop_first();
-        }
+        self.equivocations_reported.insert(evidence.owner, now);
         self.stats.equivocations_detected = self.stats.equivocations_detected.saturating_add(1);
         tracing::warn!(
             owner = %self.name_of(&evidence.owner),
