@@ -311,8 +311,8 @@ async fn rogue_swarm(target: &Target) -> anyhow::Result<(Swarm<Rogue>, PeerId)> 
         .heartbeat_interval(Duration::from_millis(500))
         .build()
         .map_err(|e| anyhow!("gossipsub config: {e}"))?;
-    let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config)
-        .map_err(|e| anyhow!("gossipsub: {e}"))?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, config).map_err(|e| anyhow!("gossipsub: {e}"))?;
     for t in topics(target) {
         gossipsub.subscribe(&t).map_err(|e| anyhow!("subscribe: {e}"))?;
     }
@@ -383,19 +383,14 @@ enum Plan {
     /// Two batches at one (bucket, seq), a fresh seq each round, to every voter.
     Equivocate {
         network: NetworkId,
-        owner: SigningKey,
+        owner: Box<SigningKey>,
         owner_name: String,
         bucket: pb::BucketRef,
         voters: Vec<PeerId>,
     },
 }
 
-async fn plan(
-    layout: &Layout,
-    target: &Target,
-    kind: AttackKind,
-    swarm: &mut Swarm<Rogue>,
-) -> anyhow::Result<Plan> {
+async fn plan(layout: &Layout, target: &Target, kind: AttackKind, swarm: &mut Swarm<Rogue>) -> anyhow::Result<Plan> {
     let network = target.network;
     let node = first_running(target)?;
     let region = if node.region.is_empty() {
@@ -413,7 +408,8 @@ async fn plan(
                 .find(|n| n.role == Role::Validator)
                 .ok_or_else(|| anyhow!("no validator is running"))?;
             let key_path = layout.node_dir(&owner_record.name).join("node.key");
-            let owner = credence::keys::load(&key_path).with_context(|| format!("cannot load {}", key_path.display()))?;
+            let owner =
+                credence::keys::load(&key_path).with_context(|| format!("cannot load {}", key_path.display()))?;
             let channel = rpc::channel(&owner_record.rpc)?;
             let list = rpc::escrow(&channel)
                 .list_distributions(pb::ListDistributionsRequest {})
@@ -424,8 +420,8 @@ async fn plan(
             let distribution = list
                 .first()
                 .ok_or_else(|| anyhow!("{} knows no distribution", owner_record.name))?;
-            let distribution_id =
-                hex::decode(&distribution.id).map_err(|_| anyhow!("malformed distribution id {:?}", distribution.id))?;
+            let distribution_id = hex::decode(&distribution.id)
+                .map_err(|_| anyhow!("malformed distribution id {:?}", distribution.id))?;
             let voters = target
                 .nodes
                 .iter()
@@ -435,7 +431,7 @@ async fn plan(
             let owner_public = owner.verifying_key().to_bytes().to_vec();
             Ok(Plan::Equivocate {
                 network,
-                owner,
+                owner: Box::new(owner),
                 owner_name: owner_record.name.clone(),
                 bucket: pb::BucketRef {
                     distribution_id,
@@ -626,7 +622,7 @@ fn gossip_message(
             (cred_topic.clone(), signed.encode_to_vec())
         }
         AttackKind::Replay => {
-            if round % 2 == 0
+            if round.is_multiple_of(2)
                 && let Some(old) = pick(valid)
             {
                 return old;
@@ -672,7 +668,7 @@ async fn flood_connections(addrs: Vec<std::net::SocketAddr>, rate: f64, mut stop
                 round = round.wrapping_add(1);
                 // Drop what the node closed.
                 let before = open.len();
-                open.retain(|s| still_open(s));
+                open.retain(still_open);
                 let gone = before.saturating_sub(open.len()) as u64;
                 closed_by_node = closed_by_node.saturating_add(gone);
                 if gone > 0 && first_cut.is_none() {
@@ -758,8 +754,10 @@ async fn view(nodes: &[NodeRecord], attacker: Option<PeerId>) -> View {
     for (node, answer) in nodes.iter().zip(answers) {
         let Ok(status) = answer else { continue };
         v.answered = v.answered.saturating_add(1);
-        v.evidence
-            .insert(node.name.clone(), (status.equivocations_detected, status.evidence_received));
+        v.evidence.insert(
+            node.name.clone(),
+            (status.equivocations_detected, status.evidence_received),
+        );
         for p in &status.peers {
             let graylisted = p.score < GRAYLIST_THRESHOLD;
             if Some(&p.peer_id) == attacker.as_ref() {
@@ -775,7 +773,12 @@ async fn view(nodes: &[NodeRecord], attacker: Option<PeerId>) -> View {
     v
 }
 
-async fn sample(nodes: Vec<NodeRecord>, attacker: Option<PeerId>, started: Instant, mut stop: watch::Receiver<bool>) -> Samples {
+async fn sample(
+    nodes: Vec<NodeRecord>,
+    attacker: Option<PeerId>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> Samples {
     let mut s = Samples {
         answered_all: true,
         ..Default::default()
@@ -875,8 +878,8 @@ mod tests {
         let network = NetworkId([3; 32]);
         let topic = net::topic(&network, "cred");
         let (_, raw) = gossip_message(network, NetworkId([4; 32]), AttackKind::Replay, &[], &topic, &topic, 1);
-        let verified = envelope::decode_capped(&network, &raw, credence::core::limits::GOSSIP_MAX_BYTES)
-            .and_then(|u| u.verify());
+        let verified =
+            envelope::decode_capped(&network, &raw, credence::core::limits::GOSSIP_MAX_BYTES).and_then(|u| u.verify());
         assert!(verified.is_err());
     }
 }

@@ -191,7 +191,10 @@ async fn verify(layout: &Layout, acknowledged: &[String]) -> anyhow::Result<Vec<
         let mut still = Vec::new();
         for (name, url, id) in waiting {
             let status = match rpc::channel(&url) {
-                Ok(channel) => match rpc::escrow(&channel).get_claim(pb::GetClaimRequest { id: id.clone() }).await {
+                Ok(channel) => match rpc::escrow(&channel)
+                    .get_claim(pb::GetClaimRequest { id: id.clone() })
+                    .await
+                {
                     Ok(answer) => answer.into_inner().status,
                     Err(e) => format!("error: {}", rpc::describe(&e)),
                 },

@@ -259,7 +259,10 @@ fn a_forger_is_graylisted_and_chaos_loses_no_acknowledged_claim() {
     assert!(forge["graylisted_by"].as_u64().unwrap_or(0) >= 1, "{forge}");
     assert_eq!(forge["honest_graylisted"], 0, "{forge}");
     assert_eq!(forge["check"]["ok"], true, "{forge}");
-    assert!(forge["honest_p99_ratio"].as_f64().is_some(), "both loads certified claims: {forge}");
+    assert!(
+        forge["honest_p99_ratio"].as_f64().is_some(),
+        "both loads certified claims: {forge}"
+    );
 
     // Kills, pauses and isolations under load: every claim acknowledged as
     // certified is still certified at every node afterwards.

@@ -29,8 +29,8 @@ use crate::core::credentials::{CredentialBook, CredentialStatus};
 use crate::core::envelope::{Kind, KnownSignatures, NetworkId, ObjectId, Verified, seal_with};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
-    Digest, Distribution, Equivocation, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
-    ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
+    Digest, Distribution, Equivocation, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig,
+    OwnerOutput, Route, ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
 };
 use crate::core::escrow::{Entry, NEEDS_PER_HEARTBEAT_MAX, NeedAd, answer_needs};
 use crate::core::mutation::{Mutation, mutated};
@@ -2029,7 +2029,15 @@ impl Validator {
             seq = evidence.seq,
             "an owner signed two different batches at one seq: gossiping the evidence"
         );
-        Some(seal_with(&self.network, self.signer.as_ref(), Kind::Evidence, body.encode_to_vec()).0)
+        Some(
+            seal_with(
+                &self.network,
+                self.signer.as_ref(),
+                Kind::Evidence,
+                body.encode_to_vec(),
+            )
+            .0,
+        )
     }
 
     /// Keeps the newest batch an owner asked this node to vote for, so that a
