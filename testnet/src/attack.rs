@@ -141,9 +141,14 @@ pub async fn attack(layout: &Layout, opts: AttackOptions) -> anyhow::Result<Valu
         distribution: None,
         credentials: load::Credentials::Ahead,
     };
-    let baseline = load::load(layout, load_opts.clone())
-        .await
-        .context("the baseline load before the attack")?;
+    // The nodes are sampled during the baseline as during the attack, so
+    // that the two loads see the same observer.
+    let (baseline_stop, baseline_rx) = watch::channel(false);
+    let observer = tokio::spawn(sample(target.nodes.clone(), None, Instant::now(), baseline_rx));
+    let baseline = load::load(layout, load_opts.clone()).await;
+    let _ = baseline_stop.send(true);
+    let _ = observer.await;
+    let baseline = baseline.context("the baseline load before the attack")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (attacker, rogue) = match opts.kind {
@@ -839,14 +844,7 @@ pub fn print_report(v: &Value) {
             v["nodes_asked"]
         );
     }
-    outln!(
-        "check after: {}",
-        if v["check"]["ok"].as_bool() == Some(true) {
-            "ok"
-        } else {
-            "VIOLATIONS"
-        }
-    );
+    check::print_after(&v["check"]);
 }
 
 #[cfg(test)]

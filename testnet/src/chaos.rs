@@ -238,14 +238,7 @@ pub fn print_report(v: &Value) {
     for l in v["lost_examples"].as_array().into_iter().flatten() {
         outln!("  lost: {}", l.as_str().unwrap_or(""));
     }
-    outln!(
-        "check after: {}",
-        if v["check"]["ok"].as_bool() == Some(true) {
-            "ok"
-        } else {
-            "VIOLATIONS"
-        }
-    );
+    check::print_after(&v["check"]);
 }
 
 #[cfg(test)]

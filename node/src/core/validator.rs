@@ -2048,8 +2048,11 @@ impl Validator {
         if batch.seq < next || self.ledger.bucket(&digest).is_none() {
             return;
         }
+        // A batch at the next position (the one a takeover certifies) beats
+        // one further ahead: that one cannot be certified before it, and an
+        // owner whose key signs batches far ahead must not hide the real one.
         match self.seen_batches.get(&digest) {
-            Some((known, _)) if known.seq >= batch.seq => {}
+            Some((known, _)) if known.seq >= batch.seq && !(known.seq > next && batch.seq == next) => {}
             _ => {
                 self.seen_batches.insert(digest, (batch, envelope.to_vec()));
             }

@@ -443,3 +443,23 @@ fn a_voter_that_sees_an_owner_sign_two_batches_at_one_seq_gossips_the_evidence_o
     assert!(fake(&first, &third).is_err());
     assert!(fake(&first, &second).is_ok());
 }
+
+#[test]
+fn a_batch_signed_far_ahead_does_not_hide_the_owners_batch_at_the_next_seq() {
+    let local = local_network(&["eu"], 3, 14, 1_000, 10).unwrap();
+    let (me, owner) = (local.validators[0].clone(), local.validators[1].clone());
+    let mut node = Validator::new(&local.genesis.setup(), Box::new(me), &[]).unwrap();
+    let book = book_of(&local);
+    let now = 1_000_000;
+    let far = owner_batch_request(&local, &owner, 1 << 40, 1);
+    node.step(now, &book, Input::VoteRequest { request: &far }).unwrap();
+    let next = owner_batch_request(&local, &owner, 0, 2);
+    node.step(now, &book, Input::VoteRequest { request: &next }).unwrap();
+    let bucket = super::BucketId {
+        distribution: wire::genesis_distribution_id(&local.genesis.network_id, 0),
+        region: "eu".into(),
+        owner: key_of(&owner),
+    }
+    .digest();
+    assert_eq!(node.seen_batches.get(&bucket).map(|(b, _)| b.seq), Some(0));
+}
