@@ -82,6 +82,13 @@ pub struct Metrics {
     pub heartbeat_age: Histogram,
     /// Connections closed because gossip to the peer stopped draining.
     pub gossip_stuck_resets: Counter,
+    /// Owners this node caught signing two batches at one `(bucket, seq)`
+    /// (each position once); the evidence was gossiped.
+    pub equivocations_detected: Counter,
+    /// Equivocation evidence from peers that verified here (and was relayed).
+    pub evidence_received: Counter,
+    /// Connected peers whose gossipsub score is below the graylist threshold.
+    pub gossip_graylisted_peers: Gauge,
     /// `WatchClaim` streams open on claims this node knows.
     pub rpc_watches: Gauge,
     /// `WatchClaim` streams open on ids this node does not know (yet).
@@ -140,6 +147,24 @@ impl Metrics {
             "gossip_stuck_resets",
             "Connections closed because gossip to the peer stopped draining",
             gossip_stuck_resets.clone(),
+        );
+        let equivocations_detected = Counter::default();
+        registry.register(
+            "equivocations_detected",
+            "Owners caught signing two batches at one (bucket, seq) here; the evidence was gossiped",
+            equivocations_detected.clone(),
+        );
+        let evidence_received = Counter::default();
+        registry.register(
+            "evidence_received",
+            "Equivocation evidence from peers that verified here",
+            evidence_received.clone(),
+        );
+        let gossip_graylisted_peers = Gauge::default();
+        registry.register(
+            "gossip_graylisted_peers",
+            "Connected peers whose gossipsub score is below the graylist threshold",
+            gossip_graylisted_peers.clone(),
         );
         // 50 µs to about 3.3 s.
         let lock_log_sync = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
@@ -217,6 +242,9 @@ impl Metrics {
             lock_log_sync,
             actor_group,
             gossip_stuck_resets,
+            equivocations_detected,
+            evidence_received,
+            gossip_graylisted_peers,
             claim_stage,
             heartbeat_age,
             rpc_watches,

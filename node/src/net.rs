@@ -94,6 +94,11 @@ pub const GOSSIP_STUCK_REPORTS: u32 = 20;
 pub const HANDOFFS_PENDING_MAX: usize = 4096;
 /// Times a claim's handoff is sent before it is left to the republish.
 pub const HANDOFF_ATTEMPTS_MAX: u32 = 3;
+/// Incoming connections still in their handshake (TCP accepted, noise and
+/// yamux not done) at once; beyond it new ones are refused. Without it a
+/// flooder that never finishes handshakes held thousands of descriptors. An
+/// honest network dials each node once per peer, far below it.
+pub const PENDING_INCOMING_MAX: u32 = 64;
 /// Score below which gossipsub ignores a peer entirely (graylist). A peer gets
 /// there after a handful of invalid messages: see [`peer_score_params`].
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
@@ -370,33 +375,71 @@ pub fn topic_of(network: &NetworkId, kind: Kind) -> IdentTopic {
     topic(network, name)
 }
 
-/// Peer scoring. Invalid messages (bad signature, malformed) weigh heavily:
-/// each adds -(count²)·10 on the topic, so three or so push a peer past the
-/// graylist threshold, while honest peers sit at or above zero. IP
-/// colocation is not scored: validators are admitted by the genesis, and
-/// local testnets put every node on one address. Slowness is not scored
-/// either (gossipsub's behaviour penalty for unanswered IWANTs and its
-/// slow-peer penalty for expired sends are off): an overloaded honest peer
+/// Weight of every topic's score. The topics are scored alike: an invalid
+/// message is a forgery whichever topic it came on.
+pub const TOPIC_WEIGHT: f64 = 1.0;
+/// Score per invalid message, squared: a peer's topic score is
+/// `INVALID_MESSAGE_WEIGHT · n²` after `n` rejected messages (bad signature,
+/// malformed, wrong topic, forged certificate). Three reach -90, past
+/// [`GRAYLIST_THRESHOLD`]. Honest peers relay only what they verified, so
+/// they never send one.
+pub const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
+/// How much of the invalid-message count is kept each second: a graylisted
+/// peer that stops forging is listened to again after a minute or so.
+pub const INVALID_MESSAGE_DECAY: f64 = 0.99;
+/// Peers on one IP address before IP colocation costs score. A local testnet
+/// puts every node on 127.0.0.1 (up to 64 of them), so the threshold sits
+/// above that: no honest testnet peer is ever penalised for sharing the
+/// loopback address, while a flooder that opens peers by the hundred from
+/// one address is (`(peers − threshold)²`, weight -1: graylisted from nine
+/// peers over). No address is whitelisted: an attacker on this host shares
+/// the loopback address too.
+pub const IP_COLOCATION_THRESHOLD: f64 = 80.0;
+/// Weight of the IP colocation penalty (per squared peer over the threshold).
+pub const IP_COLOCATION_WEIGHT: f64 = -1.0;
+/// Behaviour penalties (IWANT promises not kept, GRAFTs during backoff)
+/// tolerated before they cost score. Under the heaviest honest load a busy
+/// peer breaks a few promises a second when its send queues overflow; with
+/// [`BEHAVIOUR_PENALTY_DECAY`] a peer has to break more than twenty a second,
+/// for seconds, to cross it, which only a peer that advertises what it never
+/// sends does.
+pub const BEHAVIOUR_PENALTY_THRESHOLD: f64 = 200.0;
+/// Weight of the behaviour penalty (per squared penalty over the threshold):
+/// about nine penalties over it reach the graylist.
+pub const BEHAVIOUR_PENALTY_WEIGHT: f64 = -1.0;
+/// How much of the behaviour-penalty count is kept each second.
+pub const BEHAVIOUR_PENALTY_DECAY: f64 = 0.9;
+
+/// Peer scoring: invalid messages weigh heavily (see
+/// [`INVALID_MESSAGE_WEIGHT`]); IP colocation and broken gossip promises
+/// count only far beyond what honest peers do ([`IP_COLOCATION_THRESHOLD`],
+/// [`BEHAVIOUR_PENALTY_THRESHOLD`]). Slowness is not scored (gossipsub's
+/// slow-peer penalty for expired sends is off): an overloaded honest peer
 /// would be graylisted within seconds and every message from it dropped,
 /// claims included, which have no other path to their owner. A slow peer is
 /// the delay-aware quorum's business (measured, suspected, reported), not a
-/// reason to stop listening to it.
+/// reason to stop listening to it. Mesh-delivery scores are off too: in a
+/// network dialled all to all the mesh is mostly redundancy.
 pub fn peer_score_params(topics: &[TopicHash]) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let mut params = gossipsub::PeerScoreParams {
-        ip_colocation_factor_weight: 0.0,
-        behaviour_penalty_weight: 0.0,
+        ip_colocation_factor_weight: IP_COLOCATION_WEIGHT,
+        ip_colocation_factor_threshold: IP_COLOCATION_THRESHOLD,
+        ip_colocation_factor_whitelist: HashSet::new(),
+        behaviour_penalty_weight: BEHAVIOUR_PENALTY_WEIGHT,
+        behaviour_penalty_threshold: BEHAVIOUR_PENALTY_THRESHOLD,
+        behaviour_penalty_decay: BEHAVIOUR_PENALTY_DECAY,
         slow_peer_weight: 0.0,
         ..Default::default()
     };
     for topic in topics {
         let topic_params = gossipsub::TopicScoreParams {
-            topic_weight: 1.0,
+            topic_weight: TOPIC_WEIGHT,
             time_in_mesh_weight: 0.0,
             first_message_deliveries_weight: 0.0,
             mesh_message_deliveries_weight: 0.0,
             mesh_failure_penalty_weight: 0.0,
-            invalid_message_deliveries_weight: -10.0,
-            invalid_message_deliveries_decay: 0.99,
+            invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+            invalid_message_deliveries_decay: INVALID_MESSAGE_DECAY,
             ..Default::default()
         };
         params.topics.insert(topic.clone(), topic_params);
@@ -452,7 +495,8 @@ pub async fn spawn(
     }
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_incoming(Some(config.max_incoming_connections))
-        .with_max_established_per_peer(Some(2));
+        .with_max_established_per_peer(Some(2))
+        .with_max_pending_incoming(Some(PENDING_INCOMING_MAX));
     let public = config.keypair.public();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
         .with_tokio()
@@ -577,9 +621,6 @@ pub async fn spawn(
     Ok(tokio::spawn(async move { event_loop.run(shutdown).await }))
 }
 
-/// gossipsub message id = the envelope's object id (content addressing), so a
-/// message and its re-publication are one message. Undecodable data gets a
-/// hash of its bytes; it is rejected by validation anyway.
 /// A claim handed to its owner over the vote protocol.
 struct Handoff {
     peer: PeerId,
@@ -604,7 +645,10 @@ fn sync_slot_of(me: &PeerId, peer: &PeerId) -> u32 {
     u32::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1], h.as_bytes()[2], h.as_bytes()[3]]) % SYNC_SLOTS
 }
 
-fn message_id(network: &NetworkId, data: &[u8]) -> MessageId {
+/// The gossipsub message id of `data` on `network`: the envelope's object
+/// id (content addressing), so a message and its re-publication are one
+/// message. Undecodable data gets a hash of its bytes.
+pub fn message_id(network: &NetworkId, data: &[u8]) -> MessageId {
     match pb::Signed::decode(data) {
         Ok(signed) => match Kind::from_wire(signed.kind) {
             Some(kind) => MessageId::from(envelope::digest(network, kind, &signed.body).0.to_vec()),
@@ -664,7 +708,19 @@ impl EventLoop {
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
                 Some(command) = self.commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = redial_tick.tick() => self.redial(),
+                _ = redial_tick.tick() => {
+                    self.redial();
+                    let gossip = &self.swarm.behaviour().gossipsub;
+                    let graylisted = self
+                        .connected
+                        .keys()
+                        .filter(|peer| gossip.peer_score(peer).is_some_and(|s| s < GRAYLIST_THRESHOLD))
+                        .count();
+                    self.node
+                        .metrics
+                        .gossip_graylisted_peers
+                        .set(i64::try_from(graylisted).unwrap_or(i64::MAX));
+                }
                 _ = sync_tick.tick() => {
                     sync_slot = (sync_slot + 1) % SYNC_SLOTS;
                     let me = *self.swarm.local_peer_id();

@@ -970,6 +970,10 @@ impl Actor {
             for raw in std::mem::take(&mut effects.certificates_to_publish) {
                 self.net.publish_certificate(raw);
             }
+            for raw in std::mem::take(&mut effects.evidence_to_publish) {
+                self.metrics.equivocations_detected.inc();
+                self.net.publish(Kind::Evidence, raw);
+            }
             if let Some(raw) = effects.heartbeat.take() {
                 self.net.publish(Kind::Heartbeat, raw);
             }

@@ -391,6 +391,8 @@ pub async fn status_message(node: &NodeHandle) -> Result<pb::StatusResponse, Sta
         started_at_ms: info.started_at,
         listen_addrs,
         version: env!("CARGO_PKG_VERSION").into(),
+        equivocations_detected: node.metrics.equivocations_detected.get(),
+        evidence_received: node.metrics.evidence_received.get(),
     })
 }
 

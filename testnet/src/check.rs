@@ -248,6 +248,16 @@ pub async fn check(layout: &Layout, settle: Duration) -> anyhow::Result<Value> {
     }
 }
 
+/// For people: one line on the `check` run after a command (its `ok` and
+/// `violations`, each violation on a line of its own).
+pub fn print_after(check: &Value) {
+    let ok = check["ok"].as_bool() == Some(true);
+    outln!("check after: {}", if ok { "ok" } else { "VIOLATIONS" });
+    for x in check["violations"].as_array().into_iter().flatten() {
+        outln!("  - {}", x.as_str().unwrap_or(""));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,8 @@ struct Progress {
     unsettled: Vec<String>,
     /// The slowest settled claims: latency, then id and entry node.
     slowest: Vec<(u64, String)>,
+    /// Ids of the claims the entry node answered `regional` (or `global`) for.
+    acknowledged: Vec<String>,
 }
 
 /// A claimant whose credential was submitted: who claims, and where.
@@ -148,6 +150,12 @@ struct Outcome {
 }
 
 pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
+    Ok(load_acknowledged(layout, opts).await?.0)
+}
+
+/// [`load`], and the ids of every claim an entry node acknowledged as
+/// certified (`regional` or `global` in its answer).
+pub async fn load_acknowledged(layout: &Layout, opts: LoadOptions) -> anyhow::Result<(Value, Vec<String>)> {
     if opts.claims == 0 {
         bail!("--claims must be at least 1");
     }
@@ -220,7 +228,7 @@ async fn pick_distribution(targets: &[Target], wanted: Option<&str>) -> anyhow::
     bail!("no node listed its distributions ({})", last_error.unwrap_or_default())
 }
 
-async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
+async fn run(shared: Arc<Shared>) -> anyhow::Result<(Value, Vec<String>)> {
     let opts = &shared.opts;
     let progress = Arc::new(Mutex::new(Progress::default()));
     let prepare_started = Instant::now();
@@ -278,7 +286,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
         bail!("no claim was accepted by any node: {first}");
     }
     let d = &shared.distribution;
-    Ok(json!({
+    let report = json!({
         "submitted": opts.claims,
         "counts": p.counts,
         "latency_to_regional_ms": {
@@ -312,11 +320,17 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<Value> {
         "rate_asked": opts.rate,
         "rate_achieved": opts.claims as f64 / sending.as_secs_f64().max(1e-3),
         "duration_s": elapsed.as_secs_f64(),
-    }))
+    });
+    Ok((report, p.acknowledged.clone()))
 }
 
 impl Progress {
     fn record(&mut self, outcome: Outcome) {
+        if matches!(outcome.status.as_str(), "regional" | "global")
+            && let Some(id) = outcome.named.split(' ').next()
+        {
+            self.acknowledged.push(id.to_string());
+        }
         self.finished += 1;
         *self.counts.entry(outcome.status).or_default() += 1;
         if let Some(l) = outcome.latency_ms {

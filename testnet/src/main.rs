@@ -12,6 +12,8 @@ macro_rules! outln {
     }};
 }
 
+mod attack;
+mod chaos;
 mod check;
 mod faults;
 mod layout;
@@ -242,6 +244,50 @@ enum Cmd {
         /// certificates still in flight to land.
         #[arg(long, default_value_t = 10)]
         settle_secs: u64,
+    },
+    /// Run a rogue peer against the running testnet for --secs, with a light
+    /// claim load beside it, and report what the honest nodes did: whether
+    /// (and how fast) they graylisted or cut off the attacker, whether they
+    /// graylisted any honest validator, honest claim p99 during the attack
+    /// divided by the p99 of the same load just before it, and `check` after.
+    /// Exits non-zero when `check` finds a violation.
+    ///
+    ///   forge        gossip envelopes whose signatures do not verify
+    ///   replay       gossip another network's envelopes and old certified objects
+    ///   spam         gossip duplicates, claims on unknown credentials, oversized frames
+    ///   equivocate   sign two batches at one (bucket, seq) with a validator's key
+    ///                from the testnet directory and ask its region to vote on both;
+    ///                reports whether honest nodes detected and gossiped the evidence
+    ///   connections  open p2p TCP connections to one node until it refuses them
+    ///   slow-rpc     open gRPC and HTTP connections to one node that never send a request
+    #[command(verbatim_doc_comment)]
+    Attack {
+        #[command(flatten)]
+        common: Common,
+        #[arg(value_enum)]
+        kind: attack::AttackKind,
+        /// Attack at least this long (as long as the load beside it runs).
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Attack messages (or connections) per second.
+        #[arg(long, default_value_t = attack::RATE_DEFAULT)]
+        rate: f64,
+    },
+    /// A nemesis loop for --secs while claims are submitted: kill (SIGKILL)
+    /// and restart validators, pause (SIGSTOP) and resume them, cut one off
+    /// and heal, one fault at a time on a schedule drawn from --seed. Then
+    /// verify that every claim an entry node acknowledged as certified is
+    /// known at every node with status regional or better, and run `check`.
+    /// Exits non-zero when a claim was lost or `check` fails.
+    Chaos {
+        #[command(flatten)]
+        common: Common,
+        /// Seed of the fault schedule: the same seed, the same faults.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How long the nemesis runs.
+        #[arg(long, default_value_t = 40)]
+        secs: u64,
     },
     /// Run the link shaper (started by `up --shaped`; not for direct use).
     #[command(hide = true)]
@@ -538,6 +584,27 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 }
             });
             if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Attack {
+            common,
+            kind,
+            secs,
+            rate,
+        } => {
+            let layout = Layout::new(&common.dir)?;
+            let v = attack::attack(&layout, attack::AttackOptions { kind, secs, rate }).await?;
+            emit(common.json, &v, attack::print_report);
+            if v["check"]["ok"].as_bool() != Some(true) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Cmd::Chaos { common, seed, secs } => {
+            let layout = Layout::new(&common.dir)?;
+            let v = chaos::chaos(&layout, chaos::ChaosOptions { seed, secs }).await?;
+            emit(common.json, &v, chaos::print_report);
+            if v["check"]["ok"].as_bool() != Some(true) || v["acknowledged_lost"].as_u64() != Some(0) {
                 return Ok(ExitCode::FAILURE);
             }
         }

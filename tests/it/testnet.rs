@@ -247,3 +247,29 @@ fn check_fails_on_a_network_made_inconsistent_on_purpose() {
         "a violation names the forked node: {violations:?}"
     );
 }
+
+#[test]
+fn a_forger_is_graylisted_and_chaos_loses_no_acknowledged_claim() {
+    let net = Testnet::up("eu,us", 2);
+
+    // A rogue peer gossiping forged envelopes: every node it reaches
+    // graylists it, no honest validator is graylisted, nothing breaks.
+    let forge = net.json(&["attack", "forge", "--secs", "3"]);
+    assert_eq!(forge["attacker_graylisted"], true, "{forge}");
+    assert!(forge["graylisted_by"].as_u64().unwrap_or(0) >= 1, "{forge}");
+    assert_eq!(forge["honest_graylisted"], 0, "{forge}");
+    assert_eq!(forge["check"]["ok"], true, "{forge}");
+    assert!(
+        forge["honest_p99_ratio"].as_f64().is_some(),
+        "both loads certified claims: {forge}"
+    );
+
+    // Kills, pauses and isolations under load: every claim acknowledged as
+    // certified is still certified at every node afterwards.
+    let chaos = net.json(&["chaos", "--seed", "7", "--secs", "10"]);
+    assert!(chaos["kills"].as_u64().unwrap_or(0) >= 1, "{chaos}");
+    assert!(chaos["acknowledged"].as_u64().unwrap_or(0) > 0, "{chaos}");
+    assert_eq!(chaos["acknowledged_lost"], 0, "{chaos}");
+    assert_eq!(chaos["check"]["ok"], true, "{chaos}");
+    net.down();
+}

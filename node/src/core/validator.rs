@@ -30,8 +30,8 @@ use crate::core::credentials::{CredentialBook, CredentialStatus};
 use crate::core::envelope::{Ed25519, Kind, KnownSignatures, NetworkId, ObjectId, SignatureCheck, Verified, seal_with};
 use crate::core::escrow::{
     AttestationFacts, Batch, BucketId, Certificate, CertifiedObject, Claim, ClaimRefusal, ClaimStatus, CredentialView,
-    Digest, Distribution, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig, OwnerOutput, Route,
-    ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
+    Digest, Distribution, Equivocation, FaultModel, Freeze, GlobalView, Key, Ledger, Lock, Owner, OwnerConfig,
+    OwnerOutput, Route, ValidatorSet, Vote, Voter, VoterConfig, VoterOutput,
 };
 use crate::core::escrow::{Entry, NEEDS_PER_HEARTBEAT_MAX, NeedAd, answer_needs};
 use crate::core::mutation::{Mutation, mutated};
@@ -55,6 +55,11 @@ pub const HELD_CLAIMS_MAX: usize = 200_000;
 /// once per [`RECHECK_INTERVAL_MS`] (see `recheck_waiting`).
 pub const RECHECK_PER_TICK: usize = 256;
 pub const RECHECK_INTERVAL_MS: Millis = 1_000;
+/// An owner caught equivocating is reported (evidence gossiped) again at
+/// most this often by one validator, however many positions it equivocates
+/// at: one proof names the owner, and an owner with a leaked key could
+/// otherwise make every voter gossip evidence as fast as it signs batches.
+pub const EQUIVOCATION_REPORT_INTERVAL_MS: Millis = 60_000;
 /// An entry node gossips a claim still waiting for its owner again after
 /// this long (past gossip's duplicate cache, `net::DUPLICATE_CACHE_TIME`, so
 /// peers take it anew): an owner that was cut off or too slow when the claim
@@ -184,6 +189,9 @@ pub struct Outputs {
     pub claims_to_publish: Vec<(String, Vec<u8>)>,
     /// Certificates formed here, to gossip.
     pub certificates_to_publish: Vec<Vec<u8>>,
+    /// Equivocation evidence found here (encoded `Evidence` envelopes signed
+    /// by this node), to gossip on `evidence`.
+    pub evidence_to_publish: Vec<Vec<u8>>,
     /// This validator's heartbeat, to gossip.
     pub heartbeat: Option<Vec<u8>>,
     /// Validators whose connections are not trusted any more: close and redial.
@@ -206,6 +214,7 @@ impl Outputs {
         self.vote_requests.append(&mut other.vote_requests);
         self.claims_to_publish.append(&mut other.claims_to_publish);
         self.certificates_to_publish.append(&mut other.certificates_to_publish);
+        self.evidence_to_publish.append(&mut other.evidence_to_publish);
         if other.heartbeat.is_some() {
             self.heartbeat = other.heartbeat;
         }
@@ -488,6 +497,9 @@ pub struct Stats {
     pub takeovers_withheld: u64,
     /// Takeovers this validator started (its owner's pending batch or a freeze).
     pub takeovers_proposed: u64,
+    /// Owners found signing two batches at one `(bucket, seq)` in vote
+    /// requests; each was reported once as evidence.
+    pub equivocations_detected: u64,
 }
 
 /// The validator state machine (observers run it too, without a voter).
@@ -530,6 +542,9 @@ pub struct Validator {
     to_resume: Vec<(Batch, Vec<u8>)>,
     /// Newest batch seen per bucket of this region (from vote requests).
     seen_batches: BTreeMap<Digest, (Batch, Vec<u8>)>,
+    /// When each owner was last reported for equivocating (one entry per
+    /// bucket owner at most: owners are the genesis validators).
+    equivocations_reported: BTreeMap<Key, Millis>,
     /// Buckets frozen since the last tick: their waiting claims move on.
     frozen: Vec<Digest>,
     /// Claims held durably here (a subset of `claim_envelopes`).
@@ -704,6 +719,7 @@ impl Validator {
             },
             to_resume: Vec::new(),
             seen_batches: BTreeMap::new(),
+            equivocations_reported: BTreeMap::new(),
             frozen: Vec::new(),
             held: Default::default(),
             held_changes: Vec::new(),
@@ -1997,6 +2013,9 @@ impl Validator {
             };
             let result = voter.on_batch(&self.ledger, &Credentials(book), &batch, now);
             let bucket = batch.bucket.clone();
+            if let Some(evidence) = self.equivocation(&batch, &request.object, now) {
+                effects.evidence_to_publish.push(evidence);
+            }
             self.remember_batch(batch, &request.object);
             (result, bucket)
         };
@@ -2041,6 +2060,42 @@ impl Validator {
         }
     }
 
+    /// Equivocation evidence when `batch` and the batch remembered for its
+    /// bucket are two different batches of the owner at one seq, unless
+    /// this owner was reported less than `EQUIVOCATION_REPORT_INTERVAL_MS`
+    /// ago: the evidence envelope (signed by this node) to gossip.
+    fn equivocation(&mut self, batch: &Batch, envelope: &[u8], now: Millis) -> Option<Vec<u8>> {
+        let (known, known_envelope) = self.seen_batches.get(&batch.bucket.digest())?;
+        if known.seq != batch.seq {
+            return None;
+        }
+        let evidence = Equivocation::check(known.clone(), batch.clone()).ok()?;
+        let body = wire::evidence_body(known_envelope, envelope);
+        let recent = self
+            .equivocations_reported
+            .get(&evidence.owner)
+            .is_some_and(|at| now.saturating_sub(*at) < EQUIVOCATION_REPORT_INTERVAL_MS);
+        if recent {
+            return None;
+        }
+        self.equivocations_reported.insert(evidence.owner, now);
+        self.stats.equivocations_detected = self.stats.equivocations_detected.saturating_add(1);
+        tracing::warn!(
+            owner = %self.name_of(&evidence.owner),
+            seq = evidence.seq,
+            "an owner signed two different batches at one seq: gossiping the evidence"
+        );
+        Some(
+            seal_with(
+                &self.network,
+                self.signer.as_ref(),
+                Kind::Evidence,
+                body.encode_to_vec(),
+            )
+            .0,
+        )
+    }
+
     /// Keeps the newest batch an owner asked this node to vote for, so that a
     /// successor taking the bucket over can certify it before freezing.
     fn remember_batch(&mut self, batch: Batch, envelope: &[u8]) {
@@ -2049,8 +2104,11 @@ impl Validator {
         if batch.seq < next || self.ledger.bucket(&digest).is_none() {
             return;
         }
+        // A batch at the next position (the one a takeover certifies) beats
+        // one further ahead: that one cannot be certified before it, and an
+        // owner whose key signs batches far ahead must not hide the real one.
         match self.seen_batches.get(&digest) {
-            Some((known, _)) if known.seq >= batch.seq => {}
+            Some((known, _)) if known.seq >= batch.seq && !(known.seq > next && batch.seq == next) => {}
             _ => {
                 self.seen_batches.insert(digest, (batch, envelope.to_vec()));
             }

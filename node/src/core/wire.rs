@@ -16,7 +16,8 @@ use prost::Message;
 
 use super::envelope::{self, EnvelopeError, Kind, KnownSignatures, NetworkId, Verified, Voucher};
 use super::escrow::{
-    Batch, BucketId, Certificate, CertifiedObject, Claim, Digest, Distribution, Entry, Freeze, Key, Vote, digest_parts,
+    Batch, BucketId, Certificate, CertifiedObject, Claim, Digest, Distribution, Entry, Equivocation, EvidenceError,
+    Freeze, Key, Vote, digest_parts,
 };
 
 /// Why a wire object could not become a core object. The sender is at fault.
@@ -36,6 +37,8 @@ pub enum WireError {
     Nested { what: &'static str, error: EnvelopeError },
     #[error("a batch holds at most {max} entries")]
     TooManyEntries { max: usize },
+    #[error("not equivocation evidence: {0}")]
+    Evidence(#[from] EvidenceError),
 }
 
 /// Most entries in one batch on the wire.
@@ -177,6 +180,29 @@ fn bucket_ref(bucket: &BucketId) -> pb::BucketRef {
         region: bucket.region.clone(),
         owner: bucket.owner.to_vec(),
     }
+}
+
+/// The body of equivocation evidence: the two conflicting batch envelopes,
+/// exactly as their owner signed them.
+pub fn evidence_body(first: &[u8], second: &[u8]) -> pb::Evidence {
+    pb::Evidence {
+        first: first.to_vec(),
+        second: second.to_vec(),
+    }
+}
+
+/// Equivocation evidence from its verified envelope: both batches are
+/// verified (signatures, nested claims included) and must be two different
+/// batches of one bucket's owner at one `(bucket, seq)`. Whoever relays it
+/// needs no trust: the proof is in the owner's own signatures.
+pub fn evidence(network: &NetworkId, v: &Verified, known: &mut KnownSignatures) -> Result<Equivocation, WireError> {
+    expect_kind(v, Kind::Evidence)?;
+    let body = pb::Evidence::decode(v.body.as_slice()).map_err(malformed("evidence"))?;
+    let first = verify_nested(network, &body.first, "evidence batch", known)?;
+    let second = verify_nested(network, &body.second, "evidence batch", known)?;
+    let (first, _) = batch(network, &first, known)?;
+    let (second, _) = batch(network, &second, known)?;
+    Ok(Equivocation::check(first, second)?)
 }
 
 fn bucket_id(r: Option<pb::BucketRef>) -> Result<BucketId, WireError> {

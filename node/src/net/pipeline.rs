@@ -29,7 +29,7 @@ use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId, TopicHash};
 use libp2p::request_response::ResponseChannel;
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::NodeLink;
 use super::{CRED_TOPIC_MAX_BYTES, Internal, SYNC_RESPONSE_MAX_BYTES, topic_of};
@@ -41,8 +41,9 @@ use crate::metrics::QueueLabels;
 /// Vote requests and responses waiting for the actor (the first lane:
 /// a claim's certificate waits on every vote).
 pub const VOTE_QUEUE_CAPACITY: usize = 4096;
-/// Heartbeats waiting for verification: drained before claims and
-/// certificates, because the delay-aware quorum reads its health from them.
+/// Heartbeats (and the rare equivocation evidence) waiting for
+/// verification: drained before claims and certificates, because the
+/// delay-aware quorum reads its health from them.
 pub const CONTROL_QUEUE_CAPACITY: usize = 1024;
 /// Claims waiting for verification.
 pub const CLAIM_QUEUE_CAPACITY: usize = 8192;
@@ -208,7 +209,7 @@ struct Pending {
 
 /// What the escrow lane carries, decoded once, by topic.
 enum EscrowWork {
-    /// A heartbeat or a claim.
+    /// A heartbeat, a claim or equivocation evidence.
     Envelope(Box<Pending>),
     /// A certificate: the votes in it are nested signatures, checked by the
     /// validator against its region's members.
@@ -241,6 +242,8 @@ enum TopicClass {
     Claims,
     Certificates,
     Heartbeats,
+    /// Equivocation evidence (two batches an owner signed at one position).
+    Evidence,
     /// A topic this node does not process.
     Other,
 }
@@ -251,6 +254,7 @@ struct Topics {
     operator: TopicHash,
     certificates: TopicHash,
     heartbeats: TopicHash,
+    evidence: TopicHash,
     claims_prefix: String,
 }
 
@@ -261,6 +265,7 @@ impl Topics {
             operator: topic_of(network, Kind::Distribution).hash(),
             certificates: topic_of(network, Kind::Batch).hash(),
             heartbeats: topic_of(network, Kind::Heartbeat).hash(),
+            evidence: topic_of(network, Kind::Evidence).hash(),
             claims_prefix: format!("{}claims/", super::topic_prefix(network)),
         }
     }
@@ -274,6 +279,8 @@ impl Topics {
             TopicClass::Certificates
         } else if *topic == self.heartbeats {
             TopicClass::Heartbeats
+        } else if *topic == self.evidence {
+            TopicClass::Evidence
         } else if topic.as_str().starts_with(&self.claims_prefix) {
             TopicClass::Claims
         } else {
@@ -289,6 +296,7 @@ fn kind_fits(class: TopicClass, kind: Kind) -> bool {
         TopicClass::Operator => matches!(kind, Kind::Distribution | Kind::Rebalance),
         TopicClass::Claims => kind == Kind::Claim,
         TopicClass::Heartbeats => kind == Kind::Heartbeat,
+        TopicClass::Evidence => kind == Kind::Evidence,
         TopicClass::Certificates | TopicClass::Other => false,
     }
 }
@@ -351,7 +359,7 @@ impl Pipeline {
                     ESCROW_IN_FLIGHT_MAX,
                 )
                 .run(vec![control_rx, claims_rx, certificates_rx], move |batch| {
-                    escrow_batch(node.clone(), results.clone(), batch)
+                    escrow_batch(network, node.clone(), results.clone(), batch)
                 }),
             );
         }
@@ -451,7 +459,7 @@ impl Pipeline {
             unverified,
         };
         match kind {
-            Kind::Heartbeat => {
+            Kind::Heartbeat | Kind::Evidence => {
                 self.node.metrics.object(kind.name(), "delivered", "gossip");
                 self.offer(
                     Queue::Control,
@@ -585,7 +593,7 @@ async fn vote_batch(node: NodeLink, results: mpsc::Sender<Internal>, batch: Vec<
 
 /// Verifies a batch of heartbeats and claims in one go and hands them, with
 /// any certificates, to the actor; each verdict goes back to gossipsub.
-async fn escrow_batch(node: NodeLink, results: mpsc::Sender<Internal>, batch: Vec<EscrowWork>) {
+async fn escrow_batch(network: NetworkId, node: NodeLink, results: mpsc::Sender<Internal>, batch: Vec<EscrowWork>) {
     let mut envelopes = Vec::new();
     let mut certificates = Vec::new();
     for work in batch {
@@ -617,6 +625,25 @@ async fn escrow_batch(node: NodeLink, results: mpsc::Sender<Internal>, batch: Ve
                     debug!(peer = %source, error = %e, "forged gossip");
                     node.metrics.object(kind.name(), "bad_signature", "gossip");
                     MessageAcceptance::Reject
+                }
+                // Anyone may relay evidence: it proves itself by the owner's
+                // own signatures, checked here, off the actor.
+                Ok(v) if v.kind == Kind::Evidence => {
+                    match crate::core::wire::evidence(&network, &v, &mut envelope::KnownSignatures::new(0)) {
+                        Ok(evidence) => {
+                            warn!(
+                                owner = %hex::encode(evidence.owner),
+                                seq = evidence.seq,
+                                "equivocation evidence from a peer: this owner signed two batches at one seq"
+                            );
+                            node.metrics.evidence_received.inc();
+                            MessageAcceptance::Accept
+                        }
+                        Err(error) => {
+                            debug!(%error, "invalid equivocation evidence");
+                            MessageAcceptance::Reject
+                        }
+                    }
                 }
                 Ok(v) if v.kind == Kind::Heartbeat => match node.heartbeat(v).await {
                     Some(Ok(true)) => MessageAcceptance::Accept,

@@ -390,3 +390,106 @@ fn reaching_a_step_stamps_the_steps_below_it_that_were_not_seen_and_keeps_the_ot
     check([10, 20, 30, 40], Step::Global, 50, [10, 20, 30, 40]);
     check([60, 0, 0, 0], Step::Regional, 50, [60, 60, 60, 0]);
 }
+
+/// A batch of eu-1's bucket at `seq`, signed by eu-1, as a vote request.
+fn owner_batch_request(
+    local: &crate::config::LocalNetwork,
+    owner: &SigningKey,
+    seq: u64,
+    timestamp: Millis,
+) -> pb::VoteRequest {
+    let network = local.genesis.network_id;
+    let body = pb::Batch {
+        bucket: Some(pb::BucketRef {
+            distribution_id: wire::genesis_distribution_id(&network, 0).to_vec(),
+            region: "eu".into(),
+            owner: key_of(owner).to_vec(),
+        }),
+        seq,
+        prev: vec![0; 32],
+        timestamp,
+        entries: vec![pb::BatchEntry {
+            entry: Some(pb::batch_entry::Entry::Close(true)),
+        }],
+        total_after: 0,
+    };
+    pb::VoteRequest {
+        object: seal(&network, owner, Kind::Batch, body.encode_to_vec()).0,
+        attestations: vec![],
+        certificates: vec![],
+    }
+}
+
+#[test]
+fn a_voter_that_sees_an_owner_sign_two_batches_at_one_seq_gossips_the_evidence_once() {
+    let local = local_network(&["eu"], 3, 13, 1_000, 10).unwrap();
+    let network = local.genesis.network_id;
+    let (me, owner) = (local.validators[0].clone(), local.validators[1].clone());
+    let mut node = Validator::new(&local.genesis.setup(), Box::new(me), &[]).unwrap();
+    let book = book_of(&local);
+    let now = 1_000_000;
+    let ask = |node: &mut Validator, request: &pb::VoteRequest, at: Millis| {
+        node.step(at, &book, Input::VoteRequest { request }).unwrap()
+    };
+    let first = owner_batch_request(&local, &owner, 5, 1);
+    assert!(ask(&mut node, &first, now).evidence_to_publish.is_empty());
+    // The same batch again is no evidence; a batch at another seq neither.
+    assert!(ask(&mut node, &first, now).evidence_to_publish.is_empty());
+
+    let second = owner_batch_request(&local, &owner, 5, 2);
+    let out = ask(&mut node, &second, now);
+    assert_eq!(out.evidence_to_publish.len(), 1);
+    assert_eq!(node.stats.equivocations_detected, 1);
+    // Anyone can check it: both batches are the owner's, at one position.
+    let raw = &out.evidence_to_publish[0];
+    let verified = envelope::decode(&network, raw).unwrap().verify().unwrap();
+    let evidence = wire::evidence(&network, &verified, &mut envelope::KnownSignatures::new(0)).unwrap();
+    assert_eq!((evidence.owner, evidence.seq), (key_of(&owner), 5));
+
+    // More equivocation by the same owner is not reported again at once…
+    let (third, fourth) = (
+        owner_batch_request(&local, &owner, 6, 1),
+        owner_batch_request(&local, &owner, 6, 2),
+    );
+    ask(&mut node, &third, now + 1);
+    assert!(ask(&mut node, &fourth, now + 1).evidence_to_publish.is_empty());
+    // …but after the report interval it is.
+    let later = now + super::EQUIVOCATION_REPORT_INTERVAL_MS;
+    let (fifth, sixth) = (
+        owner_batch_request(&local, &owner, 7, 1),
+        owner_batch_request(&local, &owner, 7, 2),
+    );
+    ask(&mut node, &fifth, later);
+    assert_eq!(ask(&mut node, &sixth, later).evidence_to_publish.len(), 1);
+
+    // Evidence made of one batch twice, or of batches at two seqs, is refused.
+    let fake = |a: &pb::VoteRequest, b: &pb::VoteRequest| {
+        let body = wire::evidence_body(&a.object, &b.object);
+        let (raw, _) = seal(&network, &local.issuer, Kind::Evidence, body.encode_to_vec());
+        let verified = envelope::decode(&network, &raw).unwrap().verify().unwrap();
+        wire::evidence(&network, &verified, &mut envelope::KnownSignatures::new(0))
+    };
+    assert!(fake(&first, &first).is_err());
+    assert!(fake(&first, &third).is_err());
+    assert!(fake(&first, &second).is_ok());
+}
+
+#[test]
+fn a_batch_signed_far_ahead_does_not_hide_the_owners_batch_at_the_next_seq() {
+    let local = local_network(&["eu"], 3, 14, 1_000, 10).unwrap();
+    let (me, owner) = (local.validators[0].clone(), local.validators[1].clone());
+    let mut node = Validator::new(&local.genesis.setup(), Box::new(me), &[]).unwrap();
+    let book = book_of(&local);
+    let now = 1_000_000;
+    let far = owner_batch_request(&local, &owner, 1 << 40, 1);
+    node.step(now, &book, Input::VoteRequest { request: &far }).unwrap();
+    let next = owner_batch_request(&local, &owner, 0, 2);
+    node.step(now, &book, Input::VoteRequest { request: &next }).unwrap();
+    let bucket = super::BucketId {
+        distribution: wire::genesis_distribution_id(&local.genesis.network_id, 0),
+        region: "eu".into(),
+        owner: key_of(&owner),
+    }
+    .digest();
+    assert_eq!(node.seen_batches.get(&bucket).map(|(b, _)| b.seq), Some(0));
+}
