@@ -20,3 +20,4 @@ pub mod node;
 pub mod rpc;
 pub mod sim;
 pub mod store;
+pub mod stress;

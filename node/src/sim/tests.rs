@@ -20,6 +20,7 @@ fn config(seed: u64, profile: Profile, duration_s: u64) -> Config {
         heartbeats: true,
         takeover: false,
         script: None,
+        workload: None,
     }
 }
 
