@@ -857,6 +857,75 @@ mod tests {
         );
     }
 
+    fn run(stress: Stress, pooled: bool) -> RunOutcome {
+        let outcome = super::super::run_one(stress.config(1, 30_000_000, pooled));
+        assert_eq!(outcome.failure, None, "{} (pooled {pooled})", stress.name());
+        outcome
+    }
+
+    fn judged(stress: Stress) -> Value {
+        let outcome = run(stress, false);
+        let figures = figures(stress, &outcome);
+        if let Err(e) = check(stress, &figures, None) {
+            panic!("{}: {e}: {figures}", stress.name());
+        }
+        figures
+    }
+
+    #[test]
+    fn a_bank_run_leaves_the_other_regions_whole_and_the_pooled_baseline_refuses_them() {
+        let main = run(Stress::BankRun, false);
+        let pooled = run(Stress::BankRun, true);
+        let (f, b) = (figures(Stress::BankRun, &main), figures(Stress::BankRun, &pooled));
+        // No claim of another region refused for lack of escrow during the run, none of their
+        // escrow moved; the run region drained.
+        assert_eq!(f["other_regions_refused_for_escrow"], 0, "{f}");
+        assert_eq!(f["other_regions_available_untouched_pct"], 100.0, "{f}");
+        assert_eq!(f["run_region_drained"], true, "{f}");
+        assert!(f["run_region_refused_for_escrow"].as_u64() > Some(0), "{f}");
+        // Pooled, the run takes what the others would have been paid.
+        assert!(b["other_regions_refused_for_escrow"].as_u64() > Some(0), "{b}");
+        assert_eq!(check(Stress::BankRun, &f, Some(&b)).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn every_claim_revoked_before_its_batch_ends_disputed_at_every_node() {
+        let f = judged(Stress::RevocationRace);
+        assert!(f["revoked_before_batch"].as_u64() > Some(0), "{f}");
+        assert_eq!(f["disputed"], f["revoked_before_batch"], "{f}");
+        assert_eq!(f["credited_disputed"], 0, "{f}");
+        assert_eq!(f["other_claims_affected"], 0, "{f}");
+    }
+
+    #[test]
+    fn a_cut_off_region_keeps_certifying_its_own_claims_and_everyone_decides() {
+        let f = judged(Stress::ExitUnderPartition);
+        let decision = f["decision_latency_ms"].as_object().map_or(0, |d| d.len());
+        assert_eq!(decision, 3, "suspect, regional everywhere, normal after the heal: {f}");
+    }
+
+    #[test]
+    fn a_slow_region_slows_only_itself() {
+        let f = figures(Stress::SlowRegion, &run(Stress::SlowRegion, false));
+        let n = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            n("slow_region_slow_p99_ms") > n("slow_region_base_p99_ms") + SLOW_EXTRA_US as f64 / 1e3,
+            "{f}"
+        );
+        assert!(
+            n("other_regions_slow_p99_ms") <= P99_RATIO_MAX * n("other_regions_base_p99_ms"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn an_owner_crash_is_taken_over_and_a_rebalance_reaches_the_draining_region() {
+        let crash = figures(Stress::OwnerCrash, &run(Stress::OwnerCrash, false));
+        assert!(crash["takeovers_proposed"].as_u64() > Some(0), "{crash}");
+        let moved = judged(Stress::RebalanceUnderStress);
+        assert!(moved["rebalance_first_arrival_ms"].is_number(), "{moved}");
+    }
+
     #[test]
     fn the_pooled_budget_sits_in_the_run_region() {
         let pooled = scarce(true);
