@@ -344,10 +344,10 @@ fn stress_run(args: &SimArgs, outcome: &mut RunOutcome, shown: &mut Vec<String>)
         let figures = stress::figures(stress, &pooled);
         (pooled, figures)
     });
-    if outcome.failure.is_none() {
-        if let Some(error) = baseline.as_ref().and_then(|(b, _)| b.failure.clone()) {
-            outcome.failure = Some(format!("pooled baseline: {error}"));
-        }
+    if outcome.failure.is_none()
+        && let Some(error) = baseline.as_ref().and_then(|(b, _)| b.failure.clone())
+    {
+        outcome.failure = Some(format!("pooled baseline: {error}"));
     }
     if outcome.failure.is_none() {
         match stress::check(stress, &figures, baseline.as_ref().map(|(_, f)| f)) {

@@ -175,8 +175,11 @@ const VIEW_AGE_PNG: &str = "view-age.png";
 const REFUSED_PNG: &str = "refused.png";
 const BASELINE_LIQUIDITY_PNG: &str = "baseline-liquidity.png";
 
+/// A named quantity of a region's liquidity.
+type Quantity = (&'static str, fn(&RegionPoint) -> u64);
+
 fn liquidity_panels(m: &Measured) -> Vec<Panel> {
-    let quantities: [(&str, fn(&RegionPoint) -> u64); 5] = [
+    let quantities: [Quantity; 5] = [
         ("available", |p| p.available),
         ("pending", |p| p.pending),
         ("spent", |p| p.spent),
