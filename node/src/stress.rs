@@ -165,6 +165,29 @@ pub struct Report {
     pub baseline: Option<Measured>,
 }
 
+/// Summary rows for a pooled baseline's figures: its `other_regions_*` figures, each named as
+/// the baseline's (the refusals it must show: more than none).
+pub fn baseline_rows(figures: &serde_json::Value) -> Vec<(String, String, String)> {
+    figures
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| key.starts_with("other_regions"))
+        .map(|(key, value)| {
+            let want = if key == "other_regions_refused_for_escrow" {
+                "> 0"
+            } else {
+                ""
+            };
+            (
+                format!("pooled baseline: {}", key.replace('_', " ")),
+                value.to_string(),
+                want.to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The PNG files a report draws, in the order report.md lists them.
 const LIQUIDITY_PNG: &str = "liquidity.png";
 const OUTFLOW_PNG: &str = "outflow.png";

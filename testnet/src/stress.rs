@@ -615,15 +615,15 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
     tokio::time::sleep(Duration::from_secs(2)).await;
     let layout = &net.layout;
     let mut notes = Vec::new();
+    let others: Vec<&str> = net
+        .regions
+        .iter()
+        .filter(|r| *r != run_region)
+        .map(String::as_str)
+        .collect();
     match scenario {
         Scenario::BankRun | Scenario::RevocationRace => {}
         Scenario::ExitUnderPartition => {
-            let others: Vec<&str> = net
-                .regions
-                .iter()
-                .filter(|r| *r != run_region)
-                .map(String::as_str)
-                .collect();
             faults::partition(layout, &format!("{run_region} | {}", others.join(","))).await?;
             notes.push(format!(
                 "{run_region} cut off from {} while its claimants rush",
@@ -634,12 +634,6 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
             notes.push("healed after 6 s".into());
         }
         Scenario::SlowRegion => {
-            let others: Vec<&str> = net
-                .regions
-                .iter()
-                .filter(|r| *r != run_region)
-                .map(String::as_str)
-                .collect();
             let spec = format!("{run_region} | {}", others.join(","));
             faults::delay(layout, &spec, SLOW_MS, SLOW_JITTER_MS, None).await?;
             notes.push(format!(
@@ -748,20 +742,7 @@ fn summary_rows(out: &Value) -> Vec<(String, String, String)> {
         .flatten()
         .map(|(k, v)| (k.replace('_', " "), v.to_string(), target(k).to_owned()))
         .collect();
-    for (k, v) in out["baseline"]["summary"].as_object().into_iter().flatten() {
-        if k.starts_with("other_regions") {
-            let want = if k == "other_regions_refused_for_escrow" {
-                "> 0"
-            } else {
-                ""
-            };
-            rows.push((
-                format!("pooled baseline: {}", k.replace('_', " ")),
-                v.to_string(),
-                want.into(),
-            ));
-        }
-    }
+    rows.extend(credence::stress::baseline_rows(&out["baseline"]["summary"]));
     rows.push(("ok".into(), out["ok"].to_string(), "true".into()));
     rows
 }

@@ -770,20 +770,7 @@ pub fn report(
         summary.push((key.replace('_', " "), value.to_string(), target(key)));
     }
     if let Some((_, b)) = baseline {
-        for (key, value) in b.as_object().into_iter().flatten() {
-            if key.starts_with("other_regions") {
-                let want = if key == "other_regions_refused_for_escrow" {
-                    "> 0"
-                } else {
-                    ""
-                };
-                summary.push((
-                    format!("pooled baseline: {}", key.replace('_', " ")),
-                    value.to_string(),
-                    want.into(),
-                ));
-            }
-        }
+        summary.extend(crate::stress::baseline_rows(b));
     }
     summary.push((
         "largest view age (ms)".into(),
