@@ -247,8 +247,10 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         claims: u64,
         /// Each region's budget, in claims (bank-run, rebalance-under-stress; the others
-        /// get 20x, enough not to run dry). Must exceed twice --claims.
-        #[arg(long, default_value_t = 60)]
+        /// get 20x, enough not to run dry). Must exceed twice --claims, with room for
+        /// the uneven spread of claims over a region's buckets; a multiple of the
+        /// validators per region keeps every bucket's share whole claims.
+        #[arg(long, default_value_t = 84)]
         budget_claims: u64,
     },
     /// Audit every running node and verify: no slot funded twice, no bucket

@@ -219,6 +219,8 @@ struct Sampled {
     view_age: BTreeMap<String, Vec<(f64, f64)>>,
     answers: u64,
     answers_without_age: u64,
+    /// Region rows that said this node had never heard from the region.
+    never_heard: u64,
     max_view_age_ms: u64,
 }
 
@@ -248,9 +250,14 @@ async fn sampler(
             let answer = answer.into_inner();
             let mut s = lock(&out);
             s.answers += 1;
+            // Every region's row carries its view age; "never heard yet" is said with the
+            // sentinel, counted apart and left out of the largest age.
+            if answer.regions.len() < net.regions.len() {
+                s.answers_without_age += 1;
+            }
             for r in &answer.regions {
                 if r.view_age_ms >= VIEW_AGE_UNKNOWN {
-                    s.answers_without_age += 1;
+                    s.never_heard += 1;
                 } else if r.region != *region {
                     s.max_view_age_ms = s.max_view_age_ms.max(r.view_age_ms);
                     s.view_age
@@ -451,6 +458,7 @@ async fn run_once(
         "max_view_age_ms": sampled.max_view_age_ms,
         "all_answers_carried_view_age": sampled.answers > 0 && sampled.answers_without_age == 0,
         "answers_sampled": sampled.answers,
+        "view_age_never_heard_rows": sampled.never_heard,
         "stress_started_s": stress_at,
     });
     let measured = Measured {
