@@ -21,4 +21,5 @@ pub mod node;
 pub mod rpc;
 pub mod sim;
 pub mod store;
+pub mod stress;
 pub mod top;

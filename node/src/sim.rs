@@ -21,6 +21,7 @@ mod net;
 mod report;
 mod scenario;
 mod signatures;
+mod stress;
 mod world;
 
 #[cfg(test)]
@@ -69,9 +70,15 @@ pub struct SimArgs {
     /// Client claims per second of virtual time, across the network.
     #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
-    /// Machine-readable output: `seeds_run`, `failures`, and for a single seed `trace_hash`.
+    /// Machine-readable output: `seeds_run`, `failures`, and for a single seed `trace_hash`;
+    /// for a stress scenario (bank-run, exit-under-partition, revocation-race, slow-region,
+    /// owner-crash, rebalance-under-stress) its figures under `summary` and, for bank-run, the
+    /// pooled baseline's under `baseline.summary`.
     #[arg(long)]
     pub json: bool,
+    /// With a stress scenario: write DIR/report.md (summary table on top) and its PNG plots.
+    #[arg(long, value_name = "DIR", requires = "scenario")]
+    pub report: Option<std::path::PathBuf>,
     /// Scale projection: 10, 100 and 1,000 validators in 10 regions over the AWS latency matrix,
     /// no faults (override the sizes with --projection-sizes, the load with --rate).
     #[arg(long)]
@@ -226,6 +233,7 @@ impl SimArgs {
             takeover: self.takeover,
             script: None,
             signatures: self.signatures,
+            workload: None,
         }
     }
 
@@ -330,9 +338,56 @@ pub fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A stress scenario's figures, its pooled baseline's (bank-run), and its targets judged.
+struct Stressed {
+    figures: Value,
+    baseline: Option<(RunOutcome, Value)>,
+}
+
+fn stress_run(args: &SimArgs, outcome: &mut RunOutcome, shown: &mut Vec<String>) -> Option<Stressed> {
+    let stress = args.scenario?.stress()?;
+    let figures = stress::figures(stress, outcome);
+    let baseline = (stress == stress::Stress::BankRun).then(|| {
+        let pooled = run_one(stress.config(args.seed, args.tail.micros, true));
+        let figures = stress::figures(stress, &pooled);
+        (pooled, figures)
+    });
+    if outcome.failure.is_none()
+        && let Some(error) = baseline.as_ref().and_then(|(b, _)| b.failure.clone())
+    {
+        outcome.failure = Some(format!("pooled baseline: {error}"));
+    }
+    if outcome.failure.is_none() {
+        match stress::check(stress, &figures, baseline.as_ref().map(|(_, f)| f)) {
+            Ok(more) => shown.extend(more),
+            Err(error) => outcome.failure = Some(format!("scenario {}: {error}", stress.name())),
+        }
+    }
+    Some(Stressed { figures, baseline })
+}
+
 fn run_single(args: &SimArgs) -> anyhow::Result<()> {
     let mut outcome = run_one(args.config(args.seed));
-    let shown = args.judge(&mut outcome);
+    let mut shown = args.judge(&mut outcome);
+    let stressed = stress_run(args, &mut outcome, &mut shown);
+    if let (Some(dir), Some(stressed), Some(stress)) =
+        (&args.report, &stressed, args.scenario.and_then(Scenario::stress))
+    {
+        let report = stress::report(
+            stress,
+            &outcome,
+            &stressed.figures,
+            stressed.baseline.as_ref().map(|(b, f)| (b, f)),
+        );
+        let files = report.write(dir)?;
+        if !args.json {
+            println!("report: {} ({})", dir.join("report.md").display(), files.join(", "));
+        }
+    } else if args.report.is_some() {
+        bail!(
+            "--report draws the stress scenarios only: bank-run, exit-under-partition, revocation-race, slow-region, owner-crash, rebalance-under-stress"
+        );
+    }
     let replay = args.replay(args.seed);
     if args.json {
         let mut value = serde_json::to_value(&outcome.summary).context("encoding the summary")?;
@@ -349,6 +404,15 @@ fn run_single(args: &SimArgs) -> anyhow::Result<()> {
                 map.insert("scenario".into(), json!(scenario.name()));
                 map.insert("shown".into(), json!(shown));
             }
+            if let Some(stressed) = &stressed {
+                map.insert("summary".into(), stressed.figures.clone());
+                if let Some((b, figures)) = &stressed.baseline {
+                    map.insert(
+                        "baseline".into(),
+                        json!({"ok": b.failure.is_none(), "error": b.failure, "summary": figures}),
+                    );
+                }
+            }
         }
         println!(
             "{}",
@@ -359,6 +423,12 @@ fn run_single(args: &SimArgs) -> anyhow::Result<()> {
         println!("trace hash: {}", outcome.trace_hash);
         for line in &shown {
             println!("shown: {line}");
+        }
+        if let Some(stressed) = &stressed {
+            println!("figures: {}", stressed.figures);
+            if let Some((_, figures)) = &stressed.baseline {
+                println!("pooled baseline: {figures}");
+            }
         }
     }
     match outcome.failure {

@@ -91,6 +91,7 @@ pub async fn chaos(layout: &Layout, opts: ChaosOptions) -> anyhow::Result<Value>
         bail!("this testnet has no validator to break");
     }
     let opts_load = load::LoadOptions {
+        entry_region: None,
         claims: ((LOAD_RATE * opts.secs as f64).ceil() as u64).max(1),
         rate: LOAD_RATE,
         region: None,

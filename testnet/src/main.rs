@@ -22,6 +22,7 @@ mod load;
 mod procs;
 mod rpc;
 mod shaper;
+mod stress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -232,6 +233,40 @@ enum Cmd {
         /// claims alone), or each just before its claim.
         #[arg(long, value_enum, default_value = "ahead")]
         credentials: load::Credentials,
+    },
+    /// Stress a running testnet and measure it: bank-run (one region's
+    /// claimants at 10x the base rate until its escrow is gone, base load
+    /// elsewhere, then a pooled baseline with all escrow in that region),
+    /// exit-under-partition, slow-region (needs `up --shaped`), owner-crash,
+    /// rebalance-under-stress; revocation-race runs in `credence sim` only.
+    /// Each creates its own small distribution with the testnet's operator
+    /// key, samples liquidity and view ages at one node per region, and with
+    /// --report writes DIR/report.md and PNG plots. Exits non-zero when a
+    /// target is missed.
+    Stress {
+        #[command(flatten)]
+        common: Common,
+        #[arg(value_enum)]
+        scenario: stress::Scenario,
+        /// Write DIR/report.md (summary table on top) and its PNG plots.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
+        /// The region under stress (default: the first by name).
+        #[arg(long)]
+        region: Option<String>,
+        /// Claims per second entering each region at base load.
+        #[arg(long, default_value_t = 2.0)]
+        base_rate: f64,
+        /// Claims per other region in each phase (base, then during the stress); the run
+        /// region sends 10x as many at 10x the rate.
+        #[arg(long, default_value_t = 20)]
+        claims: u64,
+        /// Each region's budget, in claims (bank-run, rebalance-under-stress; the others
+        /// get 20x, enough not to run dry). Must exceed twice --claims, with room for
+        /// the uneven spread of claims over a region's buckets; a multiple of the
+        /// validators per region keeps every bucket's share whole claims.
+        #[arg(long, default_value_t = 84)]
+        budget_claims: u64,
     },
     /// Audit every running node and verify: no slot funded twice, no bucket
     /// over its escrow, every distribution within its total, no conflicting
@@ -547,9 +582,35 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 concurrency,
                 distribution,
                 credentials,
+                entry_region: None,
             };
             let v = load::load(&layout, opts).await?;
             emit(common.json, &v, load::print_report);
+        }
+        Cmd::Stress {
+            common,
+            scenario,
+            report,
+            region,
+            base_rate,
+            claims,
+            budget_claims,
+        } => {
+            let layout = Layout::new(&common.dir)?;
+            let opts = stress::StressOptions {
+                scenario,
+                report,
+                region,
+                base_rate,
+                claims,
+                budget_claims,
+            };
+            let v = stress::stress(&layout, opts).await?;
+            let ok = v["ok"].as_bool() == Some(true);
+            emit(common.json, &v, stress::print_report);
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Cmd::Check { common, settle_secs } => {
             let layout = Layout::new(&common.dir)?;

@@ -273,3 +273,35 @@ fn a_forger_is_graylisted_and_chaos_loses_no_acknowledged_claim() {
     assert_eq!(chaos["check"]["ok"], true, "{chaos}");
     net.down();
 }
+
+#[test]
+fn a_bank_run_drains_its_region_and_leaves_the_others_whole_while_the_pooled_baseline_refuses_them() {
+    let net = Testnet::up("eu,us", 3);
+    let (_, out, stderr) = net.run(&[
+        "stress",
+        "bank-run",
+        "--claims",
+        "10",
+        "--budget-claims",
+        "42",
+        "--base-rate",
+        "4",
+        "--region",
+        "eu",
+    ]);
+    let s = &out["summary"];
+    assert_eq!(out["scenario"], "bank-run", "{stderr}\n{out}");
+    // Outcomes, not timings: the other region's escrow untouched and none of its claims refused
+    // for lack of it, the run region drained, and every sampled answer carried its view age.
+    assert_eq!(s["other_regions_available_untouched_pct"], 100.0, "{out}");
+    assert_eq!(s["other_regions_refused_for_escrow"], 0, "{out}");
+    assert_eq!(s["run_region_drained"], true, "{out}");
+    assert_eq!(s["all_answers_carried_view_age"], true, "{out}");
+    // Pooled, the run takes the other region's share too.
+    assert!(
+        out["baseline"]["summary"]["other_regions_refused_for_escrow"].as_u64() > Some(0),
+        "{out}"
+    );
+    let check = net.json(&["check"]);
+    assert_eq!(check["ok"], true, "{check}");
+}

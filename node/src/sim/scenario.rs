@@ -20,6 +20,7 @@ use crate::core::escrow::Digest;
 
 use super::faults::{FaultEvent, Profile, Script};
 use super::net::{Micros, Partition};
+use super::stress::{SAMPLE_EVERY_US, Stress, Workload};
 use super::world::{CertRecord, ClaimTrace, Config, RunOutcome, RunRecord, takeover_after_ms};
 
 /// Validators and regions of every scenario (node i is in region i mod 3).
@@ -46,8 +47,25 @@ pub enum Scenario {
     #[value(name = "split-2-2")]
     Split22,
     /// Node 4 fails for good right after its first batch after 3 s: its successor freezes its
-    /// bucket, certifies the batch it left in flight and the claims that hash to it.
+    /// bucket, certifies the batch it left in flight and the claims that hash to it (owners die
+    /// mid-run, successors take over; with --report, drawn).
     OwnerCrash,
+    /// Stress: claimants of region 0 arrive at 10x the base rate from 4 s until its escrow is
+    /// gone, base load elsewhere; the other regions keep their escrow and their p99, and a
+    /// pooled baseline (all escrow in region 0) shows their claims refused once it is gone.
+    BankRun,
+    /// Stress: region 0 is cut off from 4 s to 11 s while its claimants rush at 10x; it keeps
+    /// certifying its own claims (>= 80%), then heals and converges.
+    ExitUnderPartition,
+    /// Stress: from 4 s to 11 s the issuer revokes a credential in flight every 200 ms, dated
+    /// 1.5 s before it arrives; every claim certified after its revocation ends disputed at
+    /// every node, none credited, every other claim unaffected.
+    RevocationRace,
+    /// Stress: region 0's links get +300 ms and up to 100 ms jitter from 4 s to 11 s under load.
+    SlowRegion,
+    /// Stress: the bank run, with the operator moving 100 claims' worth from region 1 to the
+    /// draining region 0 at 6 s.
+    RebalanceUnderStress,
 }
 
 impl Scenario {
@@ -56,6 +74,24 @@ impl Scenario {
             Scenario::RegionPartition => "region-partition",
             Scenario::Split22 => "split-2-2",
             Scenario::OwnerCrash => "owner-crash",
+            Scenario::BankRun => "bank-run",
+            Scenario::ExitUnderPartition => "exit-under-partition",
+            Scenario::RevocationRace => "revocation-race",
+            Scenario::SlowRegion => "slow-region",
+            Scenario::RebalanceUnderStress => "rebalance-under-stress",
+        }
+    }
+
+    /// The stress scenario this is, with its figures, targets and report.
+    pub fn stress(self) -> Option<Stress> {
+        match self {
+            Scenario::RegionPartition | Scenario::Split22 => None,
+            Scenario::OwnerCrash => Some(Stress::OwnerCrash),
+            Scenario::BankRun => Some(Stress::BankRun),
+            Scenario::ExitUnderPartition => Some(Stress::ExitUnderPartition),
+            Scenario::RevocationRace => Some(Stress::RevocationRace),
+            Scenario::SlowRegion => Some(Stress::SlowRegion),
+            Scenario::RebalanceUnderStress => Some(Stress::RebalanceUnderStress),
         }
     }
 
@@ -77,6 +113,7 @@ impl Scenario {
                 ]
             }
             Scenario::OwnerCrash => vec![(FAULT_AT_US, FaultEvent::FailAfterNextBatch(FAILED_OWNER))],
+            _ => Vec::new(),
         };
         Script {
             name: self.name(),
@@ -86,6 +123,11 @@ impl Scenario {
 
     /// The run: calm links, honest validators, heartbeats and takeover on.
     pub fn config(self, seed: u64, rate_per_s: f64, tail_us: Micros) -> Config {
+        if let Some(stress) = self.stress()
+            && self != Scenario::OwnerCrash
+        {
+            return stress.config(seed, tail_us, false);
+        }
         Config {
             seed,
             nodes: NODES,
@@ -100,6 +142,15 @@ impl Scenario {
             takeover: true,
             script: Some(self.script()),
             signatures: super::Signatures::Ed25519,
+            // Sampled, so that --report can draw it; the default claim generator.
+            workload: (self == Scenario::OwnerCrash).then_some(Workload {
+                allocations: None,
+                streams: Vec::new(),
+                revoke: None,
+                slow: None,
+                rebalance: None,
+                sample_every_us: SAMPLE_EVERY_US,
+            }),
         }
     }
 
@@ -114,6 +165,8 @@ impl Scenario {
             Scenario::RegionPartition => view.region_partition()?,
             Scenario::Split22 => view.split(&outcome.summary.counters)?,
             Scenario::OwnerCrash => view.owner_crash()?,
+            // Judged on their figures by `stress::check`.
+            _ => Vec::new(),
         };
         shown.push(view.converged()?);
         Ok(shown)

@@ -21,6 +21,7 @@ fn config(seed: u64, profile: Profile, duration_s: u64) -> Config {
         takeover: false,
         script: None,
         signatures: Signatures::Ed25519,
+        workload: None,
     }
 }
 

@@ -41,10 +41,12 @@ use super::faults::{FaultEvent, Profile, Script};
 use super::invariants::{Registry, Violation, check_liquidity};
 use super::net::{EventQueue, LinkModel, Micros, Partition, Rng, base_one_way_us, region_name};
 use super::report::{Summary, percentile};
+use super::stress::{ClaimEnd, StressSample, Workload};
 
 /// The virtual wall clock at the start of a run (ms since the Unix epoch).
 const T0_MS: Millis = 1_700_000_000_000;
-const AMOUNT: u64 = 10;
+/// What every simulated claim asks.
+pub(super) const AMOUNT: u64 = 10;
 /// The clock skew the simulated genesis tolerates (`max_clock_skew_ms`).
 const CLOCK_SKEW_MS: Millis = 500;
 /// A client re-submits a claim not yet certified after this long (doubling, capped).
@@ -102,6 +104,9 @@ pub struct Config {
     pub script: Option<Script>,
     /// How signatures are made and checked (the stand-in for large runs).
     pub signatures: Signatures,
+    /// A stress workload (`stress.rs`): budgets, claim streams per region, revocations, a slow
+    /// region, and liquidity sampled over the run. `None`: the default claim generator.
+    pub workload: Option<Workload>,
 }
 
 /// The result of one run.
@@ -129,6 +134,12 @@ pub struct RunRecord {
     pub final_digests: Vec<Option<Digest>>,
     /// Nodes that failed for good.
     pub failures: Vec<FailureRecord>,
+    /// With a workload: the network sampled every `sample_every_us`.
+    pub samples: Vec<StressSample>,
+    /// Region names, by index.
+    pub region_names: Vec<String>,
+    /// The amount each region was allocated.
+    pub allocations: Vec<u64>,
 }
 
 /// One certificate formed in the run.
@@ -161,6 +172,10 @@ pub struct ClaimTrace {
     pub duplicate: bool,
     /// Where it was certified: index into [`RunRecord::certificates`].
     pub certificate: Option<usize>,
+    /// The region whose nodes the client submitted to.
+    pub region: usize,
+    /// With a workload: how the claim ended (refusal reason, revocation, status at every node).
+    pub end: ClaimEnd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +266,10 @@ enum Event {
     Sync { node: usize, epoch: u32 },
     Byzantine { node: usize },
     NewClaim,
+    StreamClaim { stream: usize },
+    Revoke,
+    Sample,
+    Rebalance,
     Submit { claim: usize },
     Fault(FaultEvent),
     EndFaults,
@@ -332,6 +351,11 @@ struct ClaimRecord {
     provisional_us: Option<Micros>,
     held: bool,
     certificate: Option<usize>,
+    attestation: Digest,
+    /// Refused for good at some node (no escrow left, credential revoked): the client stops.
+    refused: Option<String>,
+    /// When the issuer revoked its credential (the revocation's own timestamp).
+    revoked_at: Option<Millis>,
 }
 
 struct CertMeta {
@@ -350,6 +374,9 @@ pub struct World {
     genesis: LoadedGenesis,
     setup: Setup,
     issuer: SimKey,
+    operator: SimKey,
+    /// Operator rebalances issued (every node holds them; restarts re-add them).
+    rebalances: Vec<Verified>,
     /// The run's signature scheme and what envelopes are verified with.
     scheme: Scheme,
     check: Arc<dyn SignatureCheck>,
@@ -384,6 +411,11 @@ pub struct World {
     counters: BTreeMap<String, u64>,
     violation: Option<Violation>,
     converged_us: Option<Micros>,
+    /// Stress measurements: samples, revocations issued, claimant keys drawn, budgets.
+    samples: Vec<StressSample>,
+    revocations: Vec<Verified>,
+    keys_drawn: u64,
+    allocations: Vec<u64>,
 }
 
 fn short(digest: &[u8]) -> String {
@@ -417,6 +449,25 @@ impl World {
         setup.params.max_clock_skew_ms = CLOCK_SKEW_MS;
         if !cfg.takeover {
             setup.params.takeover_after_ms = u64::MAX / 4;
+        }
+        let mut allocations = vec![per_region_amount; cfg.regions];
+        if let Some(budget) = cfg.workload.as_ref().and_then(|w| w.allocations.clone()) {
+            if budget.len() != cfg.regions {
+                return Err(format!(
+                    "the workload allocates to {} regions, not {}",
+                    budget.len(),
+                    cfg.regions
+                ));
+            }
+            let total = budget
+                .iter()
+                .try_fold(0u64, |a, b| a.checked_add(*b))
+                .ok_or("allocations overflow")?;
+            if let Some((distribution, _)) = setup.distributions.first_mut() {
+                distribution.allocations = names.iter().cloned().zip(budget.iter().copied()).collect();
+                distribution.total = total;
+            }
+            allocations = budget;
         }
         let dist_id = wire::genesis_distribution_id(&network, 0);
         let dist_total = setup.distributions.first().map_or(0, |(d, _)| d.total);
@@ -507,6 +558,8 @@ impl World {
             network,
             setup,
             issuer: scheme.key(local.issuer),
+            operator: scheme.key(local.operator),
+            rebalances: Vec::new(),
             scheme,
             check: check.clone(),
             dist_id,
@@ -537,6 +590,10 @@ impl World {
             counters: BTreeMap::new(),
             violation: None,
             converged_us: None,
+            samples: Vec::new(),
+            revocations: Vec::new(),
+            keys_drawn: 0,
+            allocations,
             genesis,
             cfg,
         };
@@ -565,8 +622,26 @@ impl World {
         if let Some(node) = world.byzantine {
             world.queue.push(BYZANTINE_EVERY_US, Event::Byzantine { node });
         }
-        if world.cfg.rate_per_s > 0.0 {
+        let streams = world
+            .cfg
+            .workload
+            .as_ref()
+            .map(|w| w.streams.clone())
+            .unwrap_or_default();
+        if streams.is_empty() && world.cfg.rate_per_s > 0.0 {
             world.queue.push(0, Event::NewClaim);
+        }
+        for (stream, s) in streams.iter().enumerate() {
+            world.queue.push(s.from_us, Event::StreamClaim { stream });
+        }
+        if let Some(w) = &world.cfg.workload {
+            world.queue.push(0, Event::Sample);
+            if let Some(r) = &w.revoke {
+                world.queue.push(r.from_us, Event::Revoke);
+            }
+            if let Some(r) = &w.rebalance {
+                world.queue.push(r.at_us, Event::Rebalance);
+            }
         }
         Ok(world)
     }
@@ -597,6 +672,10 @@ impl World {
         }
         if self.violation.is_none() && self.converged_us.is_none() {
             self.violation = Some(Violation::Liveness(self.stuck_reason()));
+        }
+        if self.cfg.workload.is_some() {
+            let last = super::stress::sample(&self);
+            self.samples.push(last);
         }
         self.outcome()
     }
@@ -661,10 +740,19 @@ impl World {
             // Clients sit next to the node they submit to.
             None => base_one_way_us(to_region, to_region),
         };
-        let Some(delay) = self.link.delay(&mut self.rng, base) else {
+        let Some(mut delay) = self.link.delay(&mut self.rng, base) else {
             self.count("net: lost");
             return;
         };
+        if let Some(slow) = self.cfg.workload.as_ref().and_then(|w| w.slow.clone())
+            && (slow.from_us..slow.until_us).contains(&self.now)
+        {
+            let from_region = self.nodes.get(from).map(|n| n.region);
+            if from_region == Some(slow.region) || to_region == slow.region {
+                let jitter = self.rng.below(slow.jitter_us.max(1));
+                delay = delay.saturating_add(slow.extra_us).saturating_add(jitter);
+            }
+        }
         if self.link.duplicate_ppm > 0
             && self.rng.chance_ppm(self.link.duplicate_ppm)
             && let Some(again) = self.link.delay(&mut self.rng, base)
@@ -736,6 +824,10 @@ impl World {
                 }
             }
             Event::NewClaim => self.new_claim(),
+            Event::StreamClaim { stream } => self.stream_claim(stream),
+            Event::Revoke => self.revoke(),
+            Event::Sample => self.sample(),
+            Event::Rebalance => self.rebalance(),
             Event::Submit { claim } => self.submit(claim),
             Event::Fault(fault) => self.apply_fault(fault),
             Event::EndFaults => self.end_faults(),
@@ -817,7 +909,10 @@ impl World {
                 );
                 match result {
                     Ok(out) => self.carry_out(to, out, None, true),
-                    Err(_) => self.count("validator: claim refused"),
+                    Err(e) => {
+                        self.count("validator: claim refused");
+                        self.note_refusal(&raw, &e);
+                    }
                 }
             }
             Msg::Gossip {
@@ -842,7 +937,10 @@ impl World {
                 let Some(n) = self.nodes.get_mut(to) else { return };
                 match n.machine.step(now, &n.book, Input::VoteRequest { request: &request }) {
                     Ok(out) => self.carry_out(to, out, Some(from), true),
-                    Err(_) => self.count("validator: vote request refused"),
+                    Err(e) => {
+                        self.count("validator: vote request refused");
+                        self.note_refusal(&request.object, &e);
+                    }
                 }
             }
             Msg::VoteResponse(response) => {
@@ -903,6 +1001,28 @@ impl World {
             }
         }
         self.schedule_tick(to, false);
+    }
+
+    /// A node refused a claim for good (no escrow left, credential revoked): the workload's
+    /// client stops and liveness does not wait for it.
+    fn note_refusal(&mut self, raw: &[u8], error: &crate::core::validator::ValidatorError) {
+        if self.cfg.workload.is_none() {
+            return;
+        }
+        let crate::core::validator::ValidatorError::Refused(reason) = error else {
+            return;
+        };
+        if !super::stress::final_refusal(reason) {
+            return;
+        }
+        let Some(id) = envelope::object_id(&self.network, raw) else {
+            return;
+        };
+        if let Some(record) = self.claim_index.get(&id.0).and_then(|i| self.claims.get_mut(*i))
+            && record.refused.is_none()
+        {
+            record.refused = Some(super::stress::reason_name(&reason.to_string()));
+        }
     }
 
     fn certificate_arrives(&mut self, to: usize, raw: &[u8], now: Millis) {
@@ -1288,6 +1408,14 @@ impl World {
                 (claimant, attestation, true)
             }
         };
+        self.push_claim(&claimant, attestation, valid, region, created_ms);
+        let gap_us = self.rng.exponential(1e6 / self.cfg.rate_per_s.max(1e-3)).max(1.0) as Micros;
+        self.queue.push(self.now.saturating_add(gap_us), Event::NewClaim);
+    }
+
+    /// Seals a claim of `claimant` with `attestation`, records it and submits it at once to a
+    /// node of `region`.
+    fn push_claim(&mut self, claimant: &SimKey, attestation: Digest, valid: bool, region: usize, created_ms: Millis) {
         let claimant_key = claimant.public_key();
         let body = pb::Claim {
             distribution_id: self.dist_id.to_vec(),
@@ -1298,7 +1426,7 @@ impl World {
             created_at: created_ms,
             nonce: self.claims.len() as u64,
         };
-        let (raw, id) = seal_with(&self.network, &claimant, Kind::Claim, body.encode_to_vec());
+        let (raw, id) = seal_with(&self.network, claimant, Kind::Claim, body.encode_to_vec());
         let home = match self.oracle.route(&self.dist_id, &claimant_key) {
             Some(crate::core::escrow::Route::Live { bucket, .. }) => self.bucket_index.get(&bucket).copied(),
             _ => None,
@@ -1317,10 +1445,155 @@ impl World {
             provisional_us: None,
             held: false,
             certificate: None,
+            attestation,
+            refused: None,
+            revoked_at: None,
         });
         self.queue.push(self.now, Event::Submit { claim: index });
-        let gap_us = self.rng.exponential(1e6 / self.cfg.rate_per_s.max(1e-3)).max(1.0) as Micros;
-        self.queue.push(self.now.saturating_add(gap_us), Event::NewClaim);
+    }
+
+    /// The region of the bucket a claimant's claims are funded from (by the certified state).
+    fn home_region_of(&self, claimant: &SimKey) -> Option<usize> {
+        match self.oracle.route(&self.dist_id, &claimant.public_key()) {
+            Some(crate::core::escrow::Route::Live { bucket, .. }) => {
+                let node = self.bucket_index.get(&bucket)?;
+                self.nodes.get(*node).map(|n| n.region)
+            }
+            _ => None,
+        }
+    }
+
+    /// One claim of a workload stream: a new claimant homed in the stream's region (any home
+    /// when that region holds no escrow, as in the pooled baseline), a fresh credential, one
+    /// claim submitted to a node of the region.
+    fn stream_claim(&mut self, stream: usize) {
+        let Some(s) = self.cfg.workload.as_ref().and_then(|w| w.streams.get(stream)).cloned() else {
+            return;
+        };
+        if self.now >= s.until_us || self.now >= self.cfg.duration_us {
+            return;
+        }
+        let homed_here = self.allocations.get(s.region).is_some_and(|a| *a > 0);
+        let mut chosen = None;
+        for _ in 0..super::stress::HOME_ATTEMPTS_MAX {
+            self.keys_drawn = self.keys_drawn.wrapping_add(1);
+            let secret = blake3::hash(
+                &[
+                    b"sim/stress-claimant".as_slice(),
+                    &self.cfg.seed.to_le_bytes(),
+                    &self.keys_drawn.to_le_bytes(),
+                ]
+                .concat(),
+            );
+            let claimant = self.scheme.key(SigningKey::from_bytes(secret.as_bytes()));
+            if !homed_here || self.home_region_of(&claimant) == Some(s.region) {
+                chosen = Some(claimant);
+                break;
+            }
+        }
+        if let Some(claimant) = chosen {
+            let attestation = self.issue(&claimant);
+            self.claimants.push((claimant.clone(), attestation));
+            let created_ms = T0_MS + self.now / 1_000;
+            self.push_claim(&claimant, attestation, true, s.region, created_ms);
+        } else {
+            self.count("workload: no claimant homed in the stream's region");
+        }
+        let gap_us = self.rng.exponential(1e6 / s.rate_per_s.max(1e-3)).max(1.0) as Micros;
+        self.queue
+            .push(self.now.saturating_add(gap_us), Event::StreamClaim { stream });
+    }
+
+    /// The issuer revokes the credential of one claim in flight. The revocation is dated
+    /// `lag_ms` before it reaches the nodes (truth arriving late): every node applies it now.
+    fn revoke(&mut self) {
+        let Some(plan) = self.cfg.workload.as_ref().and_then(|w| w.revoke.clone()) else {
+            return;
+        };
+        if self.now >= plan.until_us {
+            return;
+        }
+        self.queue.push(self.now.saturating_add(plan.every_us), Event::Revoke);
+        let recent: Vec<usize> = self
+            .claims
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.valid && c.revoked_at.is_none())
+            .filter(|(_, c)| c.created_us.saturating_add(plan.lag_ms.saturating_mul(2_000)) >= self.now)
+            .map(|(i, _)| i)
+            .collect();
+        let Some(index) = recent.get(self.rng.below(recent.len().max(1) as u64) as usize).copied() else {
+            return;
+        };
+        let Some(attestation) = self.claims.get(index).map(|c| c.attestation) else {
+            return;
+        };
+        let revoked_at = (T0_MS + self.now / 1_000).saturating_sub(plan.lag_ms);
+        let body = pb::Revocation {
+            issuer: self.issuer.public_key().to_vec(),
+            attestation_id: attestation.to_vec(),
+            revoked_at,
+            reason: "stress: revoked while its claim is in flight".into(),
+        };
+        let (raw, _) = seal_with(&self.network, &self.issuer, Kind::Revocation, body.encode_to_vec());
+        let Ok(verified) = envelope::decode(&self.network, &raw).and_then(envelope::Unverified::verify) else {
+            return;
+        };
+        let now_ms = T0_MS + self.now / 1_000;
+        for n in &mut self.nodes {
+            let _ = n.book.apply(now_ms, &verified);
+        }
+        self.revocations.push(verified);
+        if let Some(c) = self.claims.get_mut(index) {
+            c.revoked_at = Some(revoked_at);
+        }
+        self.count("workload: credential revoked");
+    }
+
+    /// The operator moves escrow between regions: a signed rebalance every node applies now
+    /// (the operator's object, as the node takes it from its credential log).
+    fn rebalance(&mut self) {
+        let Some(plan) = self.cfg.workload.as_ref().and_then(|w| w.rebalance.clone()) else {
+            return;
+        };
+        let body = pb::Rebalance {
+            operator: self.operator.public_key().to_vec(),
+            distribution_id: self.dist_id.to_vec(),
+            from_region: region_name(plan.from_region),
+            to_region: region_name(plan.to_region),
+            amount: plan.amount,
+            nonce: 1,
+        };
+        let (raw, _) = seal_with(&self.network, &self.operator, Kind::Rebalance, body.encode_to_vec());
+        let Ok(verified) = envelope::decode(&self.network, &raw).and_then(envelope::Unverified::verify) else {
+            return;
+        };
+        let operators = self.genesis.operators.clone();
+        for n in self.nodes.iter_mut().filter(|n| n.up) {
+            if n.machine.add_rebalance(&verified, &operators).is_err() {
+                self.counters
+                    .entry("workload: rebalance refused".into())
+                    .and_modify(|c| *c = c.saturating_add(1))
+                    .or_insert(1);
+            }
+        }
+        self.rebalances.push(verified);
+        self.count("workload: rebalance issued");
+    }
+
+    /// Samples liquidity per region (certified, from the oracle; pending from each owner), each
+    /// region's view age as the others see it, suspicion and quorum modes.
+    fn sample(&mut self) {
+        let Some(every) = self.cfg.workload.as_ref().map(|w| w.sample_every_us) else {
+            return;
+        };
+        let end = self.cfg.duration_us.saturating_add(self.cfg.tail_us);
+        if self.now < end {
+            self.queue
+                .push(self.now.saturating_add(every.max(1_000)), Event::Sample);
+        }
+        let sample = super::stress::sample(self);
+        self.samples.push(sample);
     }
 
     /// Issues an attestation for `claimant` and hands it to every node (attestations are issued
@@ -1350,7 +1623,7 @@ impl World {
         let Some(record) = self.claims.get(index) else {
             return;
         };
-        if self.registry.is_funded(&record.slot) {
+        if self.registry.is_funded(&record.slot) || record.refused.is_some() {
             return;
         }
         let (raw, valid, region, retries) = (record.raw.clone(), record.valid, record.region, record.retries);
@@ -1682,6 +1955,9 @@ impl World {
             for a in &self.attestations {
                 let _ = book.apply(T0_MS, a);
             }
+            for r in &self.revocations {
+                let _ = book.apply(T0_MS + self.now / 1_000, r);
+            }
             book
         };
         let network = self.network;
@@ -1708,6 +1984,9 @@ impl World {
         let now_ms = T0_MS + self.now / 1_000;
         for raw in &n.disk.certs {
             let _ = machine.step(now_ms, &n.book, Input::Certificate { raw });
+        }
+        for r in &self.rebalances {
+            let _ = machine.add_rebalance(r, &self.genesis.operators);
         }
         machine.resume();
         for (received_at, raw) in n.disk.held.values() {
@@ -1751,8 +2030,32 @@ impl World {
     fn pending_claims(&self) -> usize {
         self.claims
             .iter()
-            .filter(|c| c.valid && !self.exempt(c) && !self.registry.is_funded(&c.slot))
+            .filter(|c| c.valid && !self.exempt(c) && !self.settled_unpaid(c) && !self.registry.is_funded(&c.slot))
             .count()
+    }
+
+    /// With a workload, a claim refused for good (its bucket had no escrow left, its credential
+    /// was revoked) is settled without being paid: at a node that refused it, or at its home
+    /// owner, which says so.
+    fn settled_unpaid(&self, claim: &ClaimRecord) -> bool {
+        if self.cfg.workload.is_none() {
+            return false;
+        }
+        if claim.refused.is_some() || claim.revoked_at.is_some() {
+            return true;
+        }
+        self.home_refusal(claim).is_some()
+    }
+
+    /// The reason the claim's home owner refused it for good, if it did.
+    fn home_refusal(&self, claim: &ClaimRecord) -> Option<String> {
+        let owner = self.nodes.get(claim.home?)?;
+        match owner.machine.claim_status(&owner.book, &claim.id)?.0 {
+            crate::core::escrow::ClaimStatus::Rejected { reason } if super::stress::final_refusal(&reason) => {
+                Some(super::stress::reason_name(&reason.to_string()))
+            }
+            _ => None,
+        }
     }
 
     fn live_nodes(&self) -> impl Iterator<Item = &Node> {
@@ -1777,7 +2080,7 @@ impl World {
         let pending: Vec<String> = self
             .claims
             .iter()
-            .filter(|c| c.valid && !self.exempt(c) && !self.registry.is_funded(&c.slot))
+            .filter(|c| c.valid && !self.exempt(c) && !self.settled_unpaid(c) && !self.registry.is_funded(&c.slot))
             .take(5)
             .map(|c| {
                 format!(
@@ -1793,7 +2096,7 @@ impl World {
         let at_home = self
             .claims
             .iter()
-            .find(|c| c.valid && !self.exempt(c) && !self.registry.is_funded(&c.slot))
+            .find(|c| c.valid && !self.exempt(c) && !self.settled_unpaid(c) && !self.registry.is_funded(&c.slot))
             .and_then(|c| {
                 let owner = self.nodes.get(c.home?)?;
                 let (status, timeline) = owner.machine.claim_status(&owner.book, &c.id)?;
@@ -1905,6 +2208,50 @@ impl World {
         }
     }
 
+    /// How a claim ended, for the stress checks (workload runs only: it asks every node).
+    fn claim_end(&self, c: &ClaimRecord) -> ClaimEnd {
+        if self.cfg.workload.is_none() {
+            return ClaimEnd::default();
+        }
+        let certified = self.oracle.certified_claim(&c.id);
+        let mut end = ClaimEnd {
+            refused: c.refused.clone().or_else(|| self.home_refusal(c)),
+            revoked_at: c.revoked_at,
+            batch_timestamp: certified.map(|cc| cc.batch_timestamp),
+            ..ClaimEnd::default()
+        };
+        if certified.is_some() {
+            for n in self.live_nodes().filter(|n| n.up) {
+                match n.machine.claim_status(&n.book, &c.id).map(|(status, _)| status) {
+                    Some(crate::core::escrow::ClaimStatus::Disputed { .. }) => {
+                        end.disputed_at = end.disputed_at.saturating_add(1)
+                    }
+                    Some(
+                        crate::core::escrow::ClaimStatus::Regional { .. }
+                        | crate::core::escrow::ClaimStatus::Global { .. },
+                    ) => end.credited_at = end.credited_at.saturating_add(1),
+                    _ => end.other_at = end.other_at.saturating_add(1),
+                }
+            }
+        }
+        end
+    }
+
+    /// The pieces of the world a stress sample reads.
+    pub(super) fn sample_parts(&self) -> super::stress::SampleParts<'_> {
+        super::stress::SampleParts {
+            now_us: self.now,
+            oracle: &self.oracle,
+            dist_id: &self.dist_id,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| (n.region, n.up, &n.machine, &n.book, T0_MS + self.now / 1_000))
+                .collect(),
+            region_names: (0..self.cfg.regions).map(region_name).collect(),
+        }
+    }
+
     fn record(&self) -> RunRecord {
         RunRecord {
             regions: self.nodes.iter().map(|n| n.region).collect(),
@@ -1921,11 +2268,16 @@ impl World {
                     held: c.held,
                     duplicate: c.valid && c.certificate.is_none() && self.registry.is_funded(&c.slot),
                     certificate: c.certificate,
+                    region: c.region,
+                    end: self.claim_end(c),
                 })
                 .collect(),
             snapshots: self.snapshots.clone(),
             final_digests: self.digests(),
             failures: self.failures.clone(),
+            samples: self.samples.clone(),
+            region_names: (0..self.cfg.regions).map(region_name).collect(),
+            allocations: self.allocations.clone(),
         }
     }
 }
