@@ -387,7 +387,16 @@ pub struct GenesisPlan {
     pub validators_per_region: u32,
     pub base_port: u16,
     pub created_at: Millis,
+    /// The demo distribution's allocation in each region (claims pay
+    /// `DEMO_AMOUNT_PER_CLAIM` each).
+    pub region_budget: u64,
 }
+
+/// The demo distribution's allocation per region unless asked otherwise:
+/// 10,000 claims of `DEMO_AMOUNT_PER_CLAIM`.
+pub const DEMO_REGION_BUDGET: u64 = 1_000_000;
+/// What one claim on the demo distribution pays.
+pub const DEMO_AMOUNT_PER_CLAIM: u64 = 100;
 
 /// One node's addresses, as written to `network.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -518,7 +527,12 @@ pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, Conf
             index += 1;
         }
     }
-    let total_per_region: u64 = 1_000_000;
+    let total_per_region = plan.region_budget;
+    if total_per_region < DEMO_AMOUNT_PER_CLAIM {
+        return Err(ConfigError::Usage(format!(
+            "a region budget of {total_per_region} pays no claim of {DEMO_AMOUNT_PER_CLAIM}"
+        )));
+    }
     let genesis = Genesis {
         network_name: plan.network_name.clone(),
         created_at: plan.created_at,
@@ -559,7 +573,7 @@ fn demo_distribution(regions: &[String], per_region: u64) -> DistributionEntry {
         asset: "DEMO".into(),
         total: per_region.saturating_mul(regions.len() as u64),
         schema: DEMO_SCHEMA.into(),
-        amount_per_claim: 100,
+        amount_per_claim: DEMO_AMOUNT_PER_CLAIM,
         opens_at: 0,
         closes_at: 0,
         allocations: regions
@@ -728,6 +742,7 @@ mod tests {
             validators_per_region: 2,
             base_port: 20000,
             created_at: 1,
+            region_budget: DEMO_REGION_BUDGET,
         };
         let net = write_network(&plan, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(net.nodes.len(), 4);
