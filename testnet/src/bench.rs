@@ -84,7 +84,12 @@ pub struct VsEtcdArgs {
     #[arg(long, default_value_t = SECONDS_DEFAULT)]
     pub seconds: f64,
     /// The systems to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "etcd,credence-3x4,credence-1x4")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "etcd,credence-3x4,credence-1x4"
+    )]
     pub systems: Vec<System>,
 }
 
@@ -230,6 +235,20 @@ struct TestnetGuard(Layout);
 impl Drop for TestnetGuard {
     fn drop(&mut self) {
         let _ = lifecycle::down(&self.0);
+        reap_children();
+    }
+}
+
+/// Collects the exit status of every child that has exited (the testnet's
+/// nodes are this process's children and are not waited for by `down`),
+/// so none lingers as a zombie while later rows run.
+fn reap_children() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
 

@@ -298,7 +298,10 @@ fn batch_txn(bucket: &[u8], mod_revision: i64, remaining: u64, amount: u64, slot
         failure.push(range(slot.to_vec(), true));
     }
     let spent = amount.saturating_mul(slots.len() as u64);
-    success.push(put(bucket.to_vec(), remaining.saturating_sub(spent).to_string().into_bytes()));
+    success.push(put(
+        bucket.to_vec(),
+        remaining.saturating_sub(spent).to_string().into_bytes(),
+    ));
     pb::TxnRequest {
         compare: compares,
         success,
@@ -317,7 +320,10 @@ pub async fn run(cluster: &Cluster, w: &Workload) -> anyhow::Result<Outcome> {
         .map(|u| client(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Every bucket key starts with its budget.
-    let mut first = clients.first().cloned().ok_or_else(|| anyhow!("the etcd cluster has no member"))?;
+    let mut first = clients
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("the etcd cluster has no member"))?;
     let setup = pb::TxnRequest {
         compare: vec![],
         success: (0..w.buckets)
@@ -437,8 +443,11 @@ async fn writer(
                 let mut o = lock(&outcome);
                 o.transactions += 1;
                 o.last_commit_ms = credence::node::now_ms();
-                o.latencies_us
-                    .extend(batch.iter().map(|q| now.saturating_duration_since(q.due).as_micros() as u64));
+                o.latencies_us.extend(
+                    batch
+                        .iter()
+                        .map(|q| now.saturating_duration_since(q.due).as_micros() as u64),
+                );
                 batch.clear();
                 break;
             }
@@ -457,7 +466,8 @@ async fn writer(
                 match r {
                     Some(pb::response_op::Response::ResponseRange(s)) if s.count > 0 => {
                         let mut o = lock(&outcome);
-                        o.latencies_us.push(now.saturating_duration_since(q.due).as_micros() as u64);
+                        o.latencies_us
+                            .push(now.saturating_duration_since(q.due).as_micros() as u64);
                         o.last_commit_ms = credence::node::now_ms();
                     }
                     _ => kept.push(q),
@@ -482,8 +492,13 @@ mod tests {
             txn.compare.first().and_then(|c| c.target_union.clone()),
             Some(pb::compare::TargetUnion::ModRevision(42))
         );
-        assert!(txn.compare.iter().skip(1).all(|c| c.target == pb::compare::CompareTarget::Create as i32
-            && c.target_union == Some(pb::compare::TargetUnion::CreateRevision(0))));
+        assert!(
+            txn.compare
+                .iter()
+                .skip(1)
+                .all(|c| c.target == pb::compare::CompareTarget::Create as i32
+                    && c.target_union == Some(pb::compare::TargetUnion::CreateRevision(0)))
+        );
         // Two slots and the bucket's new remainder.
         let last = txn.success.last().and_then(|op| op.request.clone());
         assert_eq!(

@@ -48,13 +48,7 @@ type Plotted = Result<(), Box<dyn std::error::Error>>;
 
 /// One line per system (and per figure in `figures`) of `y(row)` against
 /// offered load, on log–log axes.
-fn plot(
-    path: &Path,
-    caption: &str,
-    y_desc: &str,
-    rows: &[Row],
-    figures: &[(&str, fn(&Row) -> f64, bool)],
-) -> Plotted {
+fn plot(path: &Path, caption: &str, y_desc: &str, rows: &[Row], figures: &[(&str, fn(&Row) -> f64, bool)]) -> Plotted {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let x = log_range(rows.iter().map(|r| r.offered));
