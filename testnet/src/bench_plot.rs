@@ -46,9 +46,13 @@ fn log_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 
 type Plotted = Result<(), Box<dyn std::error::Error>>;
 
+/// One line of a plot: its label after the system's name, the figure drawn,
+/// and whether it is drawn faint.
+type Figure<'a> = (&'a str, fn(&Row) -> f64, bool);
+
 /// One line per system (and per figure in `figures`) of `y(row)` against
 /// offered load, on log–log axes.
-fn plot(path: &Path, caption: &str, y_desc: &str, rows: &[Row], figures: &[(&str, fn(&Row) -> f64, bool)]) -> Plotted {
+fn plot(path: &Path, caption: &str, y_desc: &str, rows: &[Row], figures: &[Figure<'_>]) -> Plotted {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let x = log_range(rows.iter().map(|r| r.offered));
