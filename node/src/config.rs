@@ -426,6 +426,12 @@ pub const PORTS_PER_NODE: u16 = 3;
 /// Writes a whole local network: genesis, demo keys, one directory per
 /// validator with its key and node.toml, and network.json.
 pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, ConfigError> {
+    if plan.region_budget < DEMO_AMOUNT_PER_CLAIM {
+        return Err(ConfigError::Usage(format!(
+            "a region budget of {} pays no claim of {DEMO_AMOUNT_PER_CLAIM}",
+            plan.region_budget
+        )));
+    }
     if plan.regions.is_empty() || plan.validators_per_region == 0 {
         return Err(ConfigError::Usage(
             "need at least one region and one validator per region".into(),
@@ -528,11 +534,6 @@ pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, Conf
         }
     }
     let total_per_region = plan.region_budget;
-    if total_per_region < DEMO_AMOUNT_PER_CLAIM {
-        return Err(ConfigError::Usage(format!(
-            "a region budget of {total_per_region} pays no claim of {DEMO_AMOUNT_PER_CLAIM}"
-        )));
-    }
     let genesis = Genesis {
         network_name: plan.network_name.clone(),
         created_at: plan.created_at,
@@ -760,6 +761,27 @@ mod tests {
             Some("us-1")
         );
         assert!(matches!(write_network(&plan, dir.path()), Err(ConfigError::Usage(_))));
+    }
+
+    #[test]
+    fn a_generated_network_takes_its_region_budget() {
+        let plan = |region_budget| GenesisPlan {
+            network_name: "t".into(),
+            regions: vec!["eu".into(), "us".into()],
+            validators_per_region: 1,
+            base_port: 20000,
+            created_at: 1,
+            region_budget,
+        };
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write_network(&plan(5_000_000), dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(dir.path().join("genesis.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("total = 10000000"), "{text}");
+        assert!(text.contains("amount = 5000000"), "{text}");
+        let small = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let err = write_network(&plan(DEMO_AMOUNT_PER_CLAIM - 1), small.path());
+        assert!(matches!(err, Err(ConfigError::Usage(_))));
+        assert!(!small.path().join("genesis.toml").exists());
     }
 
     #[test]
