@@ -387,7 +387,16 @@ pub struct GenesisPlan {
     pub validators_per_region: u32,
     pub base_port: u16,
     pub created_at: Millis,
+    /// The demo distribution's allocation in each region (claims pay
+    /// `DEMO_AMOUNT_PER_CLAIM` each).
+    pub region_budget: u64,
 }
+
+/// The demo distribution's allocation per region unless asked otherwise:
+/// 10,000 claims of `DEMO_AMOUNT_PER_CLAIM`.
+pub const DEMO_REGION_BUDGET: u64 = 1_000_000;
+/// What one claim on the demo distribution pays.
+pub const DEMO_AMOUNT_PER_CLAIM: u64 = 100;
 
 /// One node's addresses, as written to `network.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -417,6 +426,12 @@ pub const PORTS_PER_NODE: u16 = 3;
 /// Writes a whole local network: genesis, demo keys, one directory per
 /// validator with its key and node.toml, and network.json.
 pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, ConfigError> {
+    if plan.region_budget < DEMO_AMOUNT_PER_CLAIM {
+        return Err(ConfigError::Usage(format!(
+            "a region budget of {} pays no claim of {DEMO_AMOUNT_PER_CLAIM}",
+            plan.region_budget
+        )));
+    }
     if plan.regions.is_empty() || plan.validators_per_region == 0 {
         return Err(ConfigError::Usage(
             "need at least one region and one validator per region".into(),
@@ -518,7 +533,7 @@ pub fn write_network(plan: &GenesisPlan, out: &Path) -> Result<NetworkFile, Conf
             index += 1;
         }
     }
-    let total_per_region: u64 = 1_000_000;
+    let total_per_region = plan.region_budget;
     let genesis = Genesis {
         network_name: plan.network_name.clone(),
         created_at: plan.created_at,
@@ -559,7 +574,7 @@ fn demo_distribution(regions: &[String], per_region: u64) -> DistributionEntry {
         asset: "DEMO".into(),
         total: per_region.saturating_mul(regions.len() as u64),
         schema: DEMO_SCHEMA.into(),
-        amount_per_claim: 100,
+        amount_per_claim: DEMO_AMOUNT_PER_CLAIM,
         opens_at: 0,
         closes_at: 0,
         allocations: regions
@@ -728,6 +743,7 @@ mod tests {
             validators_per_region: 2,
             base_port: 20000,
             created_at: 1,
+            region_budget: DEMO_REGION_BUDGET,
         };
         let net = write_network(&plan, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(net.nodes.len(), 4);
@@ -745,6 +761,27 @@ mod tests {
             Some("us-1")
         );
         assert!(matches!(write_network(&plan, dir.path()), Err(ConfigError::Usage(_))));
+    }
+
+    #[test]
+    fn a_generated_network_takes_its_region_budget() {
+        let plan = |region_budget| GenesisPlan {
+            network_name: "t".into(),
+            regions: vec!["eu".into(), "us".into()],
+            validators_per_region: 1,
+            base_port: 20000,
+            created_at: 1,
+            region_budget,
+        };
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write_network(&plan(5_000_000), dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(dir.path().join("genesis.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("total = 10000000"), "{text}");
+        assert!(text.contains("amount = 5000000"), "{text}");
+        let small = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let err = write_network(&plan(DEMO_AMOUNT_PER_CLAIM - 1), small.path());
+        assert!(matches!(err, Err(ConfigError::Usage(_))));
+        assert!(!small.path().join("genesis.toml").exists());
     }
 
     #[test]

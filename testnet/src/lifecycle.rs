@@ -42,6 +42,8 @@ pub struct UpOptions {
     pub observers: u32,
     pub shaped: bool,
     pub timeout: Duration,
+    /// The demo distribution's allocation in each region.
+    pub region_budget: u64,
 }
 
 /// Parses `--regions`: a count (named eu, us, ap, …) or a comma list of names.
@@ -148,6 +150,8 @@ fn create(layout: &Layout, opts: &UpOptions, bins: &Binaries) -> anyhow::Result<
         .arg(base.to_string())
         .arg("--network-name")
         .arg("credence-testnet")
+        .arg("--region-budget")
+        .arg(opts.region_budget.to_string())
         .output()
         .with_context(|| format!("cannot run {}", bins.credence.display()))?;
     if !out.status.success() {

@@ -126,6 +126,8 @@ struct Progress {
     slowest: Vec<(u64, String)>,
     /// Ids of the claims the entry node answered `regional` (or `global`) for.
     acknowledged: Vec<String>,
+    /// The latest wall-clock time (ms) at which a claim reached the awaited step.
+    last_reached_at: u64,
 }
 
 /// A claimant whose credential was submitted: who claims, and where.
@@ -150,6 +152,8 @@ struct Outcome {
     unsettled: Option<String>,
     /// The claim's id and entry node, to look a slow one up.
     named: String,
+    /// The entry node's wall-clock time (ms) of the awaited step.
+    reached_at: Option<u64>,
 }
 
 pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
@@ -242,6 +246,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<(Value, Vec<String>)> {
     let prepare_s = prepare_started.elapsed().as_secs_f64();
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let started = Instant::now();
+    let paced_started_ms = credence::node::now_ms();
     let reporter = tokio::spawn(report_progress(progress.clone(), opts.claims));
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate));
     let mut tasks = Vec::new();
@@ -322,6 +327,8 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<(Value, Vec<String>)> {
         "region": opts.region,
         "credentials": format!("{:?}", opts.credentials).to_lowercase(),
         "prepare_s": prepare_s,
+        "paced_started_ms": paced_started_ms,
+        "last_reached_ms": (p.last_reached_at > 0).then_some(p.last_reached_at),
         "rate_asked": opts.rate,
         "rate_achieved": opts.claims as f64 / sending.as_secs_f64().max(1e-3),
         "duration_s": elapsed.as_secs_f64(),
@@ -338,6 +345,9 @@ impl Progress {
         }
         self.finished += 1;
         *self.counts.entry(outcome.status).or_default() += 1;
+        if let Some(at) = outcome.reached_at {
+            self.last_reached_at = self.last_reached_at.max(at);
+        }
         if let Some(l) = outcome.latency_ms {
             self.latencies_ms.push(l);
             if self.slowest.len() < ERRORS_KEPT || self.slowest.first().is_some_and(|(fastest, _)| l > *fastest) {
@@ -462,7 +472,7 @@ fn lock(p: &Mutex<Progress>) -> std::sync::MutexGuard<'_, Progress> {
 }
 
 /// The `q` quantile of sorted values (nearest rank), or null when empty.
-fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+pub fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -509,6 +519,7 @@ fn failed(error: String) -> Outcome {
         error: Some(error),
         unsettled: None,
         named: String::new(),
+        reached_at: None,
     }
 }
 
@@ -645,6 +656,7 @@ async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcom
                 global_ms: None,
                 provisional_ms: None,
                 error: None,
+                reached_at: None,
             });
         }
         tokio::time::sleep(pause).await;
@@ -675,6 +687,7 @@ fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64, named: &str) -> O
         error: (c.status == "rejected").then(|| format!("rejected: {}", c.reason)),
         unsettled: None,
         named: named.to_string(),
+        reached_at: (reached > 0 && c.status != "rejected").then_some(reached),
     })
 }
 
@@ -762,10 +775,12 @@ mod tests {
                 error: None,
                 unsettled: None,
                 named: format!("c{ms} at eu-0"),
+                reached_at: Some(ms),
             });
         }
         let kept: Vec<u64> = progress.slowest.iter().map(|(ms, _)| *ms).collect();
         assert_eq!(kept, vec![30, 40, 50, 60, 70]);
         assert_eq!(progress.slowest.last().map(|(_, n)| n.as_str()), Some("c70 at eu-0"));
+        assert_eq!(progress.last_reached_at, 70);
     }
 }

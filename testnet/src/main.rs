@@ -13,6 +13,9 @@ macro_rules! outln {
 }
 
 mod attack;
+mod bench;
+mod bench_etcd;
+mod bench_plot;
 mod chaos;
 mod check;
 mod faults;
@@ -90,6 +93,11 @@ enum Cmd {
         /// relay per directed link), so `delay` and blackhole partitions work.
         #[arg(long)]
         shaped: bool,
+        /// The demo distribution's allocation in each region; each claim
+        /// pays 100, so the default pays 10,000 claims per region. Raise it
+        /// for long loads (only a new testnet takes it).
+        #[arg(long, default_value_t = credence::config::DEMO_REGION_BUDGET)]
+        region_budget: u64,
         /// How long to wait for the network to become healthy.
         #[arg(long, default_value_t = lifecycle::UP_TIMEOUT.as_secs())]
         timeout_secs: u64,
@@ -324,12 +332,46 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         secs: u64,
     },
+    /// Benchmarks against other systems on this machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Run the link shaper (started by `up --shaped`; not for direct use).
     #[command(hide = true)]
     Shaper {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Cost per certified claim, side by side with a 3-member etcd on
+    /// loopback: for each offered rate (100, 500, 1000, 2000, 4000 claims/s;
+    /// --quick: 100 and 1000), 8 s each, a fresh etcd cluster running the
+    /// exactly-once claim workload (one bucket key and writer per bucket of
+    /// the 3 × 4 network, each writer batching its queued claims into one
+    /// compare-and-put transaction, open-loop), then fresh Credence testnets
+    /// of 3 × 4 and 1 × 4 under `load` (latency to `regional`). Reports
+    /// achieved claims/s, p50/p99, server CPU cores (utime + stime of every
+    /// etcd or node process) and CPU ms per committed claim, the ratios to
+    /// etcd, and writes SVG plots and bench.json under --out. Needs `etcd`
+    /// on PATH (Debian: apt-get install etcd-server). Everything it starts
+    /// is stopped when it ends, fails, or gets SIGINT/SIGTERM.
+    #[command(verbatim_doc_comment)]
+    VsEtcd(bench::VsEtcdArgs),
+}
+
+/// Runs `work`, or stops at SIGINT/SIGTERM; dropping `work` stops whatever
+/// it started.
+async fn until_signal<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (SIGINT); everything started was stopped"),
+        _ = term.recv() => anyhow::bail!("terminated (SIGTERM); everything started was stopped"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -367,6 +409,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             validators_per_region,
             observers,
             shaped,
+            region_budget,
             timeout_secs,
         } => {
             let layout = Layout::new(&common.dir)?;
@@ -376,6 +419,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 observers,
                 shaped,
                 timeout: Duration::from_secs(timeout_secs),
+                region_budget,
             };
             let state = lifecycle::up(&layout, &opts).await?;
             let nodes: Vec<Value> = state
@@ -668,6 +712,12 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             if v["check"]["ok"].as_bool() != Some(true) || v["acknowledged_lost"].as_u64() != Some(0) {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Cmd::Bench {
+            what: BenchCmd::VsEtcd(args),
+        } => {
+            let v = until_signal(bench::vs_etcd(&args)).await?;
+            emit(args.json, &v, bench::print_report);
         }
         Cmd::Shaper { common } => {
             let layout = Layout::new(&common.dir)?;

@@ -519,6 +519,7 @@ fn main() -> Result<()> {
         validators_per_region: 2,
         base_port: 7100,
         created_at: 1_700_000_000_000,
+        region_budget: credence::config::DEMO_REGION_BUDGET,
     };
     // Its genesis holds fresh random keys, so only its node files (which
     // name key files, not keys) are seeds; the genesis variant is derived

@@ -33,6 +33,10 @@ pub struct GenesisArgs {
     /// A name for the network.
     #[arg(long, default_value = "credence-local")]
     pub network_name: String,
+    /// The demo distribution's allocation in each region; each claim pays
+    /// 100, so the default pays 10,000 claims per region.
+    #[arg(long, default_value_t = config::DEMO_REGION_BUDGET)]
+    pub region_budget: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -244,6 +248,7 @@ fn local(args: GenesisArgs) -> anyhow::Result<()> {
         validators_per_region: args.validators_per_region,
         base_port: args.base_port,
         created_at: node::now_ms(),
+        region_budget: args.region_budget,
     };
     let network = config::write_network(&plan, &out)?;
     if args.json {
