@@ -1,6 +1,7 @@
 //! The bench's plots: latency (p50 and p99) against offered load, and CPU
-//! per committed claim against offered load, one line per system, as SVG
-//! (the viewer draws the text, so no font files are needed).
+//! per committed claim against offered load, one line per system, as SVG.
+//! plotters measures text while laying a plot out, so the stress reports'
+//! font is registered first (`credence::stress::plot::font`).
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +106,7 @@ fn plot(path: &Path, caption: &str, y_desc: &str, rows: &[Row], figures: &[Figur
 
 /// Writes `latency.svg` and `cpu-per-claim.svg` into `dir`; returns their paths.
 pub fn write(rows: &[Row], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    credence::stress::plot::font()?;
     let latency = dir.join("latency.svg");
     plot(
         &latency,

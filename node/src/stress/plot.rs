@@ -75,8 +75,10 @@ impl Panel {
     }
 }
 
-/// Registers the plot font once; the error says where it was looked for.
-fn font() -> anyhow::Result<()> {
+/// Registers the plot font once under the family "sans-serif"; the error says where it was
+/// looked for. Every plot of this workspace calls it first: plotters lays text out with it,
+/// even for SVG.
+pub fn font() -> anyhow::Result<()> {
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
