@@ -49,8 +49,6 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// eleven pages per node that stalled votes for a few hundred milliseconds
 /// every `SYNC_INTERVAL`.
 pub const SYNC_SLOTS: u32 = 16;
-/// Shortest gap between two frontier-triggered pulls from one peer.
-pub const SYNC_NOW_MIN_GAP: Duration = Duration::from_secs(1);
 /// Entries asked for per sync page.
 pub const SYNC_PAGE_ENTRIES: u32 = 512;
 /// How often disconnected known peers are redialled.
@@ -282,12 +280,13 @@ impl NetHandle {
         );
     }
 
-    /// Gossips a certificate to every node.
-    pub fn publish_certificate(&self, raw: Vec<u8>) {
-        let topic = IdentTopic::new(format!("{}certs/1", self.topic_prefix));
+    /// Gossips a certificate formed here to this node's own region (its
+    /// region's certificate topic, [`certificate_topic`]); the other regions
+    /// pull it by frontier difference.
+    pub fn publish_certificate(&self, region: &str, raw: Vec<u8>) {
         self.try_command(
             Command::PublishRaw {
-                topic,
+                topic: IdentTopic::new(format!("{}certs/{region}/1", self.topic_prefix)),
                 label: "certs",
                 raw,
             },
@@ -361,11 +360,20 @@ fn topic_short_name<'a>(prefix: &str, topic: &'a TopicHash) -> &'a str {
     name.strip_suffix("/1").unwrap_or(name)
 }
 
+/// A region's certificate topic. Only its own validators subscribe
+/// (observers subscribe to every region's): a certificate costs a copy per
+/// node of its region, not of the network, and the other regions take it
+/// in pages from their frontier pulls (`core::validator::FRONTIER_PULL_GAP_MS`).
+pub fn certificate_topic(network: &NetworkId, region: &str) -> IdentTopic {
+    topic(network, &format!("certs/{region}"))
+}
+
 /// The topic an object kind travels on.
 pub fn topic_of(network: &NetworkId, kind: Kind) -> IdentTopic {
     let name = match kind {
         Kind::Attestation | Kind::Revocation | Kind::IssuerGrant => "cred",
         Kind::Distribution | Kind::Rebalance => "dist",
+        // Certificates travel on their region's topic: see `certificate_topic`.
         Kind::Batch | Kind::Vote | Kind::Freeze => "certs",
         // Claims travel on their home region's topic: see `NetHandle::publish_claim`.
         Kind::Claim => "claims",
@@ -462,12 +470,16 @@ pub async fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, NetError> {
     let network_id = config.network_id;
-    let mut topics: Vec<IdentTopic> = ["cred", "dist", "certs", "heartbeat", "evidence"]
+    let mut topics: Vec<IdentTopic> = ["cred", "dist", "heartbeat", "evidence"]
         .iter()
         .map(|name| topic(&network_id, name))
         .collect();
     if let Some(region) = &config.region {
         topics.push(topic(&network_id, &format!("claims/{region}")));
+        topics.push(certificate_topic(&network_id, region));
+    } else {
+        let regions: std::collections::BTreeSet<&str> = config.validators.iter().map(|v| v.region.as_str()).collect();
+        topics.extend(regions.into_iter().map(|region| certificate_topic(&network_id, region)));
     }
     let cred_topic = topic(&network_id, "cred").hash();
     let gossip_config = gossipsub::ConfigBuilder::default()
@@ -612,7 +624,6 @@ pub async fn spawn(
         cert_cursors: HashMap::new(),
         syncing: HashSet::new(),
         blocked: HashSet::new(),
-        last_sync_now: HashMap::new(),
         gossip_stuck: HashMap::new(),
         handoffs: HashMap::new(),
         handoffs_waiting: HashMap::new(),
@@ -683,7 +694,6 @@ struct EventLoop {
     /// Peers blocked by fault injection; not redialled.
     blocked: HashSet<PeerId>,
     /// When a frontier difference last triggered a pull from each peer.
-    last_sync_now: HashMap<PeerId, std::time::Instant>,
     /// Peers whose gossip queue was full, with how many heartbeats in a row
     /// and when it was last reported.
     gossip_stuck: HashMap<PeerId, (u32, std::time::Instant)>,
@@ -826,14 +836,12 @@ impl EventLoop {
                 let _ = reply.send(self.listening.iter().map(|a| a.to_string()).collect());
             }
             Command::SyncNow { key } => {
+                // Paced by the validator (one source per region, at most
+                // every `FRONTIER_PULL_GAP_MS`); a pull already in flight
+                // to the peer absorbs this one.
                 if let Some(peer) = crate::keys::peer_id_of(&key)
                     && self.connected.contains_key(&peer)
-                    && self
-                        .last_sync_now
-                        .get(&peer)
-                        .is_none_or(|at| at.elapsed() >= SYNC_NOW_MIN_GAP)
                 {
-                    self.last_sync_now.insert(peer, std::time::Instant::now());
                     self.request_sync(peer);
                 }
             }

@@ -967,8 +967,10 @@ impl Actor {
             // Certificates that arrived from peers are stored in order with
             // the rest but not published again: gossip relays what it
             // delivered, and a synced one is old news.
-            for raw in std::mem::take(&mut effects.certificates_to_publish) {
-                self.net.publish_certificate(raw);
+            if let Some(region) = self.escrow.region() {
+                for raw in std::mem::take(&mut effects.certificates_to_publish) {
+                    self.net.publish_certificate(region, raw);
+                }
             }
             for raw in std::mem::take(&mut effects.evidence_to_publish) {
                 self.metrics.equivocations_detected.inc();

@@ -367,11 +367,12 @@ async fn rogue_swarm(target: &Target) -> anyhow::Result<(Swarm<Rogue>, PeerId)> 
 }
 
 fn topics(target: &Target) -> Vec<IdentTopic> {
-    let mut names: Vec<String> = ["cred", "dist", "certs", "heartbeat", "evidence"]
+    let mut names: Vec<String> = ["cred", "dist", "heartbeat", "evidence"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     names.extend(target.regions.iter().map(|r| format!("claims/{r}")));
+    names.extend(target.regions.iter().map(|r| format!("certs/{r}")));
     names.iter().map(|n| net::topic(&target.network, n)).collect()
 }
 

@@ -187,7 +187,9 @@ pub struct Outputs {
     pub vote_requests: Vec<(Key, pb::VoteRequest)>,
     /// Claims to gossip on their home region's topic.
     pub claims_to_publish: Vec<(String, Vec<u8>)>,
-    /// Certificates formed here, to gossip.
+    /// Certificates formed here, to gossip to this validator's own region
+    /// only (its region's certificate topic). The other regions pull them
+    /// by frontier difference ([`FRONTIER_PULL_GAP_MS`]).
     pub certificates_to_publish: Vec<Vec<u8>>,
     /// Equivocation evidence found here (encoded `Evidence` envelopes signed
     /// by this node), to gossip on `evidence`.
@@ -601,6 +603,9 @@ struct DelayState {
     suspected_since: BTreeMap<Key, Millis>,
     /// Since when this node's own region's quorum has been reachable without a break.
     quorum_since: Option<Millis>,
+    /// Per region: the validator frontier pulls go to, and when the last one
+    /// started ([`FRONTIER_PULL_GAP_MS`]).
+    pull_sources: BTreeMap<String, (Key, Millis)>,
     takeover_after_ms: Millis,
     /// This node's own load in [0, 1] (Lifeguard scaling).
     load: f64,
@@ -624,6 +629,19 @@ pub const BATCH_CLOSE_MAX_MS: Millis = 250;
 pub const DISCONNECT_AFTER_MS: Millis = 2_000;
 /// Lifeguard: an overloaded node raises its suspicion threshold up to this factor.
 pub const LIFEGUARD_MAX_FACTOR: f64 = 3.0;
+/// Shortest gap between two pulls this node starts from one region's
+/// validators because their heartbeats report a frontier ahead of its ledger.
+/// Certificates are gossiped only inside the region that formed them
+/// ([`Outputs::certificates_to_publish`]); every other region takes them
+/// from these pulls, so one pull per region per gap carries, in pages,
+/// everything that region certified meanwhile.
+pub const FRONTIER_PULL_GAP_MS: Millis = 500;
+/// A region's frontier pulls go to one validator of it (the pull source),
+/// whose log cursor stays fresh, so a pull carries only what is new. When
+/// other validators of that region report a frontier ahead of this ledger
+/// and the source has given no reason to pull for this long (it lags, or
+/// reports an old frontier), the next of them to report one becomes the source.
+pub const FRONTIER_SOURCE_SWITCH_MS: Millis = 4 * FRONTIER_PULL_GAP_MS;
 
 /// What status reports about the delay-aware quorum.
 #[derive(Clone, Debug)]
@@ -815,6 +833,11 @@ impl Validator {
     /// A distribution's name, if it has one.
     pub fn distribution_name(&self, id: &Digest) -> String {
         self.distribution_names.get(id).cloned().unwrap_or_default()
+    }
+
+    /// This validator's region (none for an observer).
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 
     /// Age of this node's view of a region: 0 for its own region, else the
@@ -1163,6 +1186,25 @@ impl Validator {
                 .iter()
                 .any(|(bucket, len)| *len > self.ledger.next_seq(bucket).unwrap_or(0))
         })
+    }
+
+    /// Whether to pull from `validator`, whose heartbeat reports a frontier
+    /// ahead of this ledger, now: it is its region's pull source (or becomes
+    /// it) and that region was not pulled from within [`FRONTIER_PULL_GAP_MS`].
+    /// Records the pull when it is due.
+    fn frontier_pull_due(&mut self, validator: &Key, now: Millis) -> bool {
+        let Some(region) = self.ledger.validators().get(validator).map(|v| v.region.clone()) else {
+            return false;
+        };
+        let due = match self.delay.pull_sources.get(&region) {
+            None => true,
+            Some((source, last)) if source == validator => now.saturating_sub(*last) >= FRONTIER_PULL_GAP_MS,
+            Some((_, last)) => now.saturating_sub(*last) >= FRONTIER_SOURCE_SWITCH_MS,
+        };
+        if due {
+            self.delay.pull_sources.insert(region, (*validator, now));
+        }
+        due
     }
 
     /// An RTT sample to a validator (ping or request-response).
@@ -1610,7 +1652,7 @@ impl Validator {
                     news,
                     ..Outputs::default()
                 };
-                if news && self.is_behind(&heartbeat.signer) {
+                if news && self.is_behind(&heartbeat.signer) && self.frontier_pull_due(&heartbeat.signer, now) {
                     out.sync_from.push(heartbeat.signer);
                 }
                 out

@@ -252,10 +252,10 @@ enum TopicClass {
 struct Topics {
     credentials: TopicHash,
     operator: TopicHash,
-    certificates: TopicHash,
     heartbeats: TopicHash,
     evidence: TopicHash,
     claims_prefix: String,
+    certificates_prefix: String,
 }
 
 impl Topics {
@@ -263,10 +263,10 @@ impl Topics {
         Topics {
             credentials: topic_of(network, Kind::Attestation).hash(),
             operator: topic_of(network, Kind::Distribution).hash(),
-            certificates: topic_of(network, Kind::Batch).hash(),
             heartbeats: topic_of(network, Kind::Heartbeat).hash(),
             evidence: topic_of(network, Kind::Evidence).hash(),
             claims_prefix: format!("{}claims/", super::topic_prefix(network)),
+            certificates_prefix: format!("{}certs/", super::topic_prefix(network)),
         }
     }
 
@@ -275,14 +275,14 @@ impl Topics {
             TopicClass::Credentials
         } else if *topic == self.operator {
             TopicClass::Operator
-        } else if *topic == self.certificates {
-            TopicClass::Certificates
         } else if *topic == self.heartbeats {
             TopicClass::Heartbeats
         } else if *topic == self.evidence {
             TopicClass::Evidence
         } else if topic.as_str().starts_with(&self.claims_prefix) {
             TopicClass::Claims
+        } else if topic.as_str().starts_with(&self.certificates_prefix) {
+            TopicClass::Certificates
         } else {
             TopicClass::Other
         }

@@ -1118,8 +1118,10 @@ impl World {
                 self.gossip(node, region, Topic::Claim, raw);
             }
         }
+        // Certificates go to the node's own region; the others pull them.
+        let own_region = self.nodes.get(node).map(|n| n.region);
         for raw in out.certificates_to_publish {
-            self.gossip(node, None, Topic::Certificate, raw);
+            self.gossip(node, own_region, Topic::Certificate, raw);
         }
         if let Some(raw) = out.heartbeat
             && self.cfg.heartbeats

@@ -493,3 +493,67 @@ fn a_batch_signed_far_ahead_does_not_hide_the_owners_batch_at_the_next_seq() {
     .digest();
     assert_eq!(node.seen_batches.get(&bucket).map(|(b, _)| b.seq), Some(0));
 }
+
+/// A heartbeat of `signer` at `seq` reporting `len` certified entries for `bucket`.
+fn heartbeat_ahead(network: &NetworkId, signer: &SigningKey, seq: u64, bucket: &Digest, len: u64) -> Verified {
+    let body = pb::Heartbeat {
+        validator: key_of(signer).to_vec(),
+        sent_at: seq,
+        frontier: vec![pb::FrontierEntry {
+            bucket_id: bucket.to_vec(),
+            seq: len,
+        }],
+        liquidity: vec![],
+        state_digest: vec![],
+        load: 0.0,
+        seq,
+        needs: vec![],
+    };
+    let (raw, _) = seal(network, signer, Kind::Heartbeat, body.encode_to_vec());
+    envelope::decode(network, &raw).unwrap().verify().unwrap()
+}
+
+#[test]
+fn frontier_pulls_go_to_one_source_per_region_at_most_once_per_gap() {
+    use super::{FRONTIER_PULL_GAP_MS, FRONTIER_SOURCE_SWITCH_MS};
+    // eu-0 (this node), eu-1, us-0, us-1.
+    let local = local_network(&["eu", "us"], 2, 11, 1_000, 10).unwrap();
+    let network = local.genesis.network_id;
+    let [eu0, eu1, us0, us1] = [0, 1, 2, 3].map(|i| local.validators[i].clone());
+    let mut node = Validator::new(&local.genesis.setup(), Box::new(eu0.clone()), &[]).unwrap();
+    let book = book_of(&local);
+    let distribution = wire::genesis_distribution_id(&network, 0);
+    let abroad = {
+        let active = node.ledger().distribution(&distribution).unwrap();
+        active.buckets().find(|b| b.id.owner == key_of(&us0)).unwrap().digest
+    };
+    let mut seq = 0;
+    let mut beat = |node: &mut Validator, from: &SigningKey, now: Millis, len: u64| -> Vec<Key> {
+        seq += 1;
+        let heartbeat = heartbeat_ahead(&network, from, seq, &abroad, len);
+        node.step(now, &book, Input::Heartbeat { heartbeat: &heartbeat })
+            .unwrap()
+            .sync_from
+    };
+    let now = 1_000_000;
+    // A frontier that is not ahead asks for nothing.
+    assert!(beat(&mut node, &us0, now, 0).is_empty());
+    // us-0 ahead: it becomes the region's source and is pulled from.
+    assert_eq!(beat(&mut node, &us0, now + 1, 5), vec![key_of(&us0)]);
+    // Within the gap, neither it nor another validator of its region is pulled from.
+    assert!(beat(&mut node, &us0, now + FRONTIER_PULL_GAP_MS / 2, 6).is_empty());
+    assert!(beat(&mut node, &us1, now + FRONTIER_PULL_GAP_MS / 2, 6).is_empty());
+    // After the gap, the source again; another validator of the region is not.
+    assert!(beat(&mut node, &us1, now + 1 + FRONTIER_PULL_GAP_MS, 7).is_empty());
+    assert_eq!(
+        beat(&mut node, &us0, now + 1 + FRONTIER_PULL_GAP_MS, 7),
+        vec![key_of(&us0)]
+    );
+    // A source that gives no reason to pull for the switch time is replaced
+    // by the next validator of its region that is ahead.
+    let later = now + 1 + FRONTIER_PULL_GAP_MS + FRONTIER_SOURCE_SWITCH_MS;
+    assert!(beat(&mut node, &us1, later - 1, 8).is_empty());
+    assert_eq!(beat(&mut node, &us1, later, 8), vec![key_of(&us1)]);
+    // The own region has a source of its own: eu-1 ahead is pulled from at once.
+    assert_eq!(beat(&mut node, &eu1, later, 9), vec![key_of(&eu1)]);
+}
