@@ -636,12 +636,6 @@ pub const LIFEGUARD_MAX_FACTOR: f64 = 3.0;
 /// from these pulls, so one pull per region per gap carries, in pages,
 /// everything that region certified meanwhile.
 pub const FRONTIER_PULL_GAP_MS: Millis = 500;
-/// A region's frontier pulls go to one validator of it (the pull source),
-/// whose log cursor stays fresh, so a pull carries only what is new. When
-/// other validators of that region report a frontier ahead of this ledger
-/// and the source has given no reason to pull for this long (it lags, or
-/// reports an old frontier), the next of them to report one becomes the source.
-pub const FRONTIER_SOURCE_SWITCH_MS: Millis = 4 * FRONTIER_PULL_GAP_MS;
 
 /// What status reports about the delay-aware quorum.
 #[derive(Clone, Debug)]
@@ -1189,8 +1183,12 @@ impl Validator {
     }
 
     /// Whether to pull from `validator`, whose heartbeat reports a frontier
-    /// ahead of this ledger, now: it is its region's pull source (or becomes
-    /// it) and that region was not pulled from within [`FRONTIER_PULL_GAP_MS`].
+    /// ahead of this ledger, now. A region's pulls go to one validator of it
+    /// (its pull source), whose log cursor stays fresh, so a pull carries only
+    /// what is new; at most one pull per region per [`FRONTIER_PULL_GAP_MS`].
+    /// Another validator of the region becomes the source when the source's
+    /// latest frontier is not ahead of this ledger on some bucket where the
+    /// other's is: the source cannot supply it (it lags, or missed it).
     /// Records the pull when it is due.
     fn frontier_pull_due(&mut self, validator: &Key, now: Millis) -> bool {
         let Some(region) = self.ledger.validators().get(validator).map(|v| v.region.clone()) else {
@@ -1198,13 +1196,26 @@ impl Validator {
         };
         let due = match self.delay.pull_sources.get(&region) {
             None => true,
-            Some((source, last)) if source == validator => now.saturating_sub(*last) >= FRONTIER_PULL_GAP_MS,
-            Some((_, last)) => now.saturating_sub(*last) >= FRONTIER_SOURCE_SWITCH_MS,
+            Some((_, last)) if now.saturating_sub(*last) < FRONTIER_PULL_GAP_MS => false,
+            Some((source, _)) => source == validator || !self.can_supply(source, validator),
         };
         if due {
             self.delay.pull_sources.insert(region, (*validator, now));
         }
         due
+    }
+
+    /// Whether `source`'s latest frontier is ahead of this ledger on every
+    /// bucket where `other`'s is.
+    fn can_supply(&self, source: &Key, other: &Key) -> bool {
+        let empty = BTreeMap::new();
+        let theirs = self.delay.frontiers.get(source).unwrap_or(&empty);
+        self.delay.frontiers.get(other).is_none_or(|frontier| {
+            frontier.iter().all(|(bucket, len)| {
+                let mine = self.ledger.next_seq(bucket).unwrap_or(0);
+                *len <= mine || theirs.get(bucket).is_some_and(|l| *l > mine)
+            })
+        })
     }
 
     /// An RTT sample to a validator (ping or request-response).

@@ -942,7 +942,10 @@ mod tests {
         let cases = [
             (topics.credentials.clone(), TopicClass::Credentials),
             (topics.operator.clone(), TopicClass::Operator),
-            (topics.certificates.clone(), TopicClass::Certificates),
+            (
+                super::super::certificate_topic(&network, "eu").hash(),
+                TopicClass::Certificates,
+            ),
             (topics.heartbeats.clone(), TopicClass::Heartbeats),
             (claims, TopicClass::Claims),
             (IdentTopic::new("/elsewhere/1").hash(), TopicClass::Other),

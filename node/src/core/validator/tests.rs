@@ -515,7 +515,7 @@ fn heartbeat_ahead(network: &NetworkId, signer: &SigningKey, seq: u64, bucket: &
 
 #[test]
 fn frontier_pulls_go_to_one_source_per_region_at_most_once_per_gap() {
-    use super::{FRONTIER_PULL_GAP_MS, FRONTIER_SOURCE_SWITCH_MS};
+    use super::FRONTIER_PULL_GAP_MS;
     // eu-0 (this node), eu-1, us-0, us-1.
     let local = local_network(&["eu", "us"], 2, 11, 1_000, 10).unwrap();
     let network = local.genesis.network_id;
@@ -536,24 +536,24 @@ fn frontier_pulls_go_to_one_source_per_region_at_most_once_per_gap() {
             .sync_from
     };
     let now = 1_000_000;
+    let gap = FRONTIER_PULL_GAP_MS;
     // A frontier that is not ahead asks for nothing.
     assert!(beat(&mut node, &us0, now, 0).is_empty());
     // us-0 ahead: it becomes the region's source and is pulled from.
-    assert_eq!(beat(&mut node, &us0, now + 1, 5), vec![key_of(&us0)]);
+    assert_eq!(beat(&mut node, &us0, now, 5), vec![key_of(&us0)]);
     // Within the gap, neither it nor another validator of its region is pulled from.
-    assert!(beat(&mut node, &us0, now + FRONTIER_PULL_GAP_MS / 2, 6).is_empty());
-    assert!(beat(&mut node, &us1, now + FRONTIER_PULL_GAP_MS / 2, 6).is_empty());
-    // After the gap, the source again; another validator of the region is not.
-    assert!(beat(&mut node, &us1, now + 1 + FRONTIER_PULL_GAP_MS, 7).is_empty());
-    assert_eq!(
-        beat(&mut node, &us0, now + 1 + FRONTIER_PULL_GAP_MS, 7),
-        vec![key_of(&us0)]
-    );
-    // A source that gives no reason to pull for the switch time is replaced
-    // by the next validator of its region that is ahead.
-    let later = now + 1 + FRONTIER_PULL_GAP_MS + FRONTIER_SOURCE_SWITCH_MS;
-    assert!(beat(&mut node, &us1, later - 1, 8).is_empty());
-    assert_eq!(beat(&mut node, &us1, later, 8), vec![key_of(&us1)]);
+    assert!(beat(&mut node, &us0, now + gap / 2, 6).is_empty());
+    assert!(beat(&mut node, &us1, now + gap / 2, 6).is_empty());
+    // After the gap: another validator is not pulled from while the source
+    // is ahead where it is (nothing was applied here, so us-0 at 6 can
+    // supply what us-1 reports); the source is.
+    assert!(beat(&mut node, &us1, now + gap, 7).is_empty());
+    assert_eq!(beat(&mut node, &us0, now + gap, 7), vec![key_of(&us0)]);
+    // A source whose frontier is not ahead where another's is cannot supply
+    // it: after the gap, the other becomes the source.
+    assert!(beat(&mut node, &us0, now + gap + 1, 0).is_empty());
+    assert!(beat(&mut node, &us1, now + 2 * gap - 1, 8).is_empty());
+    assert_eq!(beat(&mut node, &us1, now + 2 * gap, 8), vec![key_of(&us1)]);
     // The own region has a source of its own: eu-1 ahead is pulled from at once.
-    assert_eq!(beat(&mut node, &eu1, later, 9), vec![key_of(&eu1)]);
+    assert_eq!(beat(&mut node, &eu1, now + 2 * gap, 9), vec![key_of(&eu1)]);
 }
