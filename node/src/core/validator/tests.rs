@@ -19,10 +19,21 @@ fn key_of(signer: &SigningKey) -> Key {
 
 /// A heartbeat of `signer` at `seq` carrying `needs`, verified as the node would.
 fn heartbeat(network: &NetworkId, signer: &SigningKey, seq: u64, needs: Vec<pb::BucketNeed>) -> Verified {
+    heartbeat_with(network, signer, seq, needs, vec![])
+}
+
+/// A heartbeat of `signer` at `seq` carrying `needs` and `frontier`.
+fn heartbeat_with(
+    network: &NetworkId,
+    signer: &SigningKey,
+    seq: u64,
+    needs: Vec<pb::BucketNeed>,
+    frontier: Vec<pb::FrontierEntry>,
+) -> Verified {
     let body = pb::Heartbeat {
         validator: key_of(signer).to_vec(),
         sent_at: seq,
-        frontier: vec![],
+        frontier,
         liquidity: vec![],
         state_digest: vec![],
         load: 0.0,
@@ -40,13 +51,19 @@ fn need(bucket: &[u8], amount: u64) -> pb::BucketNeed {
     }
 }
 
+/// Two regions of two validators (eu-0, eu-1, us-0, us-1; the genesis
+/// distribution has a bucket per validator) and eu-0's state machine.
+fn eu0_of_two_regions() -> (crate::config::LocalNetwork, [SigningKey; 4], Validator) {
+    let local = local_network(&["eu", "us"], 2, 11, 1_000, 10).unwrap();
+    let keys = [0, 1, 2, 3].map(|i| local.validators[i].clone());
+    let node = Validator::new(&local.genesis.setup(), Box::new(keys[0].clone()), &[]).unwrap();
+    (local, keys, node)
+}
+
 #[test]
 fn a_node_keeps_only_the_needs_a_validator_of_its_region_has_for_its_own_buckets() {
-    // eu-0 (this node), eu-1, us-0, us-1; the genesis distribution has a bucket per validator.
-    let local = local_network(&["eu", "us"], 2, 11, 1_000, 10).unwrap();
+    let (local, [eu0, eu1, us0, _us1], mut node) = eu0_of_two_regions();
     let network = local.genesis.network_id;
-    let [eu0, eu1, us0, _us1] = [0, 1, 2, 3].map(|i| local.validators[i].clone());
-    let mut node = Validator::new(&local.genesis.setup(), Box::new(eu0.clone()), &[]).unwrap();
     let distribution = wire::genesis_distribution_id(&network, 0);
     let bucket_of = |owner: &SigningKey| -> Digest {
         let active = node.ledger().distribution(&distribution).unwrap();
@@ -496,31 +513,18 @@ fn a_batch_signed_far_ahead_does_not_hide_the_owners_batch_at_the_next_seq() {
 
 /// A heartbeat of `signer` at `seq` reporting `len` certified entries for `bucket`.
 fn heartbeat_ahead(network: &NetworkId, signer: &SigningKey, seq: u64, bucket: &Digest, len: u64) -> Verified {
-    let body = pb::Heartbeat {
-        validator: key_of(signer).to_vec(),
-        sent_at: seq,
-        frontier: vec![pb::FrontierEntry {
-            bucket_id: bucket.to_vec(),
-            seq: len,
-        }],
-        liquidity: vec![],
-        state_digest: vec![],
-        load: 0.0,
-        seq,
-        needs: vec![],
+    let entry = pb::FrontierEntry {
+        bucket_id: bucket.to_vec(),
+        seq: len,
     };
-    let (raw, _) = seal(network, signer, Kind::Heartbeat, body.encode_to_vec());
-    envelope::decode(network, &raw).unwrap().verify().unwrap()
+    heartbeat_with(network, signer, seq, vec![], vec![entry])
 }
 
 #[test]
 fn frontier_pulls_go_to_one_source_per_region_at_most_once_per_gap() {
     use super::FRONTIER_PULL_GAP_MS;
-    // eu-0 (this node), eu-1, us-0, us-1.
-    let local = local_network(&["eu", "us"], 2, 11, 1_000, 10).unwrap();
+    let (local, [_eu0, eu1, us0, us1], mut node) = eu0_of_two_regions();
     let network = local.genesis.network_id;
-    let [eu0, eu1, us0, us1] = [0, 1, 2, 3].map(|i| local.validators[i].clone());
-    let mut node = Validator::new(&local.genesis.setup(), Box::new(eu0.clone()), &[]).unwrap();
     let book = book_of(&local);
     let distribution = wire::genesis_distribution_id(&network, 0);
     let abroad = {
