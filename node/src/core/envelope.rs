@@ -462,6 +462,13 @@ impl KnownSignatures {
         self.insert(Self::fingerprint(&verified.raw));
     }
 
+    /// Remembers an envelope this node sealed itself: its signature is good
+    /// by construction, so meeting it again (a voter's own vote inside the
+    /// certificate it helped form) costs no check.
+    pub fn remember_sealed(&mut self, raw: &[u8]) {
+        self.insert(Self::fingerprint(raw));
+    }
+
     /// Whether these exact bytes verified here.
     pub fn knows(&self, raw: &[u8]) -> bool {
         self.capacity > 0 && self.set.contains(&Self::fingerprint(raw))

@@ -2084,12 +2084,14 @@ impl Validator {
                             seq: lock.seq,
                             object_id: lock.object_id,
                         }),
-                        VoterOutput::SendVote(v) => {
+                        VoterOutput::SendVote(v) if vote.is_none() => {
                             let body = wire::vote_body(&v, &bucket);
-                            vote.get_or_insert(
-                                seal_with(&self.network, self.signer.as_ref(), Kind::Vote, body.encode_to_vec()).0,
-                            );
+                            let (raw, _) =
+                                seal_with(&self.network, self.signer.as_ref(), Kind::Vote, body.encode_to_vec());
+                            self.known.remember_sealed(&raw);
+                            vote = Some(raw);
                         }
+                        VoterOutput::SendVote(_) => {}
                         VoterOutput::NeedData(missing) => need = Some(format!("need data: {missing:?}")),
                     }
                 }
