@@ -17,13 +17,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
-    // etcd's KV API, client only: the testnet's bench compares against etcd.
-    // Kept out of the descriptor set above, which the node serves.
-    let etcd = "proto/etcd/kv.proto";
-    println!("cargo:rerun-if-changed={etcd}");
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(false)
-        .compile_fds(protox::compile([etcd], ["proto"])?)?;
     Ok(())
 }

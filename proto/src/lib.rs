@@ -10,11 +10,5 @@ pub mod v1 {
     tonic::include_proto!("credence.v1");
 }
 
-/// The part of etcd's v3 KV API (package `etcdserverpb`) that the testnet's
-/// bench speaks to run the same workload against etcd.
-pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
-}
-
 /// Encoded `FileDescriptorSet` of every `.proto` file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("credence_descriptor");

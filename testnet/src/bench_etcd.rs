@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::etcd_pb as pb;
+use crate::etcd_pb::kv_client::KvClient;
 use anyhow::{Context, anyhow, bail};
-use credence_proto::etcd as pb;
-use credence_proto::etcd::kv_client::KvClient;
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio::time::Instant;

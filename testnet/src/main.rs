@@ -15,6 +15,11 @@ macro_rules! outln {
 mod attack;
 mod bench;
 mod bench_etcd;
+/// etcd's v3 KV API, generated from `etcd/kv.proto` by `build.rs`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod etcd_pb {
+    tonic::include_proto!("etcdserverpb");
+}
 mod bench_plot;
 mod chaos;
 mod check;
