@@ -163,6 +163,42 @@ pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
 /// [`load`], and the ids of every claim an entry node acknowledged as
 /// certified (`regional` or `global` in its answer).
 pub async fn load_acknowledged(layout: &Layout, opts: LoadOptions) -> anyhow::Result<(Value, Vec<String>)> {
+    let (report, acknowledged, _) = run(connect(layout, opts).await?, None).await?;
+    Ok((report, acknowledged))
+}
+
+/// A load whose credentials are all issued and held by every node that needs
+/// them; [`Prepared::run`] is its paced phase. Loads prepared one after another
+/// and run together measure claims alone: no credential gossip of any of them
+/// falls inside another's measured phase.
+pub struct Prepared {
+    shared: Arc<Shared>,
+    ready: (Arc<Mutex<Progress>>, Vec<Claimant>, f64),
+}
+
+/// Connects and issues every credential of `opts` (whatever its `credentials`).
+pub async fn prepared(layout: &Layout, mut opts: LoadOptions) -> anyhow::Result<Prepared> {
+    opts.credentials = Credentials::Ahead;
+    let shared = connect(layout, opts).await?;
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let started = Instant::now();
+    let claimants = prepare_all(&shared, &progress).await?;
+    Ok(Prepared {
+        shared,
+        ready: (progress, claimants, started.elapsed().as_secs_f64()),
+    })
+}
+
+impl Prepared {
+    /// The paced phase: the same report as [`load`], and every latency to the
+    /// awaited step (ms, sorted), to pool with other loads'.
+    pub async fn run(self) -> anyhow::Result<(Value, Vec<u64>)> {
+        let (report, _, latencies) = run(self.shared, Some(self.ready)).await?;
+        Ok((report, latencies))
+    }
+}
+
+async fn connect(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Arc<Shared>> {
     if opts.claims == 0 {
         bail!("--claims must be at least 1");
     }
@@ -206,9 +242,9 @@ pub async fn load_acknowledged(layout: &Layout, opts: LoadOptions) -> anyhow::Re
         issuer,
         distribution,
         distribution_id,
-        opts: opts.clone(),
+        opts,
     });
-    run(shared).await
+    Ok(shared)
 }
 
 async fn pick_distribution(targets: &[Target], wanted: Option<&str>) -> anyhow::Result<pb::DistributionInfo> {
@@ -235,15 +271,23 @@ async fn pick_distribution(targets: &[Target], wanted: Option<&str>) -> anyhow::
     bail!("no node listed its distributions ({})", last_error.unwrap_or_default())
 }
 
-async fn run(shared: Arc<Shared>) -> anyhow::Result<(Value, Vec<String>)> {
+/// The paced phase, after issuing the credentials ahead when asked to (unless
+/// `prepared` already holds them).
+async fn run(
+    shared: Arc<Shared>,
+    prepared: Option<(Arc<Mutex<Progress>>, Vec<Claimant>, f64)>,
+) -> anyhow::Result<(Value, Vec<String>, Vec<u64>)> {
     let opts = &shared.opts;
-    let progress = Arc::new(Mutex::new(Progress::default()));
-    let prepare_started = Instant::now();
-    let mut ready = match opts.credentials {
-        Credentials::Ahead => Some(prepare_all(&shared, &progress).await?),
-        Credentials::Inline => None,
+    let (progress, mut ready, prepare_s) = match (prepared, opts.credentials) {
+        (Some((progress, claimants, s)), _) => (progress, Some(claimants), s),
+        (None, Credentials::Ahead) => {
+            let progress = Arc::new(Mutex::new(Progress::default()));
+            let started = Instant::now();
+            let claimants = prepare_all(&shared, &progress).await?;
+            (progress, Some(claimants), started.elapsed().as_secs_f64())
+        }
+        (None, Credentials::Inline) => (Arc::new(Mutex::new(Progress::default())), None, 0.0),
     };
-    let prepare_s = prepare_started.elapsed().as_secs_f64();
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let started = Instant::now();
     let paced_started_ms = credence::node::now_ms();
@@ -333,7 +377,7 @@ async fn run(shared: Arc<Shared>) -> anyhow::Result<(Value, Vec<String>)> {
         "rate_achieved": opts.claims as f64 / sending.as_secs_f64().max(1e-3),
         "duration_s": elapsed.as_secs_f64(),
     });
-    Ok((report, p.acknowledged.clone()))
+    Ok((report, p.acknowledged.clone(), latencies))
 }
 
 impl Progress {
