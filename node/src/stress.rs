@@ -61,6 +61,44 @@ impl Percentiles {
     }
 }
 
+/// One look at every node's quorum state at `t_s` seconds: how many answered (were up), how
+/// many suspected some peer, how many were out of `normal` mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModeLook {
+    pub t_s: f64,
+    pub up: usize,
+    pub suspecting: usize,
+    pub not_normal: usize,
+}
+
+/// The decision-latency steps, as figures and reports name them.
+pub const FAULT_TO_SUSPECT: &str = "fault → first node suspects";
+pub const FAULT_TO_REGIONAL: &str = "fault → mode regional at every node";
+pub const HEAL_TO_NORMAL: &str = "heal → normal at every node";
+
+/// Decision latency from looks at every node's mode (ms): fault → first node suspects, fault →
+/// every node that answered out of normal mode, heal → every node normal again. A step never
+/// reached is left out; so is the heal when there is none.
+pub fn decision(looks: &[ModeLook], fault_s: f64, heal_s: Option<f64>) -> Vec<(String, f64)> {
+    let after = |from: f64, pick: &dyn Fn(&ModeLook) -> bool| {
+        looks
+            .iter()
+            .find(|l| l.t_s >= from && pick(l))
+            .map(|l| ((l.t_s - from) * 1e3).max(0.0))
+    };
+    let mut out = Vec::new();
+    if let Some(ms) = after(fault_s, &|l| l.suspecting > 0) {
+        out.push((FAULT_TO_SUSPECT.to_owned(), ms));
+    }
+    if let Some(ms) = after(fault_s, &|l| l.up > 0 && l.not_normal == l.up) {
+        out.push((FAULT_TO_REGIONAL.to_owned(), ms));
+    }
+    if let Some(ms) = heal_s.and_then(|h| after(h, &|l| l.not_normal == 0)) {
+        out.push((HEAL_TO_NORMAL.to_owned(), ms));
+    }
+    out
+}
+
 /// What one run (the fragmented distribution, or its pooled baseline) measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Measured {

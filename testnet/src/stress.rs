@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use credence::core::envelope::{Kind, NetworkId, parse_hex32, seal};
-use credence::stress::{Measured, Percentiles, RegionPoint, Report, Sample};
+use credence::stress::{
+    FAULT_TO_REGIONAL, HEAL_TO_NORMAL, Measured, ModeLook, Percentiles, RegionPoint, Report, Sample,
+};
 use credence_proto::v1 as pb;
 use prost::Message;
 use serde_json::{Value, json};
@@ -92,6 +94,10 @@ pub const SLOW_JITTER_MS: u64 = 100;
 pub const REBALANCE_SHARE: f64 = 0.5;
 /// The other regions' p99 during the run, at most this multiple of their base p99.
 pub const P99_RATIO_MAX: f64 = 1.5;
+/// exit-under-partition: every node regional within this of the cut, every node normal again
+/// within this of the heal (seen by `Status` every `SAMPLE_EVERY`, so rounded up to it).
+pub const DECISION_MAX_MS: f64 = 3_000.0;
+pub const CONVERGENCE_MAX_MS: f64 = 5_000.0;
 /// A view age at or above this means "never heard": not a number carried by the answer.
 const VIEW_AGE_UNKNOWN: u64 = u64::MAX / 2;
 
@@ -226,9 +232,43 @@ struct Sampled {
     /// Region rows that said this node had never heard from the region.
     never_heard: u64,
     max_view_age_ms: u64,
+    /// Every node's quorum mode at each sample (`Status`).
+    looks: Vec<ModeLook>,
 }
 
-/// Samples `GetLiquidity` of `distribution` at one node per region until `stop` is set.
+/// What a scenario's fault did, and when (seconds since the run began).
+#[derive(Default)]
+struct Fault {
+    notes: Vec<String>,
+    at_s: Option<f64>,
+    healed_s: Option<f64>,
+}
+
+/// Every node's quorum mode now: how many answered, suspect someone, are not `normal`.
+async fn look(net: &Net) -> ModeLook {
+    let t_s = net.start.elapsed().as_secs_f64();
+    let answers = futures::future::join_all(net.nodes.iter().map(|n| async move {
+        rpc::node(&n.channel)
+            .status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    }))
+    .await;
+    let mut out = ModeLook {
+        t_s,
+        ..ModeLook::default()
+    };
+    for s in answers.into_iter().flatten() {
+        out.up += 1;
+        out.suspecting += usize::from(!s.suspected.is_empty());
+        out.not_normal += usize::from(s.mode != "normal");
+    }
+    out
+}
+
+/// Samples `GetLiquidity` of `distribution` at one node per region, and every node's mode,
+/// until `stop` is set.
 async fn sampler(
     net: Arc<Net>,
     distribution: String,
@@ -236,6 +276,8 @@ async fn sampler(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let modes = look(&net).await;
+        lock(&out).looks.push(modes);
         let t_s = net.start.elapsed().as_secs_f64();
         let mut sample = Sample {
             t_s,
@@ -368,7 +410,7 @@ async fn run_once(
     distribution: &str,
     label: &str,
     pooled: bool,
-    during: impl std::future::Future<Output = anyhow::Result<Vec<String>>>,
+    during: impl std::future::Future<Output = anyhow::Result<Fault>>,
 ) -> anyhow::Result<(Value, Measured, Vec<String>)> {
     let others: Vec<String> = net.regions.iter().filter(|r| *r != run_region).cloned().collect();
     let out = Arc::new(Mutex::new(Sampled::default()));
@@ -417,7 +459,7 @@ async fn run_once(
     eprintln!("{label}: the run on {run_region} at {RUN_MULTIPLE}x, base load elsewhere");
     let run = run.run();
     let elsewhere = futures::future::try_join_all(elsewhere.into_iter().map(load::Prepared::run));
-    let ((run, _), elsewhere, notes) = tokio::try_join!(run, elsewhere, during)?;
+    let ((run, _), elsewhere, fault) = tokio::try_join!(run, elsewhere, during)?;
     let (elsewhere, elsewhere_ms): (Vec<Value>, Vec<Vec<u64>>) = elsewhere.into_iter().unzip();
     // A last sample after everything settled.
     tokio::time::sleep(SAMPLE_EVERY * 2).await;
@@ -476,7 +518,11 @@ async fn run_once(
             claims_per_s.push((b.t_s, counts));
         }
     }
-    let figures = json!({
+    let decision = fault
+        .at_s
+        .map(|at| credence::stress::decision(&sampled.looks, at, fault.healed_s))
+        .unwrap_or_default();
+    let mut figures = json!({
         "other_regions_p99_ratio": ratio,
         "other_regions_base_p99_ms": base_p99,
         "other_regions_run_p99_ms": run_p99,
@@ -490,6 +536,14 @@ async fn run_once(
         "view_age_never_heard_rows": sampled.never_heard,
         "stress_started_s": stress_at,
     });
+    if !decision.is_empty() {
+        let steps: BTreeMap<&str, f64> = decision.iter().map(|(k, ms)| (k.as_str(), *ms)).collect();
+        figures["decision_latency_ms"] = json!(steps);
+        if opts.scenario == Scenario::ExitUnderPartition {
+            figures["regional_everywhere_ms"] = json!(steps.get(FAULT_TO_REGIONAL));
+            figures["normal_after_heal_ms"] = json!(steps.get(HEAL_TO_NORMAL));
+        }
+    }
     let measured = Measured {
         label: label.to_owned(),
         amount_per_claim: AMOUNT_PER_CLAIM,
@@ -498,9 +552,9 @@ async fn run_once(
         latency,
         refused,
         view_age: sampled.view_age,
-        decision: Vec::new(),
+        decision,
     };
-    Ok((figures, measured, notes))
+    Ok((figures, measured, fault.notes))
 }
 
 /// The liquidity of `distribution` as a node outside `region` sees it.
@@ -614,7 +668,7 @@ pub async fn stress(layout: &Layout, opts: StressOptions) -> anyhow::Result<Valu
     if opts.scenario == Scenario::BankRun {
         let pooled: Vec<(String, u64)> = vec![(run_region.clone(), per_region * net.regions.len() as u64)];
         let bdist = distribute(&net, &format!("stress {tag} pooled"), &pooled).await?;
-        let none = async { Ok(Vec::new()) };
+        let none = async { Ok(Fault::default()) };
         let (bfigures, bmeasured, _) = run_once(
             &net,
             &opts,
@@ -663,12 +717,13 @@ pub async fn stress(layout: &Layout, opts: StressOptions) -> anyhow::Result<Valu
     Ok(out)
 }
 
-/// The scenario's fault while the run lasts; returns what it did.
-async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> anyhow::Result<Vec<String>> {
+/// The scenario's fault while the run lasts; returns what it did and when.
+async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> anyhow::Result<Fault> {
     // Let the run begin first.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let layout = &net.layout;
-    let mut notes = Vec::new();
+    let mut fault = Fault::default();
+    let since = || Some(net.start.elapsed().as_secs_f64());
     let others: Vec<&str> = net
         .regions
         .iter()
@@ -679,23 +734,27 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
         Scenario::BankRun | Scenario::RevocationRace => {}
         Scenario::ExitUnderPartition => {
             faults::partition(layout, &format!("{run_region} | {}", others.join(","))).await?;
-            notes.push(format!(
+            fault.at_s = since();
+            fault.notes.push(format!(
                 "{run_region} cut off from {} while its claimants rush",
                 others.join(", ")
             ));
             tokio::time::sleep(Duration::from_secs(6)).await;
             faults::heal(layout).await?;
-            notes.push("healed after 6 s".into());
+            fault.healed_s = since();
+            fault.notes.push("healed after 6 s".into());
         }
         Scenario::SlowRegion => {
             let spec = format!("{run_region} | {}", others.join(","));
             faults::delay(layout, &spec, SLOW_MS, SLOW_JITTER_MS, None).await?;
-            notes.push(format!(
+            fault.at_s = since();
+            fault.notes.push(format!(
                 "{run_region}'s links +{SLOW_MS} ms, jitter {SLOW_JITTER_MS} ms"
             ));
             tokio::time::sleep(Duration::from_secs(6)).await;
             faults::delay(layout, &spec, 0, 0, None).await?;
-            notes.push("delay removed after 6 s".into());
+            fault.healed_s = since();
+            fault.notes.push("delay removed after 6 s".into());
         }
         Scenario::OwnerCrash => {
             let victim = net
@@ -705,12 +764,14 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
                 .map(|n| n.name.clone())
                 .ok_or_else(|| anyhow!("no running node in {run_region}"))?;
             lifecycle::kill(layout, &victim, false)?;
-            notes.push(format!(
+            fault.at_s = since();
+            fault.notes.push(format!(
                 "{victim} killed (SIGKILL) mid-run; its successor takes its bucket over"
             ));
             tokio::time::sleep(Duration::from_secs(8)).await;
             lifecycle::restart(layout, &victim, lifecycle::UP_TIMEOUT).await?;
-            notes.push(format!("{victim} restarted after 8 s"));
+            fault.healed_s = since();
+            fault.notes.push(format!("{victim} restarted after 8 s"));
         }
         Scenario::RebalanceUnderStress => {
             let from = net
@@ -736,12 +797,12 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
                 .submit_rebalance(pb::SubmitRequest { envelope })
                 .await
                 .map_err(|e| anyhow!("SubmitRebalance on {}: {}", node.name, rpc::describe(&e)))?;
-            notes.push(format!(
+            fault.notes.push(format!(
                 "the operator moved {amount} from {from} to {run_region} while it drained"
             ));
         }
     }
-    Ok(notes)
+    Ok(fault)
 }
 
 /// The targets a scenario is judged on; each failure in words.
@@ -776,6 +837,26 @@ fn judge(scenario: Scenario, out: &Value) -> Vec<String> {
             failures.push("the pooled baseline refused no other region's claim for lack of escrow".into());
         }
     }
+    if scenario == Scenario::ExitUnderPartition {
+        for (key, max, what) in [
+            (
+                "regional_everywhere_ms",
+                DECISION_MAX_MS,
+                "every node regional after the cut",
+            ),
+            (
+                "normal_after_heal_ms",
+                CONVERGENCE_MAX_MS,
+                "every node normal again after the heal",
+            ),
+        ] {
+            match s[key].as_f64() {
+                Some(ms) if ms <= max => {}
+                Some(ms) => failures.push(format!("{what} took {ms:.0} ms, above {max} ms")),
+                None => failures.push(format!("never {what}")),
+            }
+        }
+    }
     if s["all_answers_carried_view_age"].as_bool() != Some(true) {
         failures.push("an answer carried no view age".into());
     }
@@ -784,17 +865,19 @@ fn judge(scenario: Scenario, out: &Value) -> Vec<String> {
 
 fn summary_rows(out: &Value) -> Vec<(String, String, String)> {
     let target = |k: &str| match k {
-        "other_regions_available_untouched_pct" => "100",
-        "other_regions_p99_ratio" => "≤ 1.5 (p99 during the run ÷ base p99, same run)",
-        "other_regions_refused_for_escrow" => "0",
-        "all_answers_carried_view_age" => "true",
-        _ => "",
+        "other_regions_available_untouched_pct" => "100".to_owned(),
+        "other_regions_p99_ratio" => format!("≤ {P99_RATIO_MAX} (p99 during the run ÷ base p99, same run)"),
+        "other_regions_refused_for_escrow" => "0".to_owned(),
+        "all_answers_carried_view_age" => "true".to_owned(),
+        "regional_everywhere_ms" => format!("≤ {DECISION_MAX_MS} (seen every {SAMPLE_EVERY:?})"),
+        "normal_after_heal_ms" => format!("≤ {CONVERGENCE_MAX_MS} (seen every {SAMPLE_EVERY:?})"),
+        _ => String::new(),
     };
     let mut rows: Vec<(String, String, String)> = out["summary"]
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(k, v)| (k.replace('_', " "), v.to_string(), target(k).to_owned()))
+        .map(|(k, v)| (k.replace('_', " "), v.to_string(), target(k)))
         .collect();
     rows.extend(credence::stress::baseline_rows(&out["baseline"]["summary"]));
     rows.push(("ok".into(), out["ok"].to_string(), "true".into()));

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::core::escrow::{ClaimRefusal, Millis};
 use crate::core::quorum::Mode;
 use crate::core::validator::Credentials;
-use crate::stress::{Measured, Percentiles, RegionPoint, Report, Sample};
+use crate::stress::{FAULT_TO_REGIONAL, HEAL_TO_NORMAL, Measured, ModeLook, Percentiles, RegionPoint, Report, Sample};
 
 use super::faults::{FaultEvent, Profile, Script};
 use super::net::{Micros, Partition};
@@ -59,6 +59,11 @@ pub const REBALANCE_CLAIMS: u64 = 100;
 pub const CUT_OFF_CERTIFIED_MIN: f64 = 0.8;
 /// The other regions' claim p99 during a run, at most this multiple of their base p99.
 pub const P99_RATIO_MAX: f64 = 1.5;
+/// exit-under-partition: the longest a node may take to go regional after the cut (virtual
+/// time; the samples every `SAMPLE_EVERY_US` round it up), and the longest after the heal
+/// until everything certified is global and every node is normal again.
+pub const DECISION_MAX_MS: f64 = 3_000.0;
+pub const CONVERGENCE_MAX_MS: f64 = 5_000.0;
 
 /// A stress workload on the world.
 #[derive(Debug, Clone)]
@@ -495,27 +500,20 @@ impl Run<'_> {
         })
     }
 
-    /// Decision latency from the samples: fault → first node suspects → every node out of
-    /// normal mode; heal → every node normal again (ms).
+    /// Decision latency from the samples (`crate::stress::decision`).
     fn decision(&self, fault_us: Micros, heal_us: Micros) -> Vec<(String, f64)> {
-        let after = |from: Micros, pick: &dyn Fn(&StressSample) -> bool| {
-            self.r
-                .samples
-                .iter()
-                .find(|s| s.at_us >= from && pick(s))
-                .map(|s| s.at_us.saturating_sub(from) as f64 / 1e3)
-        };
-        let mut out = Vec::new();
-        if let Some(ms) = after(fault_us, &|s| s.suspecting > 0) {
-            out.push(("fault → first node suspects".to_owned(), ms));
-        }
-        if let Some(ms) = after(fault_us, &|s| s.up > 0 && s.not_normal == s.up) {
-            out.push(("fault → mode regional at every node".to_owned(), ms));
-        }
-        if let Some(ms) = after(heal_us, &|s| s.not_normal == 0) {
-            out.push(("heal → normal at every node".to_owned(), ms));
-        }
-        out
+        let looks: Vec<ModeLook> = self
+            .r
+            .samples
+            .iter()
+            .map(|s| ModeLook {
+                t_s: s.at_us as f64 / 1e6,
+                up: s.up,
+                suspecting: s.suspecting,
+                not_normal: s.not_normal,
+            })
+            .collect();
+        crate::stress::decision(&looks, fault_us as f64 / 1e6, Some(heal_us as f64 / 1e6))
     }
 
     fn exit_under_partition(&self) -> Value {
@@ -536,8 +534,23 @@ impl Run<'_> {
             })
             .count();
         let decision: BTreeMap<String, f64> = self.decision(STRESS_AT_US, HEAL_AT_US).into_iter().collect();
+        // Convergence after the heal: every certificate formed before it is global (stored by
+        // a quorum of every region) and every node is back in normal mode. `None` while a
+        // certificate never got there or a node never went back.
+        let global_after_heal = self
+            .r
+            .certificates
+            .iter()
+            .filter(|cert| cert.formed_us < HEAL_AT_US)
+            .map(|cert| cert.global_us.map(|g| g.saturating_sub(HEAL_AT_US) as f64 / 1e3))
+            .try_fold(0.0f64, |worst, ms| ms.map(|ms| worst.max(ms)));
+        let normal_after_heal = decision.get(HEAL_TO_NORMAL).copied();
+        let converged = global_after_heal.zip(normal_after_heal).map(|(g, n)| g.max(n));
         json!({
             "cut_off_region": self.r.region_names.get(RUN_REGION),
+            "regional_everywhere_ms": decision.get(FAULT_TO_REGIONAL),
+            "global_after_heal_ms": global_after_heal,
+            "converged_after_heal_ms": converged,
             "cut_off_offered": offered,
             "cut_off_certified_while_cut": certified,
             "cut_off_certified_share": certified as f64 / offered.max(1) as f64,
@@ -665,9 +678,39 @@ pub fn check(stress: Stress, figures: &Value, baseline: Option<&Value>) -> Resul
                     CUT_OFF_CERTIFIED_MIN * 100.0
                 ));
             }
+            // Every node regional: the slowest node's decision, so at least its p99.
+            let decided = number(figures, "regional_everywhere_ms");
+            if decided.is_nan() || decided > DECISION_MAX_MS {
+                return Err(format!(
+                    "not every node was regional within {DECISION_MAX_MS} ms of the cut (took {decided} ms)"
+                ));
+            }
+            let converged = number(figures, "converged_after_heal_ms");
+            if converged.is_nan() || converged > CONVERGENCE_MAX_MS {
+                return Err(format!(
+                    "not converged within {CONVERGENCE_MAX_MS} ms of the heal (took {converged} ms): a certificate \
+                     not yet global or a node not back to normal"
+                ));
+            }
             shown.push(format!(
-                "the cut-off region certified {:.0}% of its own claims while cut off",
+                "the cut-off region certified {:.0}% of its own claims while cut off; every node regional {decided} ms \
+                 after the cut, converged {converged} ms after the heal",
                 share * 100.0
+            ));
+        }
+        Stress::SlowRegion => {
+            let (base, slow) = (
+                number(figures, "other_regions_base_p99_ms"),
+                number(figures, "other_regions_slow_p99_ms"),
+            );
+            if slow.is_nan() || slow <= 0.0 || slow > P99_RATIO_MAX * base {
+                return Err(format!(
+                    "the other regions' p99 went from {base} ms to {slow} ms while one region was slow, above \
+                     {P99_RATIO_MAX}x"
+                ));
+            }
+            shown.push(format!(
+                "the other regions' p99 {slow} ms while one region was slow, {base} ms before"
             ));
         }
         Stress::RebalanceUnderStress => {
@@ -682,7 +725,9 @@ pub fn check(stress: Stress, figures: &Value, baseline: Option<&Value>) -> Resul
                 "the rebalance moved {moved} of {asked} into the draining region"
             ));
         }
-        Stress::SlowRegion | Stress::OwnerCrash => {}
+        // Judged by `Scenario::check` on the record: the successor certified the batch left in
+        // flight, froze the bucket and took its claims.
+        Stress::OwnerCrash => {}
     }
     Ok(shown)
 }
@@ -765,6 +810,9 @@ pub fn report(
         "disputed" => "= revoked_before_batch".to_owned(),
         "credited_disputed" | "other_claims_affected" => "0".to_owned(),
         "cut_off_certified_share" => format!("≥ {CUT_OFF_CERTIFIED_MIN}"),
+        "regional_everywhere_ms" => format!("≤ {DECISION_MAX_MS} (the slowest node, so ≥ its p99)"),
+        "converged_after_heal_ms" => format!("≤ {CONVERGENCE_MAX_MS}"),
+        "other_regions_slow_p99_ms" => format!("≤ {P99_RATIO_MAX} × other regions base p99 ms"),
         _ => String::new(),
     };
     for (key, value) in figures.as_object().into_iter().flatten() {
@@ -891,11 +939,26 @@ mod tests {
         let f = judged(Stress::ExitUnderPartition);
         let decision = f["decision_latency_ms"].as_object().map_or(0, |d| d.len());
         assert_eq!(decision, 3, "suspect, regional everywhere, normal after the heal: {f}");
+        // Everything certified while cut off is global after the heal, every node normal.
+        assert!(f["global_after_heal_ms"].is_number(), "{f}");
+        assert!(f["converged_after_heal_ms"].as_f64() <= Some(CONVERGENCE_MAX_MS), "{f}");
+        // A node that never goes regional, or a certificate that never reaches global, fails it.
+        for (key, value) in [
+            ("regional_everywhere_ms", DECISION_MAX_MS + 1.0),
+            ("converged_after_heal_ms", f64::NAN),
+        ] {
+            let mut worse = f.clone();
+            worse[key] = json!(value);
+            assert!(
+                check(Stress::ExitUnderPartition, &worse, None).is_err(),
+                "{key}: {worse}"
+            );
+        }
     }
 
     #[test]
     fn a_slow_region_slows_only_itself() {
-        let f = figures(Stress::SlowRegion, &run(Stress::SlowRegion, false));
+        let f = judged(Stress::SlowRegion);
         let n = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
         assert!(
             n("slow_region_slow_p99_ms") > n("slow_region_base_p99_ms") + SLOW_EXTRA_US as f64 / 1e3,
