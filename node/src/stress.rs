@@ -78,13 +78,13 @@ pub const HEAL_TO_NORMAL: &str = "heal → normal at every node";
 
 /// Decision latency from looks at every node's mode (ms): fault → first node suspects, fault →
 /// every node that answered out of normal mode, heal → every node normal again. A step never
-/// reached is left out; so is the heal when there is none.
+/// reached is left out; so is the heal when there is none. Rounded to 0.1 ms.
 pub fn decision(looks: &[ModeLook], fault_s: f64, heal_s: Option<f64>) -> Vec<(String, f64)> {
     let after = |from: f64, pick: &dyn Fn(&ModeLook) -> bool| {
         looks
             .iter()
             .find(|l| l.t_s >= from && pick(l))
-            .map(|l| ((l.t_s - from) * 1e3).max(0.0))
+            .map(|l| (((l.t_s - from) * 1e4).round() / 10.0).max(0.0))
     };
     let mut out = Vec::new();
     if let Some(ms) = after(fault_s, &|l| l.suspecting > 0) {

@@ -132,6 +132,7 @@ pub async fn attack(layout: &Layout, opts: AttackOptions) -> anyhow::Result<Valu
     let claims = ((LOAD_RATE * opts.secs as f64).ceil() as u64).max(10);
     let load_opts = load::LoadOptions {
         entry_region: None,
+        race: false,
         claims,
         rate: LOAD_RATE,
         region: None,

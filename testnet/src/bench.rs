@@ -332,6 +332,7 @@ async fn credence_row(work: &Path, system: System, offered: f64, seconds: f64) -
     let sampler = CpuSampler::start(pids);
     let opts = load::LoadOptions {
         entry_region: None,
+        race: false,
         claims,
         rate: offered,
         region: None,

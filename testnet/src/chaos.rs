@@ -92,6 +92,7 @@ pub async fn chaos(layout: &Layout, opts: ChaosOptions) -> anyhow::Result<Value>
     }
     let opts_load = load::LoadOptions {
         entry_region: None,
+        race: false,
         claims: ((LOAD_RATE * opts.secs as f64).ceil() as u64).max(1),
         rate: LOAD_RATE,
         region: None,

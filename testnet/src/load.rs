@@ -93,6 +93,56 @@ pub struct LoadOptions {
     /// Claimants are clients of this region: they submit at its nodes, wherever their claims'
     /// home is (`region` filters by home instead).
     pub entry_region: Option<String>,
+    /// The revocation race: three claims of every four have their credential revoked, dated
+    /// just before the claim was submitted, at one moment each (`RevokeAt`); the report lists
+    /// every claim under `race`.
+    pub race: bool,
+}
+
+/// When a race claim's credential is revoked (always dated just before its submission).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeAt {
+    /// At the entry node, before the claim is submitted there.
+    Before,
+    /// At a node of another region, as soon as the entry node has answered the submission: the
+    /// claim is in flight and the revocation reaches its home region by gossip, late.
+    InFlight,
+    /// At a node of another region once the claim is certified (`regional`).
+    Certified,
+    /// Not revoked: the claims the race must leave unaffected.
+    Never,
+}
+
+impl RevokeAt {
+    fn of(index: u64) -> Self {
+        match index % 4 {
+            0 => RevokeAt::Before,
+            1 => RevokeAt::InFlight,
+            2 => RevokeAt::Certified,
+            _ => RevokeAt::Never,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RevokeAt::Before => "before submission",
+            RevokeAt::InFlight => "in flight",
+            RevokeAt::Certified => "once certified",
+            RevokeAt::Never => "never",
+        }
+    }
+}
+
+/// One claim of the revocation race.
+#[derive(Clone, Debug)]
+struct Raced {
+    /// Empty when the submission was refused.
+    id: String,
+    revoke: RevokeAt,
+    /// The entry node's status of the claim when the revocation was sent ("" = not sent).
+    status_when_revoked: String,
+    /// The revocation was refused by the node it was sent to (or not sent).
+    revocation_error: Option<String>,
 }
 
 #[derive(Clone)]
@@ -128,6 +178,7 @@ struct Progress {
     acknowledged: Vec<String>,
     /// The latest wall-clock time (ms) at which a claim reached the awaited step.
     last_reached_at: u64,
+    race: Vec<Raced>,
 }
 
 /// A claimant whose credential was submitted: who claims, and where.
@@ -154,6 +205,7 @@ struct Outcome {
     named: String,
     /// The entry node's wall-clock time (ms) of the awaited step.
     reached_at: Option<u64>,
+    race: Option<Raced>,
 }
 
 pub async fn load(layout: &Layout, opts: LoadOptions) -> anyhow::Result<Value> {
@@ -294,7 +346,7 @@ async fn run(
     let reporter = tokio::spawn(report_progress(progress.clone(), opts.claims));
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / opts.rate));
     let mut tasks = Vec::new();
-    for _ in 0..opts.claims {
+    for index in 0..opts.claims {
         let claimant = match ready.as_mut() {
             Some(ready) => match ready.pop() {
                 Some(c) => Some(c),
@@ -313,7 +365,12 @@ async fn run(
         lock(&progress).started += 1;
         let (shared, progress) = (shared.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            let outcome = one_claim(&shared, claimant).await;
+            let revoke = if shared.opts.race {
+                RevokeAt::of(index)
+            } else {
+                RevokeAt::Never
+            };
+            let outcome = one_claim(&shared, claimant, revoke).await;
             lock(&progress).record(outcome);
             drop(permit);
         }));
@@ -377,6 +434,21 @@ async fn run(
         "rate_achieved": opts.claims as f64 / sending.as_secs_f64().max(1e-3),
         "duration_s": elapsed.as_secs_f64(),
     });
+    let mut report = report;
+    if opts.race {
+        report["race"] = p
+            .race
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "revoked": r.revoke.name(),
+                    "status_when_revoked": r.status_when_revoked,
+                    "revocation_error": r.revocation_error,
+                })
+            })
+            .collect();
+    }
     Ok((report, p.acknowledged.clone(), latencies))
 }
 
@@ -389,6 +461,9 @@ impl Progress {
         }
         self.finished += 1;
         *self.counts.entry(outcome.status).or_default() += 1;
+        if let Some(r) = outcome.race {
+            self.race.push(r);
+        }
         if let Some(at) = outcome.reached_at {
             self.last_reached_at = self.last_reached_at.max(at);
         }
@@ -564,10 +639,11 @@ fn failed(error: String) -> Outcome {
         unsettled: None,
         named: String::new(),
         reached_at: None,
+        race: None,
     }
 }
 
-async fn one_claim(shared: &Shared, claimant: Option<Claimant>) -> Outcome {
+async fn one_claim(shared: &Shared, claimant: Option<Claimant>, revoke: RevokeAt) -> Outcome {
     let claimant = match claimant {
         Some(c) => c,
         None => match prepare(shared).await {
@@ -575,10 +651,50 @@ async fn one_claim(shared: &Shared, claimant: Option<Claimant>) -> Outcome {
             Err(e) => return failed(format!("{e:#}")),
         },
     };
-    match try_claim(shared, claimant).await {
+    let mut raced = shared.opts.race.then(|| Raced {
+        id: String::new(),
+        revoke,
+        status_when_revoked: String::new(),
+        revocation_error: None,
+    });
+    let mut outcome = match try_claim(shared, claimant, raced.as_mut()).await {
         Ok(o) => o,
         Err(e) => failed(format!("{e:#}")),
-    }
+    };
+    outcome.race = raced;
+    outcome
+}
+
+/// Revokes a race claim's credential at `target`, dated `revoked_at`, noting the claim's
+/// status then and any refusal.
+async fn revoke(
+    shared: &Shared,
+    raced: &mut Raced,
+    status: &str,
+    target: &Target,
+    attestation_id: [u8; 32],
+    revoked_at: u64,
+) {
+    raced.status_when_revoked = status.to_owned();
+    let body = pb::Revocation {
+        issuer: shared.issuer.verifying_key().to_bytes().to_vec(),
+        attestation_id: attestation_id.to_vec(),
+        revoked_at,
+        reason: "credence-testnet revocation race".into(),
+    };
+    let (envelope, _) = seal(&shared.network, &shared.issuer, Kind::Revocation, body.encode_to_vec());
+    raced.revocation_error = rpc::node(&target.channel)
+        .submit_revocation(pb::SubmitRequest { envelope })
+        .await
+        .err()
+        .map(|e| format!("SubmitRevocation on {}: {}", target.name, rpc::describe(&e)));
+}
+
+/// A running node outside `region` (the entry node when there is none).
+fn elsewhere<'a>(shared: &'a Shared, region: &str, entry: &'a Target) -> &'a Target {
+    pick((0..shared.targets.len()).filter(|i| shared.targets[*i].region != region))
+        .and_then(|i| shared.targets.get(i))
+        .unwrap_or(entry)
 }
 
 fn pick(targets: impl Iterator<Item = usize>) -> Option<usize> {
@@ -652,13 +768,13 @@ async fn prepare(shared: &Shared) -> anyhow::Result<Claimant> {
     })
 }
 
-async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcome> {
+async fn try_claim(shared: &Shared, claimant: Claimant, mut race: Option<&mut Raced>) -> anyhow::Result<Outcome> {
     let opts = &shared.opts;
     let Claimant {
         key,
         entry,
         attestation_id,
-        ..
+        home_region,
     } = claimant;
     let entry = &shared.targets[entry];
     let claimant = key.verifying_key().to_bytes();
@@ -673,18 +789,40 @@ async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcom
     };
     let (envelope, _) = seal(&shared.network, &key, Kind::Claim, claim.encode_to_vec());
     let submitted_at = credence::node::now_ms();
+    // A race's revocation is dated just before the submission, so before any batch timestamp
+    // the claim can get.
+    let revoked_at = submitted_at.saturating_sub(1);
+    if let Some(r) = race.as_deref_mut()
+        && r.revoke == RevokeAt::Before
+    {
+        revoke(shared, r, "none", entry, attestation_id, revoked_at).await;
+    }
     let mut escrow = rpc::escrow(&entry.channel);
     let first = escrow
         .submit_claim(pb::SubmitRequest { envelope })
         .await
         .map_err(|e| anyhow!("SubmitClaim on {}: {}", entry.name, rpc::describe(&e)))?
         .into_inner();
+    if let Some(r) = race.as_deref_mut() {
+        r.id = first.id.clone();
+        if r.revoke == RevokeAt::InFlight {
+            let to = elsewhere(shared, &home_region, entry);
+            revoke(shared, r, &first.status, to, attestation_id, revoked_at).await;
+        }
+    }
     let deadline = Instant::now() + opts.timeout;
     let mut pause = POLL_FIRST;
     let mut current = first;
     loop {
         let named = format!("{} at {}", current.id, entry.name);
         if let Some(outcome) = settled(&current, opts.wait, submitted_at, &named) {
+            if let Some(r) = race.as_deref_mut()
+                && r.revoke == RevokeAt::Certified
+                && matches!(current.status.as_str(), "regional" | "global")
+            {
+                let to = elsewhere(shared, &home_region, entry);
+                revoke(shared, r, &current.status, to, attestation_id, revoked_at).await;
+            }
             return Ok(outcome);
         }
         if Instant::now() >= deadline {
@@ -701,6 +839,7 @@ async fn try_claim(shared: &Shared, claimant: Claimant) -> anyhow::Result<Outcom
                 provisional_ms: None,
                 error: None,
                 reached_at: None,
+                race: None,
             });
         }
         tokio::time::sleep(pause).await;
@@ -732,6 +871,7 @@ fn settled(c: &pb::ClaimStatus, wait: Wait, submitted_at: u64, named: &str) -> O
         unsettled: None,
         named: named.to_string(),
         reached_at: (reached > 0 && c.status != "rejected").then_some(reached),
+        race: None,
     })
 }
 
@@ -820,6 +960,7 @@ mod tests {
                 unsettled: None,
                 named: format!("c{ms} at eu-0"),
                 reached_at: Some(ms),
+                race: None,
             });
         }
         let kept: Vec<u64> = progress.slowest.iter().map(|(ms, _)| *ms).collect();

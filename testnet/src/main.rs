@@ -251,10 +251,13 @@ enum Cmd {
     /// Stress a running testnet and measure it: bank-run (one region's
     /// claimants at 10x the base rate until its escrow is gone, base load
     /// elsewhere, then a pooled baseline with all escrow in that region),
-    /// exit-under-partition, slow-region (needs `up --shaped`), owner-crash,
-    /// rebalance-under-stress; revocation-race runs in `credence sim` only.
+    /// exit-under-partition, revocation-race (credentials of the rushing
+    /// claims revoked before submission, in flight and once certified, dated
+    /// before their claims; each must end disputed or refused at every node),
+    /// slow-region (needs `up --shaped`), owner-crash, rebalance-under-stress.
     /// Each creates its own small distribution with the testnet's operator
-    /// key, samples liquidity and view ages at one node per region, and with
+    /// key, samples liquidity and view ages at one node per region and every
+    /// node's quorum mode (decision latency), and with
     /// --report writes DIR/report.md and PNG plots. Exits non-zero when a
     /// target is missed.
     Stress {
@@ -641,6 +644,7 @@ async fn run(command: Cmd) -> anyhow::Result<ExitCode> {
                 distribution,
                 credentials,
                 entry_region: None,
+                race: false,
             };
             let v = load::load(&layout, opts).await?;
             emit(common.json, &v, load::print_report);

@@ -35,8 +35,8 @@ pub enum Scenario {
     BankRun,
     /// The run region is cut off from the others while its claimants rush, then healed.
     ExitUnderPartition,
-    /// Revoking credentials of claims in flight: simulator only (`credence sim --scenario
-    /// revocation-race`); here it stops with that message.
+    /// The run region's claimants rush while the issuer revokes three credentials of every
+    /// four, dated before their claims: before submission, in flight, once certified.
     RevocationRace,
     /// The run region's links get +300 ms and jitter under load (needs `up --shaped`).
     SlowRegion,
@@ -98,6 +98,11 @@ pub const P99_RATIO_MAX: f64 = 1.5;
 /// within this of the heal (seen by `Status` every `SAMPLE_EVERY`, so rounded up to it).
 pub const DECISION_MAX_MS: f64 = 3_000.0;
 pub const CONVERGENCE_MAX_MS: f64 = 5_000.0;
+/// Longest wait, after the race's claims are settled at their entry nodes, for every raced
+/// claim to settle at every node (disputed or refused when revoked, credited when not).
+pub const RACE_SETTLE_MAX: Duration = Duration::from_secs(30);
+/// Claims looked up at once while the race settles.
+const RACE_LOOKUPS: usize = 64;
 /// A view age at or above this means "never heard": not a number carried by the answer.
 const VIEW_AGE_UNKNOWN: u64 = u64::MAX / 2;
 
@@ -349,6 +354,7 @@ fn load_opts(claims: u64, rate: f64, region: &str, distribution: &str, pooled: b
         distribution: Some(distribution.to_owned()),
         // Issued by `load::prepared` before either phase starts.
         credentials: Credentials::Ahead,
+        race: false,
     }
 }
 
@@ -439,13 +445,16 @@ async fn run_once(
     }
     let run = load::prepared(
         &net.layout,
-        load_opts(
-            run_claims,
-            opts.base_rate * RUN_MULTIPLE,
-            run_region,
-            distribution,
-            false,
-        ),
+        LoadOptions {
+            race: opts.scenario == Scenario::RevocationRace,
+            ..load_opts(
+                run_claims,
+                opts.base_rate * RUN_MULTIPLE,
+                run_region,
+                distribution,
+                false,
+            )
+        },
     )
     .await?;
     let sampling = tokio::spawn(sampler(net.clone(), distribution.to_owned(), out.clone(), stop.clone()));
@@ -461,6 +470,12 @@ async fn run_once(
     let elsewhere = futures::future::try_join_all(elsewhere.into_iter().map(load::Prepared::run));
     let ((run, _), elsewhere, fault) = tokio::try_join!(run, elsewhere, during)?;
     let (elsewhere, elsewhere_ms): (Vec<Value>, Vec<Vec<u64>>) = elsewhere.into_iter().unzip();
+    let race = if opts.scenario == Scenario::RevocationRace {
+        eprintln!("{label}: waiting for every raced claim to settle at every node");
+        Some(settle_race(net, &run["race"]).await)
+    } else {
+        None
+    };
     // A last sample after everything settled.
     tokio::time::sleep(SAMPLE_EVERY * 2).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -536,6 +551,11 @@ async fn run_once(
         "view_age_never_heard_rows": sampled.never_heard,
         "stress_started_s": stress_at,
     });
+    if let Some(race) = race {
+        for (k, v) in race.as_object().into_iter().flatten() {
+            figures[k] = v.clone();
+        }
+    }
     if !decision.is_empty() {
         let steps: BTreeMap<&str, f64> = decision.iter().map(|(k, ms)| (k.as_str(), *ms)).collect();
         figures["decision_latency_ms"] = json!(steps);
@@ -555,6 +575,128 @@ async fn run_once(
         decision,
     };
     Ok((figures, measured, fault.notes))
+}
+
+/// Where one raced claim stands at every node.
+#[derive(Default)]
+struct RaceLook {
+    revoked: bool,
+    /// Some node shows it certified (regional, global or disputed).
+    certified: bool,
+    /// Nodes that show it disputed; credited (regional, global); refused or unknown; anything
+    /// else (received, provisional, unanswered).
+    disputed: usize,
+    credited: usize,
+    refused: usize,
+    other: usize,
+}
+
+impl RaceLook {
+    fn settled(&self) -> bool {
+        match (self.revoked, self.certified) {
+            (true, true) => self.credited == 0 && self.refused == 0 && self.other == 0,
+            (true, false) => self.other == 0,
+            (false, _) => self.disputed == 0 && self.refused == 0 && self.other == 0,
+        }
+    }
+}
+
+/// Every node's status of one claim.
+async fn race_look(net: &Net, id: &str, revoked: bool) -> RaceLook {
+    let mut look = RaceLook {
+        revoked,
+        ..RaceLook::default()
+    };
+    for node in &net.nodes {
+        let status = rpc::escrow(&node.channel)
+            .get_claim(pb::GetClaimRequest { id: id.to_owned() })
+            .await
+            .map(|a| a.into_inner().status)
+            .unwrap_or_default();
+        match status.as_str() {
+            "disputed" => look.disputed += 1,
+            "regional" | "global" => look.credited += 1,
+            "rejected" | "unknown" => look.refused += 1,
+            _ => look.other += 1,
+        }
+    }
+    look.certified = look.disputed + look.credited > 0;
+    look
+}
+
+/// Waits (up to `RACE_SETTLE_MAX`) until every raced claim is settled at every node, then
+/// says how each ended: a claim certified with a credential revoked before its batch must be
+/// disputed at every node and credited at none; every other claim credited everywhere.
+async fn settle_race(net: &Net, raced: &Value) -> Value {
+    use futures::StreamExt;
+    let claims: Vec<(String, String, String)> = raced
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (text("id"), text("revoked"), text("status_when_revoked"))
+        })
+        .collect();
+    let never = load::RevokeAt::Never.name();
+    let started = Instant::now();
+    let looks = loop {
+        let looks: Vec<RaceLook> = futures::stream::iter(claims.iter())
+            .map(|(id, revoked, _)| async move {
+                if id.is_empty() {
+                    // Refused at submission: never in any node's books.
+                    RaceLook {
+                        revoked: revoked != never,
+                        refused: net.nodes.len(),
+                        ..RaceLook::default()
+                    }
+                } else {
+                    race_look(net, id, revoked != never).await
+                }
+            })
+            .buffered(RACE_LOOKUPS)
+            .collect()
+            .await;
+        let open = looks.iter().filter(|l| !l.settled()).count();
+        if open == 0 || started.elapsed() >= RACE_SETTLE_MAX {
+            break looks;
+        }
+        eprintln!(
+            "revocation race: {open} of {} claims not yet settled at every node",
+            claims.len()
+        );
+        tokio::time::sleep(SAMPLE_EVERY * 2).await;
+    };
+    let mut moments: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut statuses: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, revoked, status) in claims.iter().filter(|(_, r, _)| r != never) {
+        *moments.entry(revoked).or_default() += 1;
+        *statuses
+            .entry(if status.is_empty() { "not sent" } else { status })
+            .or_default() += 1;
+    }
+    let revoked: Vec<&RaceLook> = looks.iter().filter(|l| l.revoked).collect();
+    let certified = revoked.iter().filter(|l| l.certified).count();
+    let disputed_everywhere = revoked
+        .iter()
+        .filter(|l| l.certified && l.disputed == net.nodes.len())
+        .count();
+    let others: Vec<&RaceLook> = looks.iter().filter(|l| !l.revoked).collect();
+    json!({
+        "race_claims": claims.len(),
+        "revoked": revoked.len(),
+        "revoked_when": moments,
+        "revoked_status_when_revoked": statuses,
+        "revoked_certified": certified,
+        "revoked_certified_disputed_at_every_node": disputed_everywhere,
+        "revoked_credited_at_some_node": revoked.iter().filter(|l| l.credited > 0).count(),
+        "revoked_refused": revoked.len() - certified,
+        "revocations_refused": raced.as_array().into_iter().flatten().filter(|c| !c["revocation_error"].is_null()).count(),
+        "other_claims": others.len(),
+        "other_claims_affected": others.iter().filter(|l| !l.settled()).count(),
+        "race_settled_s": started.elapsed().as_secs_f64(),
+        "race_settled": looks.iter().all(RaceLook::settled),
+    })
 }
 
 /// The liquidity of `distribution` as a node outside `region` sees it.
@@ -584,12 +726,6 @@ fn untouched_pct(l: &pb::Liquidity, run_region: &str, allocation: u64) -> f64 {
 }
 
 pub async fn stress(layout: &Layout, opts: StressOptions) -> anyhow::Result<Value> {
-    if opts.scenario == Scenario::RevocationRace {
-        bail!(
-            "revocation-race revokes credentials of claims in flight, which the load generator does not expose: \
-             run `credence sim --scenario revocation-race` (the same state machine, virtual time)"
-        );
-    }
     if !(opts.base_rate > 0.0 && opts.base_rate.is_finite()) || opts.claims == 0 || opts.budget_claims == 0 {
         bail!("--base-rate, --claims and --budget-claims must be positive");
     }
@@ -731,7 +867,12 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
         .map(String::as_str)
         .collect();
     match scenario {
-        Scenario::BankRun | Scenario::RevocationRace => {}
+        Scenario::BankRun => {}
+        Scenario::RevocationRace => fault.notes.push(format!(
+            "the issuer revoked three of every four credentials of {run_region}'s rushing claims, each dated \
+             just before its claim: at the entry node before submission, elsewhere while in flight, elsewhere \
+             once certified"
+        )),
         Scenario::ExitUnderPartition => {
             faults::partition(layout, &format!("{run_region} | {}", others.join(","))).await?;
             fault.at_s = since();
@@ -837,6 +978,33 @@ fn judge(scenario: Scenario, out: &Value) -> Vec<String> {
             failures.push("the pooled baseline refused no other region's claim for lack of escrow".into());
         }
     }
+    if scenario == Scenario::RevocationRace {
+        let n = |k: &str| s[k].as_u64();
+        if n("revoked_credited_at_some_node") != Some(0) {
+            failures.push(format!(
+                "{} claims revoked before their batch credited at some node",
+                s["revoked_credited_at_some_node"]
+            ));
+        }
+        if n("revoked_certified_disputed_at_every_node") != n("revoked_certified") {
+            failures.push(format!(
+                "of {} certified claims revoked before their batch, {} disputed at every node",
+                s["revoked_certified"], s["revoked_certified_disputed_at_every_node"]
+            ));
+        }
+        if n("other_claims_affected") != Some(0) {
+            failures.push(format!(
+                "{} claims never revoked not credited at every node",
+                s["other_claims_affected"]
+            ));
+        }
+        if n("revocations_refused") != Some(0) {
+            failures.push(format!("{} revocations refused", s["revocations_refused"]));
+        }
+        if n("revoked_certified").unwrap_or(0) == 0 {
+            failures.push("no certified claim raced a revocation".into());
+        }
+    }
     if scenario == Scenario::ExitUnderPartition {
         for (key, max, what) in [
             (
@@ -869,6 +1037,9 @@ fn summary_rows(out: &Value) -> Vec<(String, String, String)> {
         "other_regions_p99_ratio" => format!("≤ {P99_RATIO_MAX} (p99 during the run ÷ base p99, same run)"),
         "other_regions_refused_for_escrow" => "0".to_owned(),
         "all_answers_carried_view_age" => "true".to_owned(),
+        "revoked_credited_at_some_node" | "other_claims_affected" | "revocations_refused" => "0".to_owned(),
+        "revoked_certified_disputed_at_every_node" => "= revoked certified".to_owned(),
+        "race_settled" => format!("true (within {RACE_SETTLE_MAX:?})"),
         "regional_everywhere_ms" => format!("≤ {DECISION_MAX_MS} (seen every {SAMPLE_EVERY:?})"),
         "normal_after_heal_ms" => format!("≤ {CONVERGENCE_MAX_MS} (seen every {SAMPLE_EVERY:?})"),
         _ => String::new(),
@@ -913,6 +1084,29 @@ pub fn print_report(v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raced_claim_is_settled_only_when_every_node_agrees() {
+        let look = |revoked, disputed, credited, refused, other| RaceLook {
+            revoked,
+            certified: disputed + credited > 0,
+            disputed,
+            credited,
+            refused,
+            other,
+        };
+        // Revoked and certified: disputed everywhere, credited nowhere.
+        assert!(look(true, 12, 0, 0, 0).settled());
+        assert!(!look(true, 11, 1, 0, 0).settled());
+        assert!(!look(true, 11, 0, 0, 1).settled());
+        // Revoked and refused before any certificate: nowhere still pending.
+        assert!(look(true, 0, 0, 12, 0).settled());
+        assert!(!look(true, 0, 0, 11, 1).settled());
+        // Never revoked: credited everywhere.
+        assert!(look(false, 0, 12, 0, 0).settled());
+        assert!(!look(false, 1, 11, 0, 0).settled());
+        assert!(!look(false, 0, 11, 1, 0).settled());
+    }
 
     #[test]
     fn refusal_reasons_lose_node_names_and_numbers() {
