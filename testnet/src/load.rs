@@ -31,6 +31,8 @@ use tonic::transport::Channel;
 use crate::layout::{Layout, RunState};
 use crate::rpc;
 
+type EscrowClient = credence_proto::v1::escrow_client::EscrowClient<Channel>;
+
 /// Claims followed at once; the generator waits (and the achieved rate
 /// drops) when this many are in flight.
 pub const CONCURRENCY_DEFAULT: usize = 2048;
@@ -42,6 +44,9 @@ const PREPARE_CONCURRENCY: usize = 64;
 const CREDENTIALS_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Pause between looks at the nodes' credential counts.
 const CREDENTIALS_POLL: Duration = Duration::from_millis(250);
+/// Nodes of the entry node's region a claim is submitted to, the entry node first, while
+/// they are unreachable.
+const SUBMIT_ATTEMPTS_MAX: usize = 3;
 /// Keys drawn per claimant when `--region` asks for a home region.
 const ROUTE_ATTEMPTS_MAX: usize = 256;
 /// First and longest pause between polls of one claim.
@@ -797,12 +802,7 @@ async fn try_claim(shared: &Shared, claimant: Claimant, mut race: Option<&mut Ra
     {
         revoke(shared, r, "none", entry, attestation_id, revoked_at).await;
     }
-    let mut escrow = rpc::escrow(&entry.channel);
-    let first = escrow
-        .submit_claim(pb::SubmitRequest { envelope })
-        .await
-        .map_err(|e| anyhow!("SubmitClaim on {}: {}", entry.name, rpc::describe(&e)))?
-        .into_inner();
+    let (mut entry, mut escrow, first) = submit_failing_over(shared, entry, envelope).await?;
     if let Some(r) = race.as_deref_mut() {
         r.id = first.id.clone();
         if r.revoke == RevokeAt::InFlight {
@@ -844,11 +844,56 @@ async fn try_claim(shared: &Shared, claimant: Claimant, mut race: Option<&mut Ra
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(POLL_MAX);
-        // A poll that fails (node busy, restarting) is retried until the deadline.
-        if let Ok(answer) = escrow.get_claim(pb::GetClaimRequest { id: current.id.clone() }).await {
-            current = answer.into_inner();
+        // A poll that fails (node busy, restarting) is retried until the deadline; one the node
+        // cannot answer at all goes to the next node of its region (any of them knows the claim
+        // once it is certified).
+        match escrow.get_claim(pb::GetClaimRequest { id: current.id.clone() }).await {
+            Ok(answer) => current = answer.into_inner(),
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                let region: Vec<&Target> = shared.targets.iter().filter(|t| t.region == entry.region).collect();
+                if let Some(next) = region
+                    .iter()
+                    .position(|t| t.name == entry.name)
+                    .and_then(|i| region.get((i + 1) % region.len()))
+                {
+                    entry = next;
+                    escrow = rpc::escrow(&entry.channel);
+                }
+            }
+            Err(_) => {}
         }
     }
+}
+
+/// Submits a claim at `entry`; when that node is unreachable, at the other nodes of its
+/// region in turn, as a client fails over (a claim is idempotent by its id). Returns the node
+/// that answered, its client and the answer.
+async fn submit_failing_over<'a>(
+    shared: &'a Shared,
+    entry: &'a Target,
+    envelope: Vec<u8>,
+) -> anyhow::Result<(&'a Target, EscrowClient, pb::ClaimStatus)> {
+    let fallbacks = shared
+        .targets
+        .iter()
+        .filter(|t| t.region == entry.region && t.name != entry.name);
+    let mut last = None;
+    for target in std::iter::once(entry).chain(fallbacks).take(SUBMIT_ATTEMPTS_MAX) {
+        let mut escrow = rpc::escrow(&target.channel);
+        match escrow
+            .submit_claim(pb::SubmitRequest {
+                envelope: envelope.clone(),
+            })
+            .await
+        {
+            Ok(answer) => return Ok((target, escrow, answer.into_inner())),
+            Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+                last = Some(anyhow!("SubmitClaim on {}: {}", target.name, rpc::describe(&e)));
+            }
+            Err(e) => bail!("SubmitClaim on {}: {}", target.name, rpc::describe(&e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no node to submit the claim to")))
 }
 
 /// The outcome when a claim has reached what is awaited (or cannot).

@@ -544,6 +544,7 @@ async fn run_once(
         "other_regions_refused_for_escrow": others_refused,
         "run_region_refused_for_escrow": refused_for_escrow(&run),
         "run_region_counts": run["counts"],
+        "run_region_errors": run["errors"],
         "other_regions_errors": base.iter().chain(&elsewhere).map(|v| v["errors"].clone()).collect::<Vec<_>>(),
         "max_view_age_ms": sampled.max_view_age_ms,
         "all_answers_carried_view_age": sampled.answers > 0 && sampled.answers_without_age == 0,
