@@ -90,7 +90,10 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The slow region's extra one-way delay and jitter.
 pub const SLOW_MS: u64 = 300;
 pub const SLOW_JITTER_MS: u64 = 100;
-/// The rebalance moves this share of one other region's budget to the run region.
+/// rebalance-under-stress: the other regions hold this many times the run region's budget, and
+/// the rebalance moves this share of one other region's spare (what its own claims will not
+/// need) to the run region.
+pub const REBALANCE_OTHERS_MULTIPLE: u64 = 2;
 pub const REBALANCE_SHARE: f64 = 0.5;
 /// The other regions' p99 during the run, at most this multiple of their base p99.
 pub const P99_RATIO_MAX: f64 = 1.5;
@@ -247,6 +250,8 @@ struct Fault {
     notes: Vec<String>,
     at_s: Option<f64>,
     healed_s: Option<f64>,
+    /// rebalance-under-stress: the amount the operator moved into the run region.
+    moved: Option<u64>,
 }
 
 /// Every node's quorum mode now: how many answered, suspect someone, are not `normal`.
@@ -552,6 +557,9 @@ async fn run_once(
         "view_age_never_heard_rows": sampled.never_heard,
         "stress_started_s": stress_at,
     });
+    if let Some(moved) = fault.moved {
+        figures["rebalance_moved_into_run_region"] = json!(moved);
+    }
     if let Some(race) = race {
         for (k, v) in race.as_object().into_iter().flatten() {
             figures[k] = v.clone();
@@ -765,10 +773,21 @@ pub async fn stress(layout: &Layout, opts: StressOptions) -> anyhow::Result<Valu
     );
     let scarce = matches!(opts.scenario, Scenario::BankRun | Scenario::RebalanceUnderStress);
     let per_region = opts.budget_claims * AMOUNT_PER_CLAIM * if scarce { 1 } else { AMPLE_MULTIPLE };
-    let fragmented: Vec<(String, u64)> = net.regions.iter().map(|r| (r.clone(), per_region)).collect();
+    let others_budget = if opts.scenario == Scenario::RebalanceUnderStress {
+        per_region * REBALANCE_OTHERS_MULTIPLE
+    } else {
+        per_region
+    };
+    let fragmented: Vec<(String, u64)> = net
+        .regions
+        .iter()
+        .map(|r| (r.clone(), if *r == run_region { per_region } else { others_budget }))
+        .collect();
     let tag = format!("{}-{}", opts.scenario.name(), rand::random::<u32>());
     let dist = distribute(&net, &format!("stress {tag}"), &fragmented).await?;
-    let fault = fault(&net, opts.scenario, &run_region, &dist);
+    // What each other region's own claims spend: base, then during the run.
+    let others_need = opts.claims * 2 * AMOUNT_PER_CLAIM;
+    let fault = fault(&net, opts.scenario, &run_region, &dist, others_need);
     let (mut figures, main, notes) = run_once(
         &net,
         &opts,
@@ -780,18 +799,20 @@ pub async fn stress(layout: &Layout, opts: StressOptions) -> anyhow::Result<Valu
     )
     .await?;
     let l = liquidity(&net, &run_region, &dist).await?;
-    let run_available = l
+    let (run_available, run_spent) = l
         .regions
         .iter()
         .find(|r| r.region == run_region)
-        .map_or(0, |r| r.available);
+        .map_or((0, 0), |r| (r.available, r.spent));
     let buckets = l
         .regions
         .iter()
         .find(|r| r.region == run_region)
         .map_or(1, |r| r.buckets.len().max(1)) as u64;
-    figures["other_regions_available_untouched_pct"] = json!(untouched_pct(&l, &run_region, per_region));
+    figures["other_regions_available_untouched_pct"] = json!(untouched_pct(&l, &run_region, others_budget));
     figures["run_region_available_end"] = json!(run_available);
+    figures["run_region_spent"] = json!(run_spent);
+    figures["run_region_allocation"] = json!(per_region);
     figures["run_region_drained"] = json!(run_available < AMOUNT_PER_CLAIM * buckets);
     let mut out = json!({
         "scenario": opts.scenario.name(),
@@ -855,7 +876,7 @@ pub async fn stress(layout: &Layout, opts: StressOptions) -> anyhow::Result<Valu
 }
 
 /// The scenario's fault while the run lasts; returns what it did and when.
-async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> anyhow::Result<Fault> {
+async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str, others_need: u64) -> anyhow::Result<Fault> {
     // Let the run begin first.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let layout = &net.layout;
@@ -923,8 +944,17 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
                 .cloned()
                 .ok_or_else(|| anyhow!("no other region"))?;
             let l = liquidity(net, run_region, dist).await?;
-            let available = l.regions.iter().find(|r| r.region == from).map_or(0, |r| r.available);
-            let amount = ((available as f64 * REBALANCE_SHARE) as u64 / AMOUNT_PER_CLAIM) * AMOUNT_PER_CLAIM;
+            // The spare: what the region holds beyond what its own claims still need.
+            let (available, spent) = l
+                .regions
+                .iter()
+                .find(|r| r.region == from)
+                .map_or((0, 0), |r| (r.available, r.spent));
+            let spare = available.saturating_sub(others_need.saturating_sub(spent));
+            let amount = ((spare as f64 * REBALANCE_SHARE) as u64 / AMOUNT_PER_CLAIM) * AMOUNT_PER_CLAIM;
+            if amount == 0 {
+                bail!("{from} has no spare escrow to move ({available} available, {spent} spent)");
+            }
             let body = pb::Rebalance {
                 operator: net.operator.verifying_key().to_bytes().to_vec(),
                 distribution_id: hex::decode(dist).map_err(|_| anyhow!("malformed distribution id {dist}"))?,
@@ -939,8 +969,9 @@ async fn fault(net: &Net, scenario: Scenario, run_region: &str, dist: &str) -> a
                 .submit_rebalance(pb::SubmitRequest { envelope })
                 .await
                 .map_err(|e| anyhow!("SubmitRebalance on {}: {}", node.name, rpc::describe(&e)))?;
+            fault.moved = Some(amount);
             fault.notes.push(format!(
-                "the operator moved {amount} from {from} to {run_region} while it drained"
+                "the operator moved {amount} of {from}'s spare ({spare}) to {run_region} while it drained"
             ));
         }
     }
@@ -977,6 +1008,17 @@ fn judge(scenario: Scenario, out: &Value) -> Vec<String> {
             == 0
         {
             failures.push("the pooled baseline refused no other region's claim for lack of escrow".into());
+        }
+    }
+    if scenario == Scenario::RebalanceUnderStress {
+        // The run region spent beyond its own allocation: the moved escrow reached its buckets
+        // while it drained, and was claimed there.
+        let (spent, allocation) = (s["run_region_spent"].as_u64(), s["run_region_allocation"].as_u64());
+        if s["rebalance_moved_into_run_region"].as_u64().unwrap_or(0) == 0 || spent <= allocation {
+            failures.push(format!(
+                "the run region spent {} of its allocation {}: nothing moved in was claimed",
+                s["run_region_spent"], s["run_region_allocation"]
+            ));
         }
     }
     if scenario == Scenario::RevocationRace {
@@ -1041,6 +1083,7 @@ fn summary_rows(out: &Value) -> Vec<(String, String, String)> {
         "revoked_credited_at_some_node" | "other_claims_affected" | "revocations_refused" => "0".to_owned(),
         "revoked_certified_disputed_at_every_node" => "= revoked certified".to_owned(),
         "race_settled" => format!("true (within {RACE_SETTLE_MAX:?})"),
+        "run_region_spent" => "rebalance-under-stress: > run region allocation".to_owned(),
         "regional_everywhere_ms" => format!("≤ {DECISION_MAX_MS} (seen every {SAMPLE_EVERY:?})"),
         "normal_after_heal_ms" => format!("≤ {CONVERGENCE_MAX_MS} (seen every {SAMPLE_EVERY:?})"),
         _ => String::new(),
