@@ -144,7 +144,8 @@ struct Raced {
     /// Empty when the submission was refused.
     id: String,
     revoke: RevokeAt,
-    /// The entry node's status of the claim when the revocation was sent ("" = not sent).
+    /// The entry node's status of the claim when the revocation was sent: "none" before its
+    /// submission, "" when it was never sent.
     status_when_revoked: String,
     /// The revocation was refused by the node it was sent to (or not sent).
     revocation_error: Option<String>,

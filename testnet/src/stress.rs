@@ -644,7 +644,14 @@ async fn settle_race(net: &Net, raced: &Value) -> Value {
         .flatten()
         .map(|c| {
             let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
-            (text("id"), text("revoked"), text("status_when_revoked"))
+            // A claim whose revocation was never sent (it ended, or timed out, before the
+            // moment it was due) raced nothing: it is judged as never revoked.
+            let revoked = if text("status_when_revoked").is_empty() {
+                load::RevokeAt::Never.name().to_owned()
+            } else {
+                text("revoked")
+            };
+            (text("id"), revoked, text("status_when_revoked"))
         })
         .collect();
     let never = load::RevokeAt::Never.name();
