@@ -71,6 +71,15 @@ pub struct ModeLook {
     pub not_normal: usize,
 }
 
+/// Targets the simulator's `check` and the testnet's judge share. The other regions' claim p99
+/// during a run, at most this multiple of their base p99.
+pub const P99_RATIO_MAX: f64 = 1.5;
+/// exit-under-partition: the longest until every node is regional after the cut, and until
+/// the network has converged after the heal (each as its samples see it, so rounded up to
+/// their period).
+pub const DECISION_MAX_MS: f64 = 3_000.0;
+pub const CONVERGENCE_MAX_MS: f64 = 5_000.0;
+
 /// The decision-latency steps, as figures and reports name them.
 pub const FAULT_TO_SUSPECT: &str = "fault → first node suspects";
 pub const FAULT_TO_REGIONAL: &str = "fault → mode regional at every node";

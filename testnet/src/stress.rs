@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use credence::core::envelope::{Kind, NetworkId, parse_hex32, seal};
 use credence::stress::{
-    FAULT_TO_REGIONAL, HEAL_TO_NORMAL, Measured, ModeLook, Percentiles, RegionPoint, Report, Sample,
+    CONVERGENCE_MAX_MS, DECISION_MAX_MS, FAULT_TO_REGIONAL, HEAL_TO_NORMAL, Measured, ModeLook, P99_RATIO_MAX,
+    Percentiles, RegionPoint, Report, Sample,
 };
 use credence_proto::v1 as pb;
 use prost::Message;
@@ -95,12 +96,6 @@ pub const SLOW_JITTER_MS: u64 = 100;
 /// need) to the run region.
 pub const REBALANCE_OTHERS_MULTIPLE: u64 = 2;
 pub const REBALANCE_SHARE: f64 = 0.5;
-/// The other regions' p99 during the run, at most this multiple of their base p99.
-pub const P99_RATIO_MAX: f64 = 1.5;
-/// exit-under-partition: every node regional within this of the cut, every node normal again
-/// within this of the heal (seen by `Status` every `SAMPLE_EVERY`, so rounded up to it).
-pub const DECISION_MAX_MS: f64 = 3_000.0;
-pub const CONVERGENCE_MAX_MS: f64 = 5_000.0;
 /// Longest wait, after the race's claims are settled at their entry nodes, for every raced
 /// claim to settle at every node (disputed or refused when revoked, credited when not).
 pub const RACE_SETTLE_MAX: Duration = Duration::from_secs(30);
@@ -590,8 +585,6 @@ async fn run_once(
 #[derive(Default)]
 struct RaceLook {
     revoked: bool,
-    /// Some node shows it certified (regional, global or disputed).
-    certified: bool,
     /// Nodes that show it disputed; credited (regional, global); refused or unknown; anything
     /// else (received, provisional, unanswered).
     disputed: usize,
@@ -601,8 +594,13 @@ struct RaceLook {
 }
 
 impl RaceLook {
+    /// Some node shows it certified (regional, global or disputed).
+    fn certified(&self) -> bool {
+        self.disputed + self.credited > 0
+    }
+
     fn settled(&self) -> bool {
-        match (self.revoked, self.certified) {
+        match (self.revoked, self.certified()) {
             (true, true) => self.credited == 0 && self.refused == 0 && self.other == 0,
             (true, false) => self.other == 0,
             (false, _) => self.disputed == 0 && self.refused == 0 && self.other == 0,
@@ -629,7 +627,6 @@ async fn race_look(net: &Net, id: &str, revoked: bool) -> RaceLook {
             _ => look.other += 1,
         }
     }
-    look.certified = look.disputed + look.credited > 0;
     look
 }
 
@@ -692,10 +689,10 @@ async fn settle_race(net: &Net, raced: &Value) -> Value {
             .or_default() += 1;
     }
     let revoked: Vec<&RaceLook> = looks.iter().filter(|l| l.revoked).collect();
-    let certified = revoked.iter().filter(|l| l.certified).count();
+    let certified = revoked.iter().filter(|l| l.certified()).count();
     let disputed_everywhere = revoked
         .iter()
-        .filter(|l| l.certified && l.disputed == net.nodes.len())
+        .filter(|l| l.certified() && l.disputed == net.nodes.len())
         .count();
     let others: Vec<&RaceLook> = looks.iter().filter(|l| !l.revoked).collect();
     json!({
@@ -1140,7 +1137,6 @@ mod tests {
     fn a_raced_claim_is_settled_only_when_every_node_agrees() {
         let look = |revoked, disputed, credited, refused, other| RaceLook {
             revoked,
-            certified: disputed + credited > 0,
             disputed,
             credited,
             refused,

@@ -19,7 +19,10 @@ use serde_json::{Value, json};
 use crate::core::escrow::{ClaimRefusal, Millis};
 use crate::core::quorum::Mode;
 use crate::core::validator::Credentials;
-use crate::stress::{FAULT_TO_REGIONAL, HEAL_TO_NORMAL, Measured, ModeLook, Percentiles, RegionPoint, Report, Sample};
+use crate::stress::{
+    CONVERGENCE_MAX_MS, DECISION_MAX_MS, FAULT_TO_REGIONAL, HEAL_TO_NORMAL, Measured, ModeLook, P99_RATIO_MAX,
+    Percentiles, RegionPoint, Report, Sample,
+};
 
 use super::faults::{FaultEvent, Profile, Script};
 use super::net::{Micros, Partition};
@@ -57,13 +60,6 @@ pub const REBALANCE_AT_US: Micros = 6_000_000;
 pub const REBALANCE_CLAIMS: u64 = 100;
 /// The cut-off region must certify at least this share of its own claims while cut off.
 pub const CUT_OFF_CERTIFIED_MIN: f64 = 0.8;
-/// The other regions' claim p99 during a run, at most this multiple of their base p99.
-pub const P99_RATIO_MAX: f64 = 1.5;
-/// exit-under-partition: the longest a node may take to go regional after the cut (virtual
-/// time; the samples every `SAMPLE_EVERY_US` round it up), and the longest after the heal
-/// until everything certified is global and every node is normal again.
-pub const DECISION_MAX_MS: f64 = 3_000.0;
-pub const CONVERGENCE_MAX_MS: f64 = 5_000.0;
 
 /// A stress workload on the world.
 #[derive(Debug, Clone)]
